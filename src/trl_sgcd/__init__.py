@@ -1,0 +1,33 @@
+"""trl-sgcd: Sibling-Guided Credit Distillation (SGCD) for TRL's GRPOTrainer.
+
+Swap `GRPOTrainer` -> `SGCDTrainer` and `GRPOConfig` -> `SGCDConfig`. Heavy modules load lazily, so
+`import trl_sgcd` stays cheap; `from trl_sgcd import SGCDTrainer` imports TRL's trainer stack on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "SGCDConfig": "trl_sgcd.config",
+    "SGCDTrainer": "trl_sgcd.trainer",
+    "SiblingReferenceBuilder": "trl_sgcd.reference",
+    "CreditReference": "trl_sgcd.reference",
+    "DenseDivergenceScorer": "trl_sgcd.divergence",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trl_sgcd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
