@@ -1,0 +1,142 @@
+"""Batch-level credit helpers the trainer wires together: rewards, which rows get a teacher, mode rules, statistics.
+
+Pure functions over tensors and lists; none of them holds the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# Modes that need the dense teacher/student comparison, and which groups they use.
+SCORED_MODES = ("sgcd", "no_reference", "uniform", "direct_sd", "sdpo")
+SIBLING_CONTEXT_MODES = ("no_reference", "sdpo")  # teacher context = a raw successful sibling, no LLM
+
+
+def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of the reward functions, NaN where every function returned None (TRL's own rule).
+
+    Args:
+        rewards_per_func (`torch.Tensor` of shape `(N, F)`):
+            Rewards gathered over all ranks.
+        reward_weights (`torch.Tensor` of shape `(F,)`):
+            TRL's reward weights.
+    """
+    weights = reward_weights.to(rewards_per_func.device).unsqueeze(0)  # (1, F)
+    rewards = (rewards_per_func * weights).nansum(dim=1)  # (N,)
+    rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return rewards
+
+
+def group_needs_teacher(mode: str, num_success: int, group_size: int) -> bool:
+    """Mixed groups get a teacher; the `sdpo` comparator also uses all-success groups (it needs one success)."""
+    if mode == "sdpo":
+        return num_success > 0
+    return 0 < num_success < group_size
+
+
+@dataclass
+class CreditStats:
+    """Per-rank sums and maxima of one generation batch; reduced across ranks by the trainer."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    maxima: dict[str, float] = field(default_factory=dict)
+
+    SUM_KEYS = ("rows_scored", "scored_tokens", "credit_tokens", "spans", "divergence", "entropy", "weight",
+                "weight_at_cap", "tool_tokens_in_mask")
+    MAX_KEYS = ("divergence_max", "entropy_max", "weight_max", "scoring_time_s", "peak_memory_gb")
+
+    def vectors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.tensor([float(self.sums.get(k, 0.0)) for k in self.SUM_KEYS], device=device)
+        m = torch.tensor([float(self.maxima.get(k, 0.0)) for k in self.MAX_KEYS], device=device)
+        return s, m
+
+    @classmethod
+    def from_vectors(cls, sums: torch.Tensor, maxima: torch.Tensor) -> CreditStats:
+        return cls(dict(zip(cls.SUM_KEYS, sums.tolist())), dict(zip(cls.MAX_KEYS, maxima.tolist())))
+
+
+def count_spans(saliency: torch.Tensor) -> int:
+    """Number of contiguous runs of s > 0 (a run starts where s > 0 and the previous token has s == 0)."""
+    on = saliency > 0  # (B, T)
+    starts = on.clone()
+    starts[:, 1:] &= ~on[:, :-1]
+    return int(starts.sum())
+
+
+def local_credit_stats(
+    *,
+    divergence: torch.Tensor,
+    entropy: torch.Tensor,
+    saliency: torch.Tensor,
+    weights: torch.Tensor,
+    eligible: torch.Tensor,
+    tool_mask: torch.Tensor | None,
+    cap: float,
+    scoring_time_s: float,
+    peak_memory_gb: float,
+) -> CreditStats:
+    """Sums and maxima over the scored rows' eligible tokens (all inputs `(B_scored, T)`)."""
+    e = eligible.bool()
+    n = int(e.sum())
+    stats = CreditStats()
+    stats.sums = {
+        "rows_scored": float(divergence.size(0)),
+        "scored_tokens": float(n),
+        "credit_tokens": float((saliency[e] > 0).sum()) if n else 0.0,
+        "spans": float(count_spans(saliency * e)),
+        "divergence": float(divergence[e].sum()) if n else 0.0,
+        "entropy": float(entropy[e].sum()) if n else 0.0,
+        "weight": float(weights[e].sum()) if n else 0.0,
+        "weight_at_cap": float((weights[e] >= cap - 1e-6).sum()) if n else 0.0,
+        "tool_tokens_in_mask": float((e & (tool_mask == 0)).sum()) if tool_mask is not None else 0.0,
+    }
+    stats.maxima = {
+        "divergence_max": float(divergence[e].max()) if n else 0.0,
+        "entropy_max": float(entropy[e].max()) if n else 0.0,
+        "weight_max": float(weights[e].max()) if n else 0.0,
+        "scoring_time_s": scoring_time_s,
+        "peak_memory_gb": peak_memory_gb,
+    }
+    return stats
+
+
+def credit_metrics(stats: CreditStats, *, num_groups: int, num_mixed: int, sources: dict[str, int],
+                   latency_s: float, cost_usd: float | None, resample_rounds: int, fallback_prefix: int) -> dict:
+    """The `sgcd/` metrics of one generation batch, from globally reduced statistics."""
+    s, m = stats.sums, stats.maxima
+    tokens = max(s["scored_tokens"], 1.0)
+    refs = sum(sources.values())
+    metrics = {
+        "sgcd/mixed_group_fraction": num_mixed / max(num_groups, 1),
+        "sgcd/reference_coverage": (refs - sources.get("none", 0)) / max(num_mixed, 1) if num_mixed else 0.0,
+        "sgcd/reference_latency_s": latency_s,
+        "sgcd/rows_scored": s["rows_scored"],
+        "sgcd/scored_tokens": s["scored_tokens"],
+        "sgcd/credit_tokens": s["credit_tokens"],
+        "sgcd/credit_token_fraction": s["credit_tokens"] / tokens,
+        "sgcd/spans": s["spans"],
+        "sgcd/divergence_mean": s["divergence"] / tokens,
+        "sgcd/divergence_max": m["divergence_max"],
+        "sgcd/teacher_entropy_mean": s["entropy"] / tokens,
+        "sgcd/teacher_entropy_max": m["entropy_max"],
+        "sgcd/weight_mean": s["weight"] / tokens if s["scored_tokens"] else 1.0,
+        "sgcd/weight_max": m["weight_max"] if s["scored_tokens"] else 1.0,
+        "sgcd/weight_at_cap_fraction": s["weight_at_cap"] / tokens,
+        "sgcd/scoring_time_s": m["scoring_time_s"],
+        "sgcd/peak_memory_gb": m["peak_memory_gb"],
+        "sgcd/resample_rounds": float(resample_rounds),
+        "sgcd/teacher_prefix_fallback": float(fallback_prefix),
+    }
+    for source in ("llm", "contrast", "fallback", "none", "sibling"):
+        metrics[f"sgcd/reference_source/{source}"] = float(sources.get(source, 0))
+    if cost_usd is not None:  # unknown cost (e.g. a local server) is not logged as 0
+        metrics["sgcd/reference_cost_usd"] = cost_usd
+    return metrics
+
+
+def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean of `values` over `mask` (rows with no masked token give 0). `(B, T) -> (B,)`"""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)

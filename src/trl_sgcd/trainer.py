@@ -1,0 +1,361 @@
+"""`SGCDTrainer`: GRPO whose scalar advantage is redistributed over tokens by bounded, detached credit weights.
+
+What it changes in `GRPOTrainer`, and nothing else: after `super()._generate_and_score_completions` has generated,
+rewarded and normalised a batch, the advantages `(B,)` are replaced by `(B, T)` = A * W, where W = clip(1 + gamma*s,
+1, c) comes from the dense teacher/student divergence of the current policy scored with and without a credit
+reference (SGCD, arXiv 2606.12634). TRL's own clipped surrogate consumes them unchanged, so policy gradient stays the
+only actor update (only the `direct_sd` ablation adds a second gradient path, on purpose).
+
+Stages (each in its own module, all pure): `siblings` (groups, success, mixed) -> `reference` (evidence, sanitizer,
+contrast or LLM) -> `teacher` (id splicing) -> `divergence` (dense scoring) -> `saliency` -> `weights`.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import textwrap
+import time
+import warnings
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+
+from .config import SGCDConfig
+from .credit import (
+    SCORED_MODES,
+    SIBLING_CONTEXT_MODES,
+    CreditStats,
+    credit_metrics,
+    group_needs_teacher,
+    local_credit_stats,
+    masked_row_mean,
+    total_rewards,
+)
+from .divergence import DenseDivergenceScorer
+from .reference import CreditReference, SiblingReferenceBuilder
+from .saliency import credit_saliency
+from .siblings import build_sibling_groups, owner_of_group
+from .teacher import (
+    cap_reference,
+    insert_reference,
+    literal_token_mask,
+    reference_block,
+    sibling_context_reference,
+    splice_teacher_inputs,
+    unpad_left,
+)
+from .weights import apply_credit_weights, credit_weights, uniform_credit_weights
+
+logger = logging.getLogger(__name__)
+
+
+class SGCDTrainer(GRPOTrainer):
+    """Sibling-Guided Credit Distillation on top of [`~trl.GRPOTrainer`].
+
+    Takes exactly `GRPOTrainer`'s arguments (tools, `environment_factory`, `rollout_func`, PEFT, vLLM, DeepSpeed all
+    pass straight through); `args` must be an [`SGCDConfig`]. With `credit_mode="off"` it is GRPO, bit for bit.
+
+    Example:
+
+    ```python
+    >>> from trl_sgcd import SGCDConfig, SGCDTrainer
+    >>> from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
+
+    >>> trainer = SGCDTrainer(
+    ...     model="Qwen/Qwen3-4B-Instruct-2507",
+    ...     reward_funcs=airline_reward,
+    ...     args=SGCDConfig(output_dir="sgcd-airline"),
+    ...     train_dataset=make_airline_dataset("train"),
+    ...     environment_factory=AirlineEnv,
+    ... )
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "sgcd", "grpo", "tool-use"]
+    _name = "SGCD"
+    _paper = {
+        "title": "Keep Policy Gradient in Charge: Sibling-Guided Credit Distillation for Long-Horizon Tool-Use Agents",
+        "id": "2606.12634",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{sgcd2026,
+                title        = {{Keep Policy Gradient in Charge: Sibling-Guided Credit Distillation for Long-Horizon Tool-Use Agents}},
+                year         = 2026,
+                eprint       = {arXiv:2606.12634},
+            }"""),
+    }
+
+    def __init__(self, model, reward_funcs=None, args: SGCDConfig | None = None, *more, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = SGCDConfig(f"{str(name).split('/')[-1]}-SGCD")
+        if not isinstance(args, SGCDConfig):
+            raise TypeError(
+                f"SGCDTrainer needs an SGCDConfig, got {type(args).__name__}. Replace GRPOConfig(...) with "
+                "SGCDConfig(...): it takes the same fields plus the credit_* ones."
+            )
+        _refuse_unsupported(args)
+        super().__init__(model, reward_funcs, args, *more, **kwargs)
+        if args.credit_mode != "off" and self._is_vlm:
+            raise ValueError(
+                "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
+                "images, so its divergence would be wrong. Use a text model, or credit_mode='off' (plain GRPO)."
+            )
+        self.credit_scorer = DenseDivergenceScorer.from_config(args)
+        self.reference_builder = SiblingReferenceBuilder.from_config(args, tokenizer=self._tokenizer)
+        self._credit_batch: dict | None = None
+        self._credit_inert_steps = 0
+        self._credit_table_rows: list[dict] = []
+
+    # ------------------------------------------------------------------ hooks into GRPOTrainer (via super())
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.args.credit_mode != "off":  # keep what the credit stages need; TRL's output does not carry it
+            self._credit_batch = {"inputs": inputs, "prompts": prompts, "completions": completions,
+                                  "rewards_per_func": rewards_per_func}
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        batch, self._credit_batch = self._credit_batch, None
+        if self.args.credit_mode == "off" or batch is None or not self.model.training:
+            return output
+        return self._apply_credit(output, batch)
+
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        if self.args.credit_mode != "direct_sd" or "credit_teacher_topk_ids" not in inputs:
+            return loss
+        # The paper's failing ablation: a second, uncapped actor-gradient path that pulls the student towards the
+        # reference-conditioned teacher. Every rank runs this forward, with or without targets (ZeRO-3 safety).
+        from .divergence import teacher_matching_loss
+
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        aux = teacher_matching_loss(
+            model, input_ids, attention_mask, inputs["credit_sd_mask"],
+            inputs["credit_teacher_topk_ids"], inputs["credit_teacher_topk_logprobs"],
+            temperature=self.temperature, chunk_size=self.args.credit_chunk_size,
+        )
+        self._metrics["train"]["sgcd/direct_sd_loss"].append(self.accelerator.gather(aux.detach()).mean().item())
+        return loss + self.args.credit_direct_sd_coef * aux / self.current_gradient_accumulation_steps
+
+    # ------------------------------------------------------------------ the credit pipeline
+
+    def _apply_credit(self, output: dict, batch: dict) -> dict:
+        args, mode = self.args, self.args.credit_mode
+        device = self.accelerator.device
+        n_local = len(batch["prompts"])
+        offset = self.accelerator.process_index * n_local
+        rewards = total_rewards(batch["rewards_per_func"], self.reward_weights)  # (N,)
+
+        # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
+        private = [{c: row.get(c) for c in args.credit_private_columns} for row in batch["inputs"]]
+        groups = build_sibling_groups(
+            gather_object(list(batch["prompts"])), gather_object(list(batch["completions"])), rewards.tolist(),
+            gather_object(private), num_generations=self.num_generations,
+            success_threshold=args.credit_success_threshold,
+        )
+        needed = [g for g in groups if group_needs_teacher(mode, g.num_success, len(g.rollouts))]
+        num_mixed = sum(g.is_mixed for g in groups)
+
+        # References: each group is summarised exactly once, by its owner rank; every rank receives all of them.
+        t0 = time.perf_counter()
+        owned = [g for g in needed if owner_of_group(g.group_index, self.accelerator.num_processes)
+                 == self.accelerator.process_index]
+        if mode in SIBLING_CONTEXT_MODES:
+            built = [sibling_context_reference(g, private_columns=args.credit_private_columns,
+                                               observation_max_chars=args.credit_observation_max_chars)
+                     for g in owned]
+        else:
+            built = self.reference_builder.build(owned) if owned else []
+        references = {ref.group_index: ref for ref in gather_object(built)}
+        reference_latency = time.perf_counter() - t0
+
+        # Rows of this rank that get a teacher.
+        G = self.num_generations
+        local_refs = [references.get((offset + i) // G) for i in range(n_local)]
+        rows = [i for i, ref in enumerate(local_refs) if ref is not None and ref.source != "none" and ref.text]
+        scores, eligible_rows, literal_rows, fallback_prefix, elapsed = self._score_rows(output, batch, local_refs, rows)
+
+        advantages = output["advantages"]  # (B,)
+        T = output["completion_ids"].size(1)
+        weights = torch.ones(n_local, T, device=device)  # (B, T)
+        stats = CreditStats(dict.fromkeys(CreditStats.SUM_KEYS, 0.0), dict.fromkeys(CreditStats.MAX_KEYS, 0.0))
+        if rows:
+            eligible = eligible_rows  # (R, T)
+            saliency = credit_saliency(
+                scores.divergence, scores.teacher_entropy, eligible, spike_z=args.credit_spike_z,
+                saturation_z=args.credit_saturation_z, reset_z=args.credit_reset_z,
+                entropy_rise=args.credit_entropy_rise, max_span=args.credit_max_span,
+                min_divergence=args.credit_min_divergence,
+            )  # (R, T)
+            w = credit_weights(saliency, gamma=args.credit_gamma, cap=args.credit_cap, eligible_mask=eligible)
+            if mode == "uniform":
+                w = uniform_credit_weights(w, eligible)
+            if mode in ("sgcd", "no_reference", "uniform"):
+                weights[rows] = w.to(device)
+            tool_mask = output.get("tool_mask")
+            stats = local_credit_stats(
+                divergence=scores.divergence, entropy=scores.teacher_entropy, saliency=saliency, weights=w,
+                eligible=eligible, tool_mask=tool_mask[rows] if tool_mask is not None else None,
+                cap=args.credit_cap, scoring_time_s=elapsed, peak_memory_gb=_peak_memory_gb(),
+            )
+        stats.maxima["scoring_time_s"] = elapsed
+
+        if mode == "sdpo":  # comparator: the reward is replaced by the teacher/student log-ratio on sampled tokens
+            new_adv = torch.zeros(n_local, T, device=device)
+            if rows:
+                ratio = (scores.teacher_logprobs - scores.student_logprobs) * eligible_rows  # (R, T)
+                new_adv[rows] = ratio.to(device)
+            output["advantages"] = new_adv
+        else:
+            output["advantages"] = apply_credit_weights(advantages, weights)  # (B, T)
+        if mode == "direct_sd":
+            self._attach_direct_sd_targets(output, rows, scores, eligible_rows)
+
+        self._log_credit(output, batch, groups, references, num_mixed, stats, reference_latency, fallback_prefix,
+                         weights, local_refs)
+        self._check_validity(stats, num_mixed, weights)
+        return output
+
+    def _score_rows(self, output, batch, local_refs, rows):
+        """Build teacher inputs for `rows` by splicing, and score student and teacher (equal forwards on all ranks)."""
+        args, tok = self.args, self._tokenizer
+        device = self.accelerator.device
+        prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        tool_mask = output.get("tool_mask")
+        eligible = completion_mask.bool() if tool_mask is None else completion_mask.bool() & tool_mask.bool()
+
+        fallback_prefix = 0
+        teacher_ids: list[list[int]] = []
+        literals: list[list[str]] = []
+        if rows:
+            texts = {i: cap_reference(local_refs[i].text, tok, args.credit_reference_max_tokens) for i in rows}
+            # TRL renders the teacher prompt exactly as it rendered the student's (same template, tools, kwargs).
+            prompts = [insert_reference(p, texts[i]) if i in texts else p for i, p in enumerate(batch["prompts"])]
+            rendered = self._tokenize_prompts(prompts)[0]
+            plain = self._tokenize_prompts([batch["prompts"][i] for i in rows])[0]
+            student = unpad_left(prompt_ids[rows], prompt_mask[rows])
+            for k, i in enumerate(rows):
+                if list(plain[k]) == student[k]:
+                    teacher_ids.append(list(rendered[i]))
+                else:  # a custom rollout_func rendered the prompt itself: prefix the reference at token level
+                    fallback_prefix += 1
+                    block = tok(reference_block(texts[i]) + "\n\n", add_special_tokens=False)["input_ids"]
+                    teacher_ids.append(block + student[k])
+                literals.append(list(local_refs[i].masked_literals))
+
+        n_batches = torch.tensor([self.credit_scorer.num_batches(len(rows))], device=device)
+        min_batches = int(self.accelerator.gather(n_batches).max())
+        if min_batches == 0:
+            return None, None, None, 0, 0.0
+
+        c_ids, c_mask = completion_ids[rows], completion_mask[rows]  # (R, T)
+        s_ids = torch.cat([prompt_ids[rows], c_ids], dim=1)
+        s_mask = torch.cat([prompt_mask[rows], c_mask], dim=1)
+        t_ids, t_mask = splice_teacher_inputs(teacher_ids, c_ids, c_mask, pad_token_id=tok.pad_token_id)
+        t0 = time.perf_counter()
+        scores = self.credit_scorer.score(
+            self.model, s_ids, s_mask, t_ids, t_mask, c_ids, c_mask,
+            min_batches=min_batches, return_teacher_topk=args.credit_mode == "direct_sd",
+        )
+        elapsed = time.perf_counter() - t0
+        eligible_rows = eligible[rows]
+        if rows:
+            eligible_rows = eligible_rows & ~literal_token_mask(c_ids, literals, tok)
+        return scores, eligible_rows, literals, fallback_prefix, elapsed
+
+    def _attach_direct_sd_targets(self, output, rows, scores, eligible_rows):
+        B, T = output["completion_ids"].shape
+        K = self.args.credit_top_k
+        device = self.accelerator.device
+        ids = torch.zeros(B, T, K, dtype=torch.long, device=device)
+        logps = torch.zeros(B, T, K, device=device)
+        mask = torch.zeros(B, T, device=device)
+        if rows:
+            ids[rows] = scores.teacher_topk_ids.to(device)
+            logps[rows] = scores.teacher_topk_logprobs.to(device)
+            mask[rows] = eligible_rows.float().to(device)
+        output["credit_teacher_topk_ids"], output["credit_teacher_topk_logprobs"] = ids, logps
+        output["credit_sd_mask"] = mask
+
+    # ------------------------------------------------------------------ logging and validity
+
+    def _log_credit(self, output, batch, groups, references, num_mixed, stats, latency, fallback_prefix, weights,
+                    local_refs):
+        device = self.accelerator.device
+        sums, maxima = stats.vectors(device)
+        sums = self.accelerator.gather(sums.unsqueeze(0)).sum(dim=0)
+        maxima = self.accelerator.gather(maxima.unsqueeze(0)).max(dim=0).values
+        extra = self.accelerator.gather(torch.tensor([[float(fallback_prefix)]], device=device)).sum().item()
+        self._last_credit_stats = CreditStats.from_vectors(sums, maxima)
+        sources: dict[str, int] = {}
+        costs = [r.cost_usd for r in references.values()]
+        for ref in references.values():
+            sources[ref.source] = sources.get(ref.source, 0) + 1
+        metrics = credit_metrics(
+            self._last_credit_stats, num_groups=len(groups), num_mixed=num_mixed, sources=sources,
+            latency_s=latency, cost_usd=sum(costs) if costs and all(c is not None for c in costs) else None,
+            resample_rounds=0, fallback_prefix=int(extra),
+        )
+        for name, value in metrics.items():
+            self._metrics["train"][name].append(value)
+
+        # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
+        adv = output["advantages"]
+        if adv.dim() == 2:
+            mask = output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
+            shown = self.accelerator.gather(masked_row_mean(adv, mask)).tolist()
+            logged = self._logs["advantages"]
+            for k, value in enumerate(shown):
+                logged[len(logged) - len(shown) + k] = value
+        self._credit_last_batch = {"references": local_refs, "weights": weights.detach().cpu()}
+
+    def _check_validity(self, stats: CreditStats, num_mixed: int, weights: torch.Tensor):
+        s, m = self._last_credit_stats.sums, self._last_credit_stats.maxima
+        problems = []
+        if s["rows_scored"] > 0 and s["scored_tokens"] > 0 and m["divergence_max"] == 0.0:
+            problems.append("the dense features are all zero (teacher and student agree everywhere)")
+        if s["tool_tokens_in_mask"] > 0:
+            problems.append(f"the credit mask covers {int(s['tool_tokens_in_mask'])} tool-observation tokens")
+        if weights.requires_grad:
+            problems.append("the credit weights require grad (they must be detached)")
+        if num_mixed > 0 and self.args.credit_mode in ("sgcd", "no_reference", "uniform"):
+            self._credit_inert_steps = 0 if s["credit_tokens"] > 0 else self._credit_inert_steps + 1
+            if self._credit_inert_steps >= self.args.credit_inert_steps:
+                problems.append(f"the credit weights were inert (no credit token) for {self._credit_inert_steps} "
+                                "batches while mixed groups existed")
+        for problem in problems:
+            message = f"SGCD validity check: {problem}."
+            if self.args.credit_strict:
+                raise RuntimeError(message + " (credit_strict=True)")
+            warnings.warn(message, stacklevel=2)
+
+
+def _refuse_unsupported(args: SGCDConfig) -> None:
+    """Refuse, at construction, combinations whose credit would be silently wrong."""
+    if args.credit_mode == "off":
+        return
+    if args.loss_type == "vespo":
+        raise ValueError(
+            "credit_mode={!r} with loss_type='vespo' is not supported: VESPO weights whole sequences by their "
+            "importance ratio, so token-level credit weights have no defined meaning there. Use loss_type 'dapo', "
+            "'grpo', 'bnpo' or 'dr_grpo', or credit_mode='off'.".format(args.credit_mode)
+        )
+    if args.credit_mode not in SCORED_MODES:
+        raise ValueError(f"credit_mode={args.credit_mode!r} is not implemented by SGCDTrainer.")
+
+
+def _peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+__all__ = ["SGCDTrainer", "CreditReference"]
