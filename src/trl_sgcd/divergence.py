@@ -1,0 +1,505 @@
+"""Dense top-K teacher/student divergence, and the chunked scorer that computes it (the only chunk loop of trl-sgcd).
+
+Paper §4.3: the current policy is scored twice, forward-only, on the same completion ids: the student sees the clean
+prompt, the teacher the prompt with the credit reference inserted. At each completion position the two next-token
+distributions are compared on a small support: the teacher's top-K tokens, plus the observed (sampled) token when it
+is not among them, plus one tail bucket per side that keeps the remaining mass. With K >= V this is the
+full-vocabulary divergence.
+
+Where this departs from the paper's text (numerics only, same quantities):
+
+* The tail mass is `logsumexp` of the log-probabilities outside the support instead of `1 - sum_S p`, which is the
+  same number without the cancellation of `1 - 0.99999...` in float32. Log-probabilities are floored at
+  `log(float32 tiny)` (~ -87.3) wherever they enter a log-ratio, so masked (`-inf`) or underflowing entries give finite
+  values, and `0 * log 0 = 0`.
+* The scorer never builds `(B, L, V)` logits: it runs the backbone once per input, keeps the hidden states of the
+  completion positions, and projects them through the LM head `chunk_size` positions at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+LOG_FLOOR = math.log(torch.finfo(torch.float32).tiny)  # ~ -87.34: smallest log-probability that enters a log-ratio
+
+
+# --------------------------------------------------------------------------------------------------------- pure math
+def topk_support(teacher_logits: Tensor, observed_ids: Tensor, *, top_k: int) -> tuple[Tensor, Tensor]:
+    r"""
+    Support of the dense divergence: the teacher's top-K token ids plus the observed token id.
+
+    Args:
+        teacher_logits (`torch.Tensor` of shape `(N, V)`):
+            Teacher logits (or log-probabilities: only their order matters).
+        observed_ids (`torch.Tensor` of shape `(N,)`):
+            Observed (sampled) token ids.
+        top_k (`int`):
+            K, clipped to V.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: `ids` of shape `(N, K+1)` (the last slot is always the observed id) and
+        `valid` of shape `(N, K+1)`, `False` on the last slot when the observed id is already in the top-K.
+    """
+    _check_top_k(top_k)
+    _check_rows(teacher_logits, observed_ids)
+    k = min(top_k, teacher_logits.size(-1))
+    top_ids = teacher_logits.topk(k, dim=-1).indices  # (N, K)
+    observed = observed_ids.to(top_ids.device, torch.long).unsqueeze(-1)  # (N, 1)
+    ids = torch.cat([top_ids, observed], dim=-1)  # (N, K+1)
+    valid = torch.ones_like(ids, dtype=torch.bool)  # (N, K+1)
+    valid[:, -1] = (top_ids != observed).all(dim=-1)
+    return ids, valid
+
+
+def topk_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    observed_ids: Tensor,
+    *,
+    top_k: int,
+    divergence: str = "reverse_kl",
+) -> tuple[Tensor, Tensor]:
+    r"""
+    Top-K-plus-tail divergence between student and teacher next-token distributions, and the teacher entropy.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(N, V)`):
+            Student logits, already divided by the sampling temperature. Any float dtype; computed in float32.
+        teacher_logits (`torch.Tensor` of shape `(N, V)`):
+            Teacher logits, same convention.
+        observed_ids (`torch.Tensor` of shape `(N,)`):
+            Observed token ids.
+        top_k (`int`):
+            Size K of the teacher top-K support (>= 1; K >= V gives the full-vocabulary quantities).
+        divergence (`str`, *optional*, defaults to `"reverse_kl"`):
+            `"reverse_kl"` (KL(p || q)), `"forward_kl"` (KL(q || p)) or `"jsd"`.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: divergence and teacher entropy, each float32 of shape `(N,)`, finite and
+        >= 0.
+    """
+    _check_divergence(divergence)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits has shape {tuple(student_logits.shape)} but teacher_logits has shape "
+            f"{tuple(teacher_logits.shape)}; they must match."
+        )
+    _check_rows(teacher_logits, observed_ids)
+    scores = _score_logits(
+        lambda: student_logits.float(), lambda: teacher_logits.float(), observed_ids, top_k=top_k,
+        divergence=divergence,
+    )
+    return scores.divergence, scores.teacher_entropy
+
+
+@dataclass
+class _ChunkScores:
+    divergence: Tensor  # (N,)
+    teacher_entropy: Tensor  # (N,)
+    student_logprobs: Tensor  # (N,)  log p(observed)
+    teacher_logprobs: Tensor  # (N,)  log q(observed)
+    teacher_topk_ids: Tensor  # (N, K)
+    teacher_topk_logprobs: Tensor  # (N, K)
+
+
+def _score_logits(
+    make_student: Callable[[], Tensor],
+    make_teacher: Callable[[], Tensor],
+    observed_ids: Tensor,
+    *,
+    top_k: int,
+    divergence: str,
+) -> _ChunkScores:
+    """All per-position scores from float32 logits built on demand, so that at most one `(N, V)` log-softmax lives."""
+    log_q = torch.log_softmax(make_teacher(), dim=-1)  # (N, V)
+    ids, valid = topk_support(log_q, observed_ids, top_k=top_k)  # (N, K+1)
+    lq_support, lq_tail = _reduce_to_support(log_q, ids)  # (N, K+1), (N,)
+    del log_q
+    lp_support, lp_tail = _reduce_to_support(torch.log_softmax(make_student(), dim=-1), ids)
+    keep = torch.cat([valid, valid.new_ones(valid.size(0), 1)], dim=-1)  # (N, K+2)
+    log_p = torch.cat([lp_support, lp_tail.unsqueeze(-1)], dim=-1)  # (N, K+2)
+    log_q = torch.cat([lq_support, lq_tail.unsqueeze(-1)], dim=-1)  # (N, K+2)
+    div, ent = _support_divergence(log_p, log_q, keep, divergence)
+    return _ChunkScores(div, ent, lp_support[:, -1], lq_support[:, -1], ids[:, :-1], lq_support[:, :-1])
+
+
+def _reduce_to_support(log_probs: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probabilities on the support `(N, K+1)` and of the tail bucket `(N,)`. Overwrites `log_probs`."""
+    support = log_probs.gather(-1, ids)  # (N, K+1)
+    log_probs.scatter_(-1, ids, float("-inf"))
+    tail = torch.logsumexp(log_probs, dim=-1)  # (N,)  -inf when the support covers the vocabulary
+    return support, tail
+
+
+def _support_divergence(log_p: Tensor, log_q: Tensor, keep: Tensor, divergence: str) -> tuple[Tensor, Tensor]:
+    """Divergence and teacher entropy from support-plus-tail log-probabilities `(N, S)`; `keep` masks duplicates."""
+    p = log_p.exp() * keep  # (N, S)  exactly 0 for masked or -inf entries
+    q = log_q.exp() * keep  # (N, S)
+    log_p = log_p.clamp(min=LOG_FLOOR)
+    log_q = log_q.clamp(min=LOG_FLOOR)
+    if divergence == "reverse_kl":
+        div = (p * (log_p - log_q)).sum(-1)  # (N,)
+    elif divergence == "forward_kl":
+        div = (q * (log_q - log_p)).sum(-1)  # (N,)
+    else:
+        log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)  # (N, S)
+        div = 0.5 * (p * (log_p - log_m)).sum(-1) + 0.5 * (q * (log_q - log_m)).sum(-1)  # (N,)
+    ent = -(q * log_q).sum(-1)  # (N,)
+    return _finite_nonneg(div), _finite_nonneg(ent)
+
+
+def _finite_nonneg(x: Tensor) -> Tensor:
+    # Rounding can leave -1e-8; a row of all -inf/NaN logits has no distribution: report 0, never NaN.
+    return torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
+
+
+# ------------------------------------------------------------------------------------------------------ model access
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The `PreTrainedModel` inside accelerate/DDP/DeepSpeed (`.module`) and PEFT (`get_base_model()`) wrappers."""
+    while not hasattr(model, "config") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    if callable(getattr(model, "get_base_model", None)):  # peft.PeftModel: LoRA layers stay active
+        model = model.get_base_model()
+    return model
+
+
+def _backbone(base: nn.Module) -> nn.Module:
+    prefix = getattr(base, "base_model_prefix", "")
+    backbone = getattr(base, prefix, None) if prefix else None
+    return backbone if isinstance(backbone, nn.Module) else base.get_decoder()
+
+
+class _LMHead:
+    """The LM head applied to hidden states, with the config's logit scale / softcap and the temperature (as TRL)."""
+
+    def __init__(self, base: nn.Module, temperature: float):
+        self.module = base.get_output_embeddings()
+        self.weight, self.bias = self.module.weight, getattr(self.module, "bias", None)
+        self.zero3 = hasattr(self.weight, "ds_id")
+        self.plain = self.zero3 or type(self.module) is nn.Linear  # else (e.g. a LoRA lm_head) call the module
+        self.temperature = temperature
+        config = base.config.get_text_config()
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        scale = getattr(config, "logit_scale", None)  # same lookup order as trl.trainer.utils.add_fused_lm_head
+        if scale is None:
+            scale = getattr(config, "output_multiplier", None)
+        if scale is None:
+            scale = getattr(config, "lm_head_multiplier", None)
+        if scale is None and getattr(config, "logits_scaling", None) is not None:
+            scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
+        self.scale = 1.0 if scale is None else scale
+        self.vocab_size = getattr(self.module, "out_features", None) or config.vocab_size  # right under ZeRO-3 too
+
+    def logits(self, hidden: Tensor, weight: Tensor | None = None) -> Tensor:
+        """float32 logits `(n, V)` of hidden states `(n, H)`, divided by the temperature."""
+        weight = self.weight if weight is None else weight
+        hidden = hidden.to(weight.device)
+        if self.plain:
+            if hidden.dtype != weight.dtype and not torch.is_autocast_enabled(hidden.device.type):
+                hidden = hidden.to(weight.dtype)
+            z = F.linear(hidden, weight, self.bias).float()  # (n, V)
+        else:
+            z = self.module(hidden).float()  # (n, V)
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap is not None:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z / self.temperature if self.temperature != 1.0 else z
+
+    @contextmanager
+    def gathered(self):
+        """Under DeepSpeed ZeRO-3, all-gather the partitioned head once (one collective, whatever the positions)."""
+        params = [p for p in (self.weight, self.bias) if p is not None and hasattr(p, "ds_id")]
+        if not params:
+            yield
+            return
+        import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        params = list({id(p): p for p in params if p.ds_status != ZeroParamStatus.AVAILABLE}.values())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
+
+
+def _completion_hidden(backbone: nn.Module, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor:
+    """Backbone hidden states `(N, H)` of the positions that predict the completion tokens where `mask` `(B, T)`."""
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    length, t = hidden.size(1), mask.size(1)
+    return hidden[:, length - t - 1 : length - 1][mask.to(hidden.device)]  # (N, H)
+
+
+def _training_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    return {m: m.training for m in model.modules()}
+
+
+def _restore_modes(modes: dict[nn.Module, bool]) -> None:
+    for module, training in modes.items():
+        module.training = training
+
+
+# ------------------------------------------------------------------------------------------------------------ scorer
+@dataclass
+class DenseScores:
+    r"""
+    Output of [`DenseDivergenceScorer.score`]. Every per-position field is 0 where `completion_mask == 0`.
+
+    Args:
+        divergence (`torch.Tensor` of shape `(B, T)`, float32): dense top-K divergence d_t.
+        teacher_entropy (`torch.Tensor` of shape `(B, T)`, float32): teacher entropy H_t on the support plus tail.
+        student_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log p(observed token), student context.
+        teacher_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log q(observed token), teacher context.
+        teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)` or `None`): teacher top-K ids, when requested.
+        teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)` or `None`): their teacher log-probabilities.
+        num_forwards (`int`): backbone forwards run, dummy ones included (2 per micro-batch).
+    """
+
+    divergence: Tensor
+    teacher_entropy: Tensor
+    student_logprobs: Tensor
+    teacher_logprobs: Tensor
+    teacher_topk_ids: Tensor | None = None
+    teacher_topk_logprobs: Tensor | None = None
+    num_forwards: int = 0
+
+
+class DenseDivergenceScorer:
+    r"""
+    Scores completions under the student and the teacher context with the current policy, forward-only.
+
+    Args:
+        top_k (`int`, *optional*, defaults to `32`): size K of the teacher top-K support.
+        divergence (`str`, *optional*, defaults to `"reverse_kl"`): `"reverse_kl"`, `"forward_kl"` or `"jsd"`.
+        chunk_size (`int`, *optional*, defaults to `256`): completion positions projected through the LM head at once.
+        temperature (`float`, *optional*, defaults to `1.0`): sampling temperature the logits are divided by.
+        batch_size (`int` or `None`, *optional*, defaults to `None`): rows per forward; `None` scores all rows at once.
+    """
+
+    def __init__(self, *, top_k=32, divergence="reverse_kl", chunk_size=256, temperature=1.0, batch_size=None):
+        _check_top_k(top_k)
+        _check_divergence(divergence)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature!r} must be > 0.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be >= 1 or None.")
+        self.top_k, self.divergence, self.chunk_size = top_k, divergence, chunk_size
+        self.temperature, self.batch_size = temperature, batch_size
+
+    @classmethod
+    def from_config(cls, args) -> DenseDivergenceScorer:
+        """Build from an [`SGCDConfig`] (`credit_top_k`, `credit_divergence`, `credit_chunk_size`, `temperature`)."""
+        return cls(
+            top_k=args.credit_top_k,
+            divergence=args.credit_divergence,
+            chunk_size=args.credit_chunk_size,
+            temperature=args.temperature,
+            batch_size=args.credit_scoring_batch_size or args.per_device_train_batch_size,
+        )
+
+    def num_batches(self, n_rows: int) -> int:
+        """Micro-batches (each one student and one teacher forward) needed for `n_rows` rows."""
+        if n_rows <= 0:
+            return 0
+        return 1 if self.batch_size is None else math.ceil(n_rows / self.batch_size)
+
+    def score(
+        self,
+        model: nn.Module,
+        student_input_ids: Tensor,
+        student_attention_mask: Tensor,
+        teacher_input_ids: Tensor,
+        teacher_attention_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        min_batches: int = 0,
+        return_teacher_topk: bool = False,
+    ) -> DenseScores:
+        r"""
+        Dense scores of the completion tokens. Inputs follow TRL's layout: `*_input_ids` `(B, L)` is a left-padded
+        prompt followed by the right-padded `completion_ids` `(B, T)`, which are always the last T columns; the student
+        and the teacher prompt may differ in length. No gradient; dropout off; the model's train/eval modes are
+        restored. `min_batches` pads with dummy forwards so that every rank runs the same number (ZeRO-3).
+        """
+        _check_layout(student_input_ids, student_attention_mask, teacher_input_ids, teacher_attention_mask,
+                      completion_ids, completion_mask)
+        n_rows = completion_ids.size(0)
+        step = self.batch_size or max(n_rows, 1)
+        modes = _training_modes(model)
+        model.eval()
+        parts, forwards = [], 0
+        try:
+            with torch.no_grad():
+                base = _unwrap(model)
+                backbone, head = _backbone(base), _LMHead(base, self.temperature)
+                for start in range(0, n_rows, step):
+                    rows = slice(start, start + step)
+                    parts.append(self._score_rows(
+                        backbone, head, student_input_ids[rows], student_attention_mask[rows],
+                        teacher_input_ids[rows], teacher_attention_mask[rows], completion_ids[rows],
+                        completion_mask[rows], return_teacher_topk,
+                    ))
+                    forwards += 2
+                for _ in range(max(0, min_batches - self.num_batches(n_rows))):
+                    self._dummy_batch(backbone, head, completion_ids.device)
+                    forwards += 2
+                if not parts:
+                    parts.append(self._empty(completion_ids.shape, head, completion_ids.device, return_teacher_topk))
+        finally:
+            _restore_modes(modes)
+        return DenseScores(**{name: torch.cat([p[name] for p in parts]) for name in parts[0]}, num_forwards=forwards)
+
+    def _score_rows(self, backbone, head, s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask, topk):
+        """One micro-batch: two backbone forwards, one head gather, the chunk loop. Dense `(b, T, ...)` fields."""
+        mask = completion_mask.bool()  # (b, T)
+        observed = completion_ids[mask]  # (N,)
+        h_student = _completion_hidden(backbone, s_ids, s_mask, mask)  # (N, H)
+        h_teacher = _completion_hidden(backbone, t_ids, t_mask, mask)  # (N, H)
+        chunks = []
+        with head.gathered():
+            for start in range(0, observed.numel(), self.chunk_size):
+                part = slice(start, start + self.chunk_size)
+                chunks.append(_score_logits(
+                    lambda part=part: head.logits(h_student[part]),
+                    lambda part=part: head.logits(h_teacher[part]),
+                    observed[part].to(head.weight.device),
+                    top_k=self.top_k,
+                    divergence=self.divergence,
+                ))
+        out = self._empty(mask.shape, head, completion_ids.device, topk)
+        for name, dense in out.items():
+            if chunks:
+                dense[mask] = torch.cat([getattr(c, name) for c in chunks]).to(dense.device)  # (N, ...)
+        return out
+
+    def _empty(self, shape, head, device, topk) -> dict[str, Tensor]:
+        out = {name: torch.zeros(shape, device=device) for name in _DENSE_FIELDS}  # (b, T) float32
+        if topk:
+            k = min(self.top_k, head.vocab_size)
+            out["teacher_topk_ids"] = torch.zeros((*shape, k), dtype=torch.long, device=device)  # (b, T, K)
+            out["teacher_topk_logprobs"] = torch.zeros((*shape, k), device=device)  # (b, T, K)
+        return out
+
+    def _dummy_batch(self, backbone, head, device) -> None:
+        """Same collectives as a real micro-batch (two forwards, one gather, one head call) on a 1x2 input."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+        for _ in range(2):
+            hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+        with head.gathered():
+            head.logits(hidden[0, -1:])
+
+
+_DENSE_FIELDS = ("divergence", "teacher_entropy", "student_logprobs", "teacher_logprobs")
+
+
+# --------------------------------------------------------------------------------------------- direct_sd ablation loss
+def teacher_matching_loss(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    teacher_topk_ids: Tensor,
+    teacher_topk_logprobs: Tensor,
+    *,
+    temperature: float,
+    chunk_size: int,
+) -> Tensor:
+    r"""
+    Teacher-matching KL(q^K || p^K) of the `direct_sd` ablation, WITH gradient through the student. The only gradient
+    path outside TRL's clipped surrogate in trl-sgcd, and only in that ablation.
+
+    Args:
+        model: the policy (PEFT/DDP wrappers accepted); run in its current mode.
+        input_ids (`torch.Tensor` of shape `(B, L)`): student prompt + completion, completion = last T columns.
+        attention_mask (`torch.Tensor` of shape `(B, L)`).
+        completion_mask (`torch.Tensor` of shape `(B, T)`): tokens the loss averages over.
+        teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_ids`.
+        teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_logprobs`.
+        temperature (`float`): sampling temperature.
+        chunk_size (`int`): positions per LM-head chunk; each chunk is recomputed in the backward (checkpointed), so
+            memory stays at one chunk of logits.
+
+    Returns:
+        `torch.Tensor`: scalar, the KL averaged over the `completion_mask` tokens (0 when there is none).
+
+    Under ZeRO-3 the head is gathered once and used detached: the KL then trains the backbone but not the LM head.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
+    mask = completion_mask.bool()  # (B, T)
+    if teacher_topk_ids.shape[:2] != mask.shape or teacher_topk_logprobs.shape != teacher_topk_ids.shape:
+        raise ValueError(
+            f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+            f"{tuple(teacher_topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
+        )
+    base = _unwrap(model)
+    head = _LMHead(base, temperature)
+    hidden = _completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
+    log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
+    total = hidden.sum() * 0.0  # connected to the graph even with no token
+    with head.gathered():
+        weight = head.weight.detach().clone() if head.zero3 else head.weight
+        for start in range(0, ids.size(0), chunk_size):
+            part = slice(start, start + chunk_size)
+            total = total + checkpoint(
+                _teacher_kl_sum, head, weight, hidden[part], ids[part], log_q[part], use_reentrant=False
+            )
+    return total / mask.sum().clamp(min=1)
+
+
+def _teacher_kl_sum(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor) -> Tensor:
+    """Sum over the chunk of KL(q || p) on the K teacher ids plus one tail bucket each side."""
+    log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
+    log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
+    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=LOG_FLOOR)  # (n,)
+    q = log_q.exp()  # (n, K)
+    q_tail = (1.0 - q.sum(-1)).clamp(min=0.0)  # (n,)
+    log_q_tail = q_tail.clamp(min=torch.finfo(torch.float32).tiny).log()  # (n,)
+    kl = (q * (log_q.clamp(min=LOG_FLOOR) - log_p)).sum(-1) + q_tail * (log_q_tail - log_p_tail)  # (n,)
+    return kl.sum()
+
+
+# ------------------------------------------------------------------------------------------------------------ checks
+def _check_top_k(top_k: int) -> None:
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r} must be an int >= 1.")
+
+
+def _check_divergence(divergence: str) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence={divergence!r} is not supported; choose one of {list(DIVERGENCES)}.")
+
+
+def _check_rows(logits: Tensor, observed_ids: Tensor) -> None:
+    if logits.dim() != 2 or observed_ids.shape != logits.shape[:1]:
+        raise ValueError(
+            f"observed_ids has shape {tuple(observed_ids.shape)}; expected ({logits.shape[0]},) for logits of shape "
+            f"{tuple(logits.shape)} (N, V)."
+        )
+
+
+def _check_layout(s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask) -> None:
+    if completion_ids.dim() != 2 or completion_mask.shape != completion_ids.shape:
+        raise ValueError(
+            f"completion_mask {tuple(completion_mask.shape)} must match completion_ids {tuple(completion_ids.shape)}."
+        )
+    n_rows, t = completion_ids.shape
+    for name, ids, mask in (("student_input_ids", s_ids, s_mask), ("teacher_input_ids", t_ids, t_mask)):
+        if ids.dim() != 2 or ids.size(0) != n_rows or ids.size(1) <= t or mask.shape != ids.shape:
+            raise ValueError(
+                f"{name} {tuple(ids.shape)} (with its attention mask {tuple(mask.shape)}) must be (B, L) with B = "
+                f"{n_rows} and L > T = {t} (at least one prompt token before the completion)."
+            )
+        if not torch.equal(ids[:, -t:], completion_ids.to(ids.device)):
+            raise ValueError(f"The last T={t} columns of {name} must be completion_ids (splice, never re-render).")
