@@ -1,0 +1,318 @@
+"""Batched litellm client for credit references: hard deadline, retries with backoff, bounded concurrency, disk cache.
+
+litellm's own `timeout` is not always honoured (a run hung 6.5 h, user need 9), so every attempt is wrapped in
+`asyncio.wait_for(..., timeout=deadline)`. Retries are ours (`num_retries=0` is passed to litellm, and the OpenAI SDK's
+own retries are off): rate limits (429), server errors (5xx), timeouts and connection errors back off exponentially
+with jitter; other 4xx answers fail at once. The client never raises: a failure is an [`LLMResult`] with `error` set,
+and the caller falls back for that request only.
+
+litellm is imported lazily, with `LITELLM_LOCAL_MODEL_COST_MAP=True` unless the user set it, so importing this module
+never touches the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+_RETRYABLE_NAMES = ("RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError", "Timeout",
+                    "APITimeoutError", "BadGatewayError")
+
+
+@dataclass
+class LLMResult:
+    """
+    Outcome of one chat completion request.
+
+    Args:
+        text (`str` or `None`):
+            Assistant content; `None` when the request failed.
+        error (`str` or `None`):
+            Why it failed (`"timeout: ..."`, `"RateLimitError: ..."`); `None` on success.
+        latency_s (`float`):
+            Wall time of the request, retries and backoff included.
+        prompt_tokens (`int` or `None`):
+            Prompt tokens reported by the server (`None` when unknown; 0 on a cache hit).
+        completion_tokens (`int` or `None`):
+            Completion tokens reported by the server.
+        cost_usd (`float` or `None`):
+            Cost from litellm's price map; `None` when the model's price is unknown (never a made-up 0).
+        cached (`bool`):
+            Whether the answer came from the disk cache (no request was made).
+        attempts (`int`):
+            Number of HTTP attempts made.
+        timed_out (`bool`, *optional*, defaults to `False`):
+            Whether the last attempt hit the deadline.
+    """
+
+    text: str | None
+    error: str | None
+    latency_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    cached: bool
+    attempts: int
+    timed_out: bool = False
+
+
+def import_litellm():
+    """Import litellm lazily, without fetching its remote price map."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def route_model(model: str, api_base: str | None) -> str:
+    """With an `api_base`, a bare model name goes through litellm's OpenAI-compatible route (`openai/<name>`)."""
+    if api_base and "/" not in model:
+        return f"openai/{model}"
+    return model
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionError)):
+        return True
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in (408, 429) or status >= 500
+    return any(cls.__name__ in _RETRYABLE_NAMES for cls in type(exc).__mro__)
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+class _DiskCache:
+    """JSON files keyed by `sha256(model + "\\n" + key)`; writes are atomic (temp file + `os.replace`)."""
+
+    def __init__(self, directory: str | os.PathLike | None):
+        self.directory = Path(directory) if directory else None
+
+    def _path(self, model: str, key: str) -> Path:
+        digest = hashlib.sha256(f"{model}\n{key}".encode()).hexdigest()
+        return self.directory / f"{digest}.json"
+
+    def get(self, model: str, key: str) -> dict | None:
+        if self.directory is None:
+            return None
+        try:
+            record = json.loads(self._path(model, key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if record.get("model") == model and record.get("key") == key else None
+
+    def put(self, model: str, key: str, record: dict) -> None:
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"model": model, "key": key, **record}, f)
+            os.replace(tmp, self._path(model, key))
+        except OSError:  # a read-only or full disk must not stop training
+            pass
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """The process-wide event loop of `complete_many`, started lazily in a daemon thread (a cached resource)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="trl-sgcd-litellm", daemon=True).start()
+            _LOOP = loop
+        return _LOOP
+
+
+class LiteLLMClient:
+    """
+    Concurrent chat completions through litellm, for batches of credit-reference requests.
+
+    Args:
+        model (`str`):
+            litellm model name (`"openai/gpt-4o-mini"`, `"hosted_vllm/Qwen3-32B"`); with `api_base`, a bare name is
+            routed as `"openai/<name>"`.
+        api_base (`str` or `None`, *optional*):
+            Base URL of an OpenAI-compatible server.
+        api_key (`str` or `None`, *optional*):
+            API key; with `api_base` and no key, a placeholder is sent (local servers ignore it).
+        deadline (`float`, *optional*, defaults to `60.0`):
+            Hard per-attempt deadline in seconds (`asyncio.wait_for`).
+        retries (`int`, *optional*, defaults to `3`):
+            Extra attempts after a retryable failure (429, 5xx, timeout, connection error).
+        concurrency (`int`, *optional*, defaults to `8`):
+            Requests in flight at once.
+        max_tokens (`int`, *optional*, defaults to `512`):
+            Completion token cap.
+        temperature (`float`, *optional*, defaults to `0.0`):
+            Sampling temperature.
+        cache_dir (`str` or `None`, *optional*):
+            Directory of the JSON answer cache; `None` disables it.
+        backoff_base (`float`, *optional*, defaults to `0.5`):
+            First backoff delay in seconds (doubles per retry, with jitter).
+        backoff_max (`float`, *optional*, defaults to `8.0`):
+            Longest backoff delay.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        deadline: float = 60.0,
+        retries: int = 3,
+        concurrency: int = 8,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        cache_dir: str | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+    ):
+        if deadline <= 0 or retries < 0 or concurrency < 1:
+            raise ValueError(f"Need deadline > 0, retries >= 0, concurrency >= 1; got {deadline}, {retries}, {concurrency}.")
+        self.model = route_model(model, api_base)
+        self.api_base = api_base
+        self.api_key = api_key if api_key is not None else ("EMPTY" if api_base else None)
+        self.deadline = float(deadline)
+        self.retries = int(retries)
+        self.concurrency = int(concurrency)
+        self.max_tokens = int(max_tokens)
+        self.temperature = float(temperature)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.cache = _DiskCache(cache_dir)
+        self._rng = random.Random()
+
+    # public API
+    async def acomplete_many(self, requests: Sequence[tuple[str, list[dict]]]) -> list[LLMResult]:
+        """
+        Run all requests concurrently (at most `concurrency` in flight) and return one result per request, in order.
+
+        Args:
+            requests (`Sequence[tuple[str, list[dict]]]`):
+                `(cache_key, messages)` pairs; the cache key should hash the sanitized evidence.
+
+        Returns:
+            `list[LLMResult]`: never raises; failures carry `error`.
+        """
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def run(key: str, messages: list[dict]) -> LLMResult:
+            async with semaphore:
+                return await self._complete_one(key, messages)
+
+        return list(await asyncio.gather(*(run(key, messages) for key, messages in requests)))
+
+    def complete_many(self, requests: Sequence[tuple[str, list[dict]]]) -> list[LLMResult]:
+        """
+        Synchronous [`~LiteLLMClient.acomplete_many`]. Safe to call from a thread whose event loop is running: the
+        coroutine always runs on one background event loop (a daemon thread), kept for the whole process because
+        litellm binds its connection pools and logging worker to the loop that first used them.
+        """
+        if not requests:
+            return []
+        future = asyncio.run_coroutine_threadsafe(self.acomplete_many(requests), _background_loop())
+        try:
+            return future.result(timeout=self._batch_bound(len(requests)))
+        except Exception as exc:  # noqa: BLE001 - a safety net; each request already has its own deadline
+            future.cancel()
+            error = f"batch failed: {_describe(exc)}"
+            return [LLMResult(None, error, 0.0, None, None, None, cached=False, attempts=0) for _ in requests]
+
+    def _batch_bound(self, num_requests: int) -> float:
+        waves = math.ceil(num_requests / self.concurrency)
+        return waves * (self.retries + 1) * (self.deadline + self.backoff_max) + 30.0
+
+    # internals
+    def _backoff(self, attempt: int, exc: BaseException | None) -> float:
+        delay = min(self.backoff_max, self.backoff_base * (2**attempt))
+        retry_after = getattr(getattr(exc, "response", None), "headers", {}) or {}
+        try:
+            delay = max(delay * 0.5, min(self.backoff_max, float(retry_after.get("retry-after"))))
+        except (TypeError, ValueError):
+            pass
+        return delay * 0.5 + self._rng.uniform(0.0, delay * 0.5)
+
+    async def _complete_one(self, key: str, messages: list[dict]) -> LLMResult:
+        start = time.perf_counter()
+        record = self.cache.get(self.model, key)
+        if record is not None:
+            return LLMResult(record["text"], None, time.perf_counter() - start, 0, 0, 0.0, cached=True, attempts=0)
+        attempt, last_exc = 0, None
+        while True:
+            attempt += 1
+            try:
+                response = await asyncio.wait_for(self._acompletion(messages), timeout=self.deadline)
+                return self._success(key, response, start, attempt)
+            except Exception as exc:  # noqa: BLE001 - the client must never raise
+                last_exc = exc
+                if not _is_retryable(exc) or attempt > self.retries:
+                    break
+                await asyncio.sleep(self._backoff(attempt - 1, exc))
+        timed_out = isinstance(last_exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(last_exc).__name__
+        error = f"timeout: no answer within {self.deadline:g} s" if timed_out else _describe(last_exc)
+        latency = time.perf_counter() - start
+        return LLMResult(None, error, latency, None, None, None, cached=False, attempts=attempt, timed_out=timed_out)
+
+    async def _acompletion(self, messages: list[dict]):
+        litellm = import_litellm()
+        kwargs = {"api_base": self.api_base, "api_key": self.api_key} if self.api_base else {}
+        if self.api_key and not self.api_base:
+            kwargs["api_key"] = self.api_key
+        return await litellm.acompletion(
+            model=self.model,
+            messages=messages,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            timeout=self.deadline,
+            num_retries=0,
+            max_retries=0,
+            **kwargs,
+        )
+
+    def _success(self, key: str, response, start: float, attempts: int) -> LLMResult:
+        choice = response.choices[0] if getattr(response, "choices", None) else None
+        text = getattr(getattr(choice, "message", None), "content", None) or ""
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        cost = self._cost(response)
+        latency = time.perf_counter() - start
+        if text.strip():
+            record = {"text": text, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "cost_usd": cost, "latency_s": latency}
+            self.cache.put(self.model, key, record)
+        return LLMResult(text, None, latency, prompt_tokens, completion_tokens, cost, cached=False, attempts=attempts)
+
+    def _cost(self, response) -> float | None:
+        litellm = import_litellm()
+        try:
+            cost = litellm.completion_cost(completion_response=response, model=self.model)
+        except Exception:  # noqa: BLE001 - unknown price: report None, never a made-up 0
+            return None
+        return float(cost) if cost is not None else None
+
+
+def result_to_dict(result: LLMResult) -> dict:
+    """Plain-dict view of an [`LLMResult`] (for logging)."""
+    return asdict(result)
