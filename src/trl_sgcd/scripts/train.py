@@ -113,37 +113,68 @@ def parse_args(argv: list[str] | None = None, parser=None):
     """
     Parse `argv` (defaults < `--config` YAML < flags) into `(script_args, training_args, model_args)`.
 
+    Unknown fields are looked for first, in the YAML file and on the command line, before any dataclass is built, so
+    a typo is reported as such rather than as a side effect (e.g. TrainingArguments' device checks).
+
     Raises:
         [`UsageError`]: for an unknown field (YAML key or flag, with a "did you mean" hint), an unreadable config file,
             or an invalid value (the `ValueError` of a dataclass `__post_init__`, which names the field).
     """
+    import sys
+
     parser = parser or make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_unknown_fields(parser, argv)
     try:
-        *dataclasses_, from_yaml, from_cli = parser.parse_args_and_config(
-            argv, return_remaining_strings=True, separate_remaining_strings=True
-        )
+        script_args, training_args, model_args = parser.parse_args_and_config(argv)
     except (ValueError, OSError) as e:
-        raise UsageError(str(e)) from e
-    _check_unknown(parser, from_yaml, "in the --config file")
-    _check_unknown(parser, from_cli, "on the command line")
-    script_args, training_args, model_args = dataclasses_
+        hint = " On a CPU-only machine set `use_cpu: true` and `bf16: false`." if "bf16" in str(e) else ""
+        raise UsageError(f"{e}{hint}") from e
     training_args.credit_private_columns = split_commas(training_args.credit_private_columns)
     script_args.reward_funcs = split_commas(script_args.reward_funcs)
     script_args.tools = split_commas(script_args.tools)
     return script_args, training_args, model_args
 
 
-def _check_unknown(parser, remaining: list[str], where: str) -> None:
+def read_config_file(path: str) -> dict:
+    """The mapping of a YAML recipe, or a [`UsageError`] naming the file."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"Cannot read --config {path!r}: {e}") from e
+    if not isinstance(config, dict):
+        raise UsageError(f"--config {path!r} must contain a YAML mapping of field: value.")
+    return config
+
+
+def check_unknown_fields(parser, argv: list[str]) -> None:
+    """Raise a [`UsageError`] naming every unknown YAML key or flag, with the closest known field as a hint."""
+    args = list(argv)
+    known = {a.dest for a in parser._actions}
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise UsageError("--config needs a path to a YAML recipe.")
+        path = args[i + 1]
+        yaml_keys = [str(k) for k in read_config_file(path) if k != "env"]  # `env:` sets environment variables
+        _raise_unknown([k for k in yaml_keys if k not in known], known, f"in --config {path!r}")
+        del args[i : i + 2]
+    _, remaining = parser.parse_known_args(args)
     names = [s[2:].split("=", 1)[0] for s in remaining if s.startswith("--")]
-    stray = [s for s in remaining if not s.startswith("-")] if not names else []
-    if not names and not stray:
+    if not names and remaining:
+        raise UsageError(f"Unexpected value(s) {remaining} on the command line; flags look like '--learning_rate 5e-7'.")
+    _raise_unknown(names, known, "on the command line")
+
+
+def _raise_unknown(names: list[str], known: set[str], where: str) -> None:
+    if not names:
         return
-    if stray:
-        raise UsageError(f"Unexpected value(s) {stray} {where}; flags look like '--learning_rate 5e-7'.")
-    known = [a.dest for a in parser._actions]
     hints = []
     for name in names:
-        close = difflib.get_close_matches(name, known, n=1)
+        close = difflib.get_close_matches(name, sorted(known), n=1)
         hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise UsageError(f"Unknown field(s) {where}: {', '.join(hints)}. `{PROG} --help` lists every field.")
 
