@@ -134,6 +134,15 @@ def _deviation(failed: list[TraceStep], success: list[TraceStep]) -> str:
     return "same tool sequence as the successful branch; the difference lies in argument values or the final answer"
 
 
+def _by_siblings(lines: dict[str, list[int]]) -> str:
+    """One bullet per distinct line, naming the (1-based) siblings it applies to."""
+    out = []
+    for line, ids in lines.items():
+        who = f"Sibling {ids[0]}" if len(ids) == 1 else f"Siblings {', '.join(map(str, ids))}"
+        out.append(f"- {who}: {line}")
+    return "\n".join(out)
+
+
 def contrast_sections(evidence: Evidence) -> dict[str, str]:
     """The five reference sections, built deterministically from the sanitized sibling steps of `evidence`."""
     steps, success = evidence.steps, evidence.success
@@ -145,37 +154,37 @@ def contrast_sections(evidence: Evidence) -> dict[str, str]:
     branches: dict[str, list[int]] = {}
     for i in successes:
         branches.setdefault(_branch(steps[i]), []).append(i + 1)
-    sections[SECTION_TITLES[1]] = "\n".join(f"- Sibling(s) {', '.join(map(str, ids))}: {branch}"
-                                            for branch, ids in branches.items())
-    failed_lines, deviation_lines = [], []
+    sections[SECTION_TITLES[1]] = _by_siblings(branches)
+    failed: dict[str, list[int]] = {}
+    deviations: dict[str, list[int]] = {}
     for i in failures:
         errors = _errors(steps[i])
         why = "; ".join(errors) if errors else "no tool error was visible; the verifier rejected the outcome"
-        failed_lines.append(f"- Sibling {i + 1}: {_branch(steps[i])}. Why: {why}")
+        failed.setdefault(f"{_branch(steps[i])}. Why: {why}", []).append(i + 1)
         names = [c.name for c in _calls(steps[i])]
         closest = max(successes, key=lambda s: (_common_prefix(names, [c.name for c in _calls(steps[s])]), s == best, -s))
-        deviation_lines.append(f"- Sibling {i + 1}: {_deviation(steps[i], steps[closest])}")
-    sections[SECTION_TITLES[2]] = "\n".join(failed_lines)
-    sections[SECTION_TITLES[3]] = "\n".join(deviation_lines)
+        deviations.setdefault(_deviation(steps[i], steps[closest]), []).append(i + 1)
+    sections[SECTION_TITLES[2]] = _by_siblings(failed)
+    sections[SECTION_TITLES[3]] = _by_siblings(deviations)
     sections[SECTION_TITLES[4]] = _masked_summary(evidence)
     return sections
+
+
+def _is_read(name: str) -> bool:
+    return name.lower().startswith(_READ_PREFIXES)
 
 
 def _state_checks(steps: list[list[TraceStep]], successes: list[int], best: int) -> str:
     branch = _calls(steps[best])
     if not branch:
         return "- Successful siblings answer directly, without tool calls."
-    common = [c for c in branch if all(c.name in {x.name for x in _calls(steps[i])} for i in successes)]
-    first_write = next((j for j, c in enumerate(branch) if not c.name.lower().startswith(_READ_PREFIXES)), None)
+    first_write = next((c.name for c in branch if not _is_read(c.name)), None)
+    called_by_all = [c for c in branch if all(c.name in {x.name for x in _calls(steps[i])} for i in successes)]
     lines = []
-    for call in dict.fromkeys(_shape(c) for c in common):
-        name = call.split("(")[0]
-        j = next(j for j, c in enumerate(branch) if c.name == name)
-        where = f"step {j + 1} of the successful branch"
-        if name.lower().startswith(_READ_PREFIXES) and first_write is not None and j < first_write:
-            where += f", a state check before {branch[first_write].name}"
-        lines.append(f"- Every successful sibling calls {call} ({where}).")
-    return "\n".join(lines) or f"- Successful siblings start with {_shape(branch[0])}."
+    for shape in dict.fromkeys(_shape(c) for c in called_by_all if _is_read(c.name)):
+        before = f" before {first_write}" if first_write else ""
+        lines.append(f"- Every successful sibling checks state with {shape}{before}.")
+    return "\n".join(lines) or f"- Successful siblings act without a prior lookup; their first call is {_shape(branch[0])}."
 
 
 def _masked_summary(evidence: Evidence) -> str:
