@@ -49,10 +49,18 @@ def version_string() -> str:
 
 
 def load_command(name: str):
-    """The `main` of a sub-command, imported lazily. Raises `ModuleNotFoundError` only if that module is missing."""
+    """
+    The `main(argv)` of a sub-command, imported lazily, or `None` when its module (or its `main`) does not exist yet.
+    A module that exists but fails to import raises as usual, so the real error shows.
+    """
     module_name = COMMANDS[name][0]
-    module = importlib.import_module(module_name)
-    return module.main
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        return None
+    return getattr(module, "main", None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"trl-sgcd: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
         return 2
-    try:
-        command = load_command(name)
-    except ModuleNotFoundError as e:
-        if e.name != COMMANDS[name][0]:
-            raise  # the module exists but one of its imports is missing: show the real error
-        print(f"trl-sgcd {name}: this command is not available in this install ({COMMANDS[name][0]} "
-              f"is missing).", file=sys.stderr)
+    command = load_command(name)
+    if command is None:
+        print(f"trl-sgcd {name}: not available in this install: `{COMMANDS[name][0]}:main` does not exist.",
+              file=sys.stderr)
         return 2
     from trl_sgcd.scripts.utils import UsageError
 

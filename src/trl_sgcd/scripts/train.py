@@ -109,12 +109,13 @@ def make_parser(prog: str = PROG):
     return TrlParser((SGCDScriptArguments, SGCDConfig, ModelConfig), prog=prog)
 
 
-def parse_args(argv: list[str] | None = None, parser=None):
+def parse_args(argv: list[str] | None = None):
     """
     Parse `argv` (defaults < `--config` YAML < flags) into `(script_args, training_args, model_args)`.
 
     Unknown fields are looked for first, in the YAML file and on the command line, before any dataclass is built, so
-    a typo is reported as such rather than as a side effect (e.g. TrainingArguments' device checks).
+    a typo is reported as such rather than as a side effect (e.g. TrainingArguments' device checks). The parser is
+    built afresh on every call: `TrlParser` writes the YAML values into its argument defaults.
 
     Raises:
         [`UsageError`]: for an unknown field (YAML key or flag, with a "did you mean" hint), an unreadable config file,
@@ -122,7 +123,7 @@ def parse_args(argv: list[str] | None = None, parser=None):
     """
     import sys
 
-    parser = parser or make_parser()
+    parser = make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     check_unknown_fields(parser, argv)
     try:
@@ -159,7 +160,11 @@ def check_unknown_fields(parser, argv: list[str]) -> None:
         if i + 1 >= len(args):
             raise UsageError("--config needs a path to a YAML recipe.")
         path = args[i + 1]
-        yaml_keys = [str(k) for k in read_config_file(path) if k != "env"]  # `env:` sets environment variables
+        config = read_config_file(path)
+        if config.get("credit_mode") is False:
+            raise UsageError(f'credit_mode is false in --config {path!r}: write credit_mode: "off" (quoted; YAML '
+                             "reads a bare off as false).")
+        yaml_keys = [str(k) for k in config if k != "env"]  # `env:` sets environment variables
         _raise_unknown([k for k in yaml_keys if k not in known], known, f"in --config {path!r}")
         del args[i : i + 2]
     _, remaining = parser.parse_known_args(args)

@@ -1,0 +1,138 @@
+"""SGCDConfig: the credit_* fields do not shadow GRPOConfig, are documented, are checked, and parse through TrlParser."""
+
+import dataclasses
+
+import pytest
+import yaml
+from trl import GRPOConfig, TrlParser
+
+from trl_sgcd.config import CREDIT_MODES, DIVERGENCES, SGCDConfig
+from trl_sgcd.scripts.train import parse_args
+
+CPU = dict(use_cpu=True, bf16=False)  # GRPOConfig defaults to bf16, which this CPU machine does not support
+GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
+NEW_FIELDS = [f for f in dataclasses.fields(SGCDConfig) if f.name not in GRPO_FIELDS]
+
+
+def make_config(tmp_path, **kwargs) -> SGCDConfig:
+    return SGCDConfig(output_dir=str(tmp_path), **CPU, **kwargs)
+
+
+def test_new_fields_are_credit_prefixed_and_shadow_nothing():
+    assert len(NEW_FIELDS) >= 20
+    assert [f.name for f in NEW_FIELDS if not f.name.startswith("credit_")] == []
+    # Nothing SGCDConfig declares itself redefines a parent field (e.g. GRPOConfig's top_k, beta, temperature).
+    assert set(SGCDConfig.__annotations__) & GRPO_FIELDS == set()
+
+
+def test_credit_fields_have_help_and_are_in_the_docstring():
+    for f in NEW_FIELDS:
+        assert f.metadata.get("help"), f"{f.name} has no help metadata"
+        assert f"{f.name} (`" in SGCDConfig.__doc__, f"{f.name} is missing from the SGCDConfig docstring"
+
+
+def test_defaults_are_the_papers(tmp_path):
+    config = make_config(tmp_path)
+    assert (config.credit_mode, config.credit_gamma, config.credit_cap) == ("sgcd", 1.0, 2.0)
+    assert config.credit_divergence == "reverse_kl"
+    assert config.credit_private_columns == []
+    assert set(CREDIT_MODES) >= {"sgcd", "off", "no_reference", "uniform", "direct_sd"}
+    assert set(DIVERGENCES) == {"reverse_kl", "forward_kl", "jsd"}
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("credit_cap", 1.0),
+        ("credit_cap", 0.5),
+        ("credit_gamma", -0.1),
+        ("credit_top_k", 0),
+        ("credit_chunk_size", 0),
+        ("credit_max_span", 0),
+        ("credit_mode", "grpo"),
+        ("credit_divergence", "kl"),
+        ("credit_reference_backend", "openai"),
+        ("credit_reference_fallback", "retry"),
+        ("credit_reference_deadline", 0.0),
+        ("credit_reference_deadline", -5.0),
+        ("credit_reference_retries", -1),
+        ("credit_reference_concurrency", 0),
+        ("credit_scoring_batch_size", 0),
+        ("credit_min_mixed_fraction", 1.5),
+        ("credit_saturation_z", 0.0),
+        ("credit_direct_sd_coef", -1.0),
+    ],
+)
+def test_post_init_rejects_bad_values_naming_the_field(tmp_path, name, value):
+    with pytest.raises(ValueError, match=name):
+        make_config(tmp_path, **{name: value})
+
+
+def test_litellm_backend_needs_a_model(tmp_path):
+    with pytest.raises(ValueError, match="credit_reference_model"):
+        make_config(tmp_path, credit_reference_backend="litellm")
+    config = make_config(tmp_path, credit_reference_backend="litellm", credit_reference_model="openai/gpt-4o-mini")
+    assert config.credit_reference_model == "openai/gpt-4o-mini"
+
+
+def test_spike_threshold_must_exceed_reset(tmp_path):
+    with pytest.raises(ValueError, match="credit_spike_z"):
+        make_config(tmp_path, credit_spike_z=-1.0, credit_reset_z=-0.5)
+
+
+def test_private_columns_accept_a_comma_separated_string(tmp_path):
+    assert make_config(tmp_path, credit_private_columns="gold_actions, gold_answer").credit_private_columns == [
+        "gold_actions",
+        "gold_answer",
+    ]
+
+
+def write_yaml(path, mapping) -> str:
+    path.write_text(yaml.safe_dump(mapping))
+    return str(path)
+
+
+def test_trlparser_precedence_defaults_yaml_cli(tmp_path):
+    recipe = write_yaml(
+        tmp_path / "r.yaml",
+        dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, learning_rate=3.0e-6, credit_gamma=0.5,
+             credit_cap=3.0, credit_private_columns=["gold_actions", "gold_answer"]),
+    )
+    (config,) = TrlParser([SGCDConfig]).parse_args_and_config(
+        ["--config", recipe, "--credit_cap", "1.5", "--learning_rate", "1e-6"]
+    )
+    assert config.credit_top_k == 32  # default
+    assert config.credit_gamma == 0.5  # YAML
+    assert config.credit_cap == 1.5 and config.learning_rate == 1e-6  # CLI beats YAML
+    assert config.credit_private_columns == ["gold_actions", "gold_answer"]  # YAML list
+
+
+def test_private_columns_from_yaml_string_and_cli(tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", dict(output_dir=str(tmp_path), use_cpu=True, bf16=False,
+                                                   credit_private_columns="gold_actions,gold_answer"))
+    (config,) = TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe])
+    assert config.credit_private_columns == ["gold_actions", "gold_answer"]  # YAML string, split by __post_init__
+    (config,) = TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe, "--credit_private_columns", "a", "b"])
+    assert config.credit_private_columns == ["a", "b"]  # CLI list beats YAML
+    # Our parser also splits one comma-separated CLI string.
+    _, config, _ = parse_args(["--config", recipe, "--credit_private_columns", "gold_actions,gold_answer"])
+    assert config.credit_private_columns == ["gold_actions", "gold_answer"]
+
+
+def test_credit_fields_round_trip_through_yaml(tmp_path):
+    original = make_config(
+        tmp_path, credit_mode="uniform", credit_gamma=0.7, credit_cap=1.8, credit_divergence="jsd", credit_top_k=16,
+        credit_scoring_batch_size=4, credit_reference_backend="litellm", credit_reference_model="hosted_vllm/m",
+        credit_reference_api_base="http://localhost:8000/v1", credit_reference_api_key_env="MY_KEY",
+        credit_private_columns=["gold_answer"], credit_dynamic_sampling=True, credit_strict=True,
+    )
+    credit = {f.name: getattr(original, f.name) for f in NEW_FIELDS}
+    recipe = write_yaml(tmp_path / "r.yaml", dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, **credit))
+    (parsed,) = TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe])
+    assert {name: getattr(parsed, name) for name in credit} == credit
+
+
+def test_invalid_value_in_yaml_is_reported_by_name(tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, credit_cap=1))
+    with pytest.raises(ValueError, match="credit_cap"):
+        TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe])
