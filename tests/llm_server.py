@@ -85,6 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default backlog (5) drops SYNs under a burst: the client retries 1 s later
     owner: FakeLLMServer
 
 
