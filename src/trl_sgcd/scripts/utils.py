@@ -161,7 +161,10 @@ def get_split(dataset_dict, split: str, *, field_name: str, dataset_name: str):
     if split not in dataset_dict:
         raise UsageError(f"{field_name}={split!r} is not a split of dataset_name={dataset_name!r}; available splits: "
                          f"{list(dataset_dict.keys())}.")
-    return dataset_dict[split]
+    try:
+        return dataset_dict[split]
+    except UsageError as e:
+        raise UsageError(f"{field_name}={split!r}: {e}") from e
 
 
 def check_columns(dataset, *, prompt_column: str, private_columns: list[str], dataset_name: str):
