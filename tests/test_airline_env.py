@@ -74,7 +74,9 @@ def test_wrong_state_change_earns_zero():
     target = cancel_task["gold_actions"][-1]["arguments"]["reservation_id"]
     wrong = next(r for r in build_database(0)["reservations"].values() if r["reservation_id"] != target
                  and cancellation_allowed(r)[0])  # fmt: skip
-    env = _replay(cancel_task, [{"name": "cancel_reservation", "arguments": {"reservation_id": wrong["reservation_id"]}}])
+    env = _replay(
+        cancel_task, [{"name": "cancel_reservation", "arguments": {"reservation_id": wrong["reservation_id"]}}]
+    )
     assert env.tool_failures == 0 and score_episode(env, cancel_task["expert_answer"]) == 0.0
 
 
@@ -159,7 +161,9 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
                     (_start(task), _start(task))]  # fmt: skip
     assert observations[0] == observations[1]
     assert build_database(1) != build_database(0)
-    assert [t["instruction"] for t in airline_tasks("test", seed=1)] != [t["instruction"] for t in airline_tasks("test")]
+    assert [t["instruction"] for t in airline_tasks("test", seed=1)] != [
+        t["instruction"] for t in airline_tasks("test")
+    ]
 
 
 def test_splits_are_disjoint_and_follow_the_mix():
@@ -205,14 +209,25 @@ def test_bad_arguments_return_error_observations():
         lambda: env.get_user_details(user_id=task["user_id"], extra=1),
         lambda: env.get_reservation_details(reservation_id="ZZZZZZ"),
         lambda: env.search_direct_flight(origin="JFK", destination="LAX"),
-        lambda: env.book_reservation(user_id=task["user_id"], flight_numbers=["HAT999x"], cabin="economy", payment_id="x"),
+        lambda: env.book_reservation(
+            user_id=task["user_id"], flight_numbers=["HAT999x"], cabin="economy", payment_id="x"
+        ),
         lambda: env.book_reservation(user_id=task["user_id"], flight_numbers=[1], cabin="economy", payment_id="x"),
-        lambda: env.book_reservation(user_id=task["user_id"], flight_numbers=change["flight_numbers"], cabin="first",
-                                     payment_id=change["payment_id"]),  # fmt: skip
-        lambda: env.book_reservation(user_id=task["user_id"], flight_numbers=change["flight_numbers"], cabin="economy",
-                                     payment_id="gift_card_0000000"),  # fmt: skip
-        lambda: env.update_reservation_flights(reservation_id=change["reservation_id"], flight_numbers=[],
-                                               payment_id=change["payment_id"]),  # fmt: skip
+        lambda: env.book_reservation(
+            user_id=task["user_id"],
+            flight_numbers=change["flight_numbers"],
+            cabin="first",
+            payment_id=change["payment_id"],
+        ),  # fmt: skip
+        lambda: env.book_reservation(
+            user_id=task["user_id"],
+            flight_numbers=change["flight_numbers"],
+            cabin="economy",
+            payment_id="gift_card_0000000",
+        ),  # fmt: skip
+        lambda: env.update_reservation_flights(
+            reservation_id=change["reservation_id"], flight_numbers=[], payment_id=change["payment_id"]
+        ),  # fmt: skip
         lambda: env.cancel_reservation(reservation_id=None),
     ]
     before = build_database(task["seed"])

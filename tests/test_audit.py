@@ -41,7 +41,7 @@ THREE_TOOLS = [
 def test_counts():
     assert [count_tool_calls(c) for c in (NO_TOOL, TWO_TOOLS, ONE_ERROR, THREE_TOOLS)] == [0, 2, 2, 3]
     assert [count_tool_errors(c) for c in (NO_TOOL, TWO_TOOLS, ONE_ERROR, THREE_TOOLS)] == [0, 0, 2, 1]
-    text = "<tool_call>\n{}\n</tool_call><tool_response>\n{\"error\": \"x\"}\n</tool_response><tool_call>{}</tool_call>"
+    text = '<tool_call>\n{}\n</tool_call><tool_response>\n{"error": "x"}\n</tool_response><tool_call>{}</tool_call>'
     assert count_tool_calls(text) == 2 and count_tool_errors(text) == 1 and count_tool_calls("plain answer") == 0
 
 

@@ -104,7 +104,9 @@ def test_tiny_model_evaluation_is_well_formed(tiny_model_path):
     assert not model.training
     assert _in_unit_interval(result["pass@1"]) and _in_unit_interval(result["pass^k"])
     assert result["num_tasks"] == 2 and len(result["records"]) == 2
-    assert all(_in_unit_interval(v["pass@1"]) and _in_unit_interval(v["pass^k"]) for v in result["per_category"].values())
+    assert all(
+        _in_unit_interval(v["pass@1"]) and _in_unit_interval(v["pass^k"]) for v in result["per_category"].values()
+    )
     for key in ("success_rate", "zero_tool_success_share", "tools_per_success", "tool_failure_rate"):
         assert key in result["audit"]
     for record in result["records"]:

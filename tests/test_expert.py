@@ -61,7 +61,7 @@ def test_renders_with_the_tool_template(tokenizer, train_conversations):
     turns = expert_turn_ids(tokenizer, conversation, tools)
     assert len(turns) == sum(1 for m in conversation if m["role"] == "assistant")
     assert all(ids[-1] == tokenizer.eos_token_id for _, ids in turns)
-    assert tokenizer.decode(turns[0][1]).startswith("<tool_call>\n{\"name\": ")
+    assert tokenizer.decode(turns[0][1]).startswith('<tool_call>\n{"name": ')
 
 
 def test_conversations_from_dataset_rows():

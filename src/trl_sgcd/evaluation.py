@@ -4,8 +4,8 @@ The rollout loop is the one `GRPOTrainer` runs with an `environment_factory` (on
 with the dataset row, tools = the environment's public methods, a raised tool exception becomes `{'error': ...}`, tool
 messages `{"role": "tool", "name": ..., "content": str(result)}`, stop when an assistant turn has no tool call or after
 `max_turns` generations), with plain `model.generate` instead of vLLM. One departure: each turn re-renders the whole
-conversation with the chat template instead of splicing tool-response ids onto the previous ids; with a
-prefix-preserving template (ChatML) the two give the same tokens for the history the policy wrote.
+conversation with the chat template instead of splicing tool-response ids onto the previously generated ids, so the
+policy's earlier turns appear in the template's canonical form (for well-formed turns, the same tokens).
 
 The generate step is a function `generate_fn(prompt_ids: list[list[int]]) -> list[list[int]]`, so a test can script the
 policy (e.g. replay expert turns) while the parser and the environment stay real. Metrics follow tau-bench (paper

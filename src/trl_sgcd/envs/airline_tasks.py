@@ -222,8 +222,8 @@ def _cheapest_fare(rng, db, user):
         return None
     o, d, date = flight["origin"], flight["destination"], flight["date"]
     best = _cheapest(db, o, d, date, cabin)
-    if best is None:
-        return None
+    if best is None or not all(_bookable(f, cabin) for f in search_direct(db, o, d, date)):
+        return None  # a unique cheapest fare among flights that can all be booked: no reading of "cheapest" is wrong
     price = best["prices"][cabin]
     return {
         "key": (o, d, date, cabin),
