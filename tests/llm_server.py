@@ -290,3 +290,22 @@ def sample_group(group_index: int = 0, *, num_success: int = 2, num_failed: int 
     rollouts = [Rollout(group_index * len(success) + k, prompt, c, float(ok), dict(row))
                 for k, (c, ok) in enumerate(zip(completions, success))]
     return SiblingGroup(group_index=group_index, rollouts=rollouts, success=success)
+
+
+def main() -> None:
+    """`python -m tests.llm_server --latency 1`: serve in its own process (prints the base URL, stops on SIGTERM/EOF)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="OpenAI-compatible test server on 127.0.0.1")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--answer-file", default=None, help="file whose text is every answer (default: VALID_REFERENCE)")
+    args = parser.parse_args()
+    answer = open(args.answer_file, encoding="utf-8").read() if args.answer_file else VALID_REFERENCE
+    with FakeLLMServer(answer=answer, latency=args.latency) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()  # run until the parent closes our stdin (or kills us)
+
+
+if __name__ == "__main__":
+    main()

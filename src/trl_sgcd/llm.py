@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -231,7 +232,15 @@ class LiteLLMClient:
         """
         if not requests:
             return []
-        future = asyncio.run_coroutine_threadsafe(self.acomplete_many(requests), _background_loop())
+        loop = _background_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # called from a coroutine on our own loop: a fresh loop in a worker thread avoids a deadlock
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                return pool.submit(asyncio.run, self.acomplete_many(requests)).result()
+        future = asyncio.run_coroutine_threadsafe(self.acomplete_many(requests), loop)
         try:
             return future.result(timeout=self._batch_bound(len(requests)))
         except Exception as exc:  # noqa: BLE001 - a safety net; each request already has its own deadline
@@ -276,8 +285,10 @@ class LiteLLMClient:
 
     async def _acompletion(self, messages: list[dict]):
         litellm = import_litellm()
-        kwargs = {"api_base": self.api_base, "api_key": self.api_key} if self.api_base else {}
-        if self.api_key and not self.api_base:
+        kwargs = {}
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        if self.api_key:
             kwargs["api_key"] = self.api_key
         return await litellm.acompletion(
             model=self.model,
@@ -305,6 +316,10 @@ class LiteLLMClient:
         return LLMResult(text, None, latency, prompt_tokens, completion_tokens, cost, cached=False, attempts=attempts)
 
     def _cost(self, response) -> float | None:
+        hidden = getattr(response, "_hidden_params", None) or {}
+        if "response_cost" in hidden:  # litellm already priced it (None when the model's price is unknown)
+            cost = hidden["response_cost"]
+            return float(cost) if cost is not None else None
         litellm = import_litellm()
         try:
             cost = litellm.completion_cost(completion_response=response, model=self.model)

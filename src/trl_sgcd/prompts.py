@@ -8,6 +8,7 @@ teacher-side scoring prefix, never into the student rollout or deployment prompt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ SECTION_HINTS = (
     "the first step where each failure departs from the successful evidence (name the step)",
     "literals or values that must stay masked during credit scoring (describe them; do not copy secrets)",
 )
+
+
+PROMPT_VERSION = hashlib.sha256((SYSTEM_PROMPT + "".join(SECTION_TITLES + SECTION_HINTS)).encode()).hexdigest()[:12]
+"""Changes whenever the prompt changes; part of the LLM cache key, so a new prompt never reuses old answers."""
 
 
 def section_header(title: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from .evidence import Evidence, Sanitizer, TraceStep, approx_token_count, build_evidence, visible_tool_names
 from .llm import LiteLLMClient, LLMResult
 from .prompts import (
+    PROMPT_VERSION,
     SECTION_TITLES,
     format_reference,
     parse_reference_sections,
@@ -369,7 +370,7 @@ class SiblingReferenceBuilder:
 
     def _llm_references(self, groups, evidences, refs, stats) -> None:
         order = list(evidences)
-        requests = [(f"{evidences[i].digest}|max_tokens={self.max_reference_tokens}",
+        requests = [(f"{evidences[i].digest}|prompt={PROMPT_VERSION}|max_tokens={self.max_reference_tokens}",
                      render_reference_messages(evidences[i])) for i in order]
         try:
             complete = getattr(self.llm_client, "complete_many", self.llm_client)
