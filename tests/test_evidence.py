@@ -3,7 +3,15 @@
 import json
 
 from tests.llm_server import PLANTED, sample_group
-from trl_sgcd.evidence import Sanitizer, build_evidence, render_task, render_trace, select_siblings, trace_steps
+from trl_sgcd.evidence import (
+    Sanitizer,
+    build_evidence,
+    render_sanitized_trace,
+    render_task,
+    render_trace,
+    select_siblings,
+    trace_steps,
+)
 from trl_sgcd.siblings import Rollout, SiblingGroup
 
 
@@ -150,3 +158,13 @@ def test_digest_is_stable_and_content_sensitive():
                                       max_observation_chars=512)
     assert make("a").digest == make("a").digest
     assert make("a").digest != make("b").digest
+
+
+def test_render_sanitized_trace_masks_before_truncating_and_keeps_tool_names():
+    obs = "z" * 60 + " card 4111 1111 1111 1111 " + "w" * 200
+    completion = [{"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "gold_tool", "arguments": {"q": "x"}}}]},
+        {"role": "tool", "name": "gold_tool", "content": obs}]
+    result = render_sanitized_trace(completion, sanitizer=Sanitizer(["gold_tool"]), max_observation_chars=70)
+    assert "4111" not in result.text and "CALL gold_tool(" in result.text
+    assert result.masked == ["4111 1111 1111 1111"]

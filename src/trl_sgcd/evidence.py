@@ -30,8 +30,8 @@ from .prompts import TraceStep, format_steps, render_task, render_trace, trace_s
 from .siblings import SiblingGroup
 
 __all__ = [
-    "Evidence", "SanitizedText", "Sanitizer", "TraceStep", "build_evidence", "render_task", "render_trace",
-    "sanitize", "select_siblings", "trace_steps",
+    "Evidence", "SanitizedText", "Sanitizer", "TraceStep", "build_evidence", "render_sanitized_trace", "render_task",
+    "render_trace", "sanitize", "select_siblings", "trace_steps",
 ]
 
 PLACEHOLDERS = ("SECRET", "CARD", "IBAN", "ACCOUNT", "EMAIL", "PHONE", "EVALUATOR", "PRIVATE")
@@ -276,6 +276,14 @@ def sanitize_steps(steps: list[TraceStep], sanitizer: Sanitizer) -> tuple[list[T
         masked.extend(clean.masked)
         out.append(TraceStep(step.kind, clean.text, step.name, step.arg_keys, step.is_error))
     return out, masked
+
+
+def render_sanitized_trace(completion: Any, *, sanitizer: Sanitizer, max_observation_chars: int | None) -> SanitizedText:
+    """[`render_trace`] with every step sanitized before observations are truncated (tool names stay readable)."""
+    names = {s.name for s in trace_steps(completion) if s.kind == "call"}
+    steps, masked = sanitize_steps(trace_steps(completion), sanitizer.keeping(names))
+    text = format_steps(steps, max_observation_chars=max_observation_chars)
+    return SanitizedText(text=text, masked=list(dict.fromkeys(masked)))
 
 
 # --- selection ---------------------------------------------------------------------------------------------------------
