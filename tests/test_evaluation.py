@@ -123,3 +123,15 @@ def test_evaluate_rejects_bad_arguments(parsing_tokenizer):
     with pytest.raises(ValueError):
         evaluate(None, parsing_tokenizer, make_airline_dataset("test", n=1), environment_factory=AirlineEnv,
                  reward_func=airline_reward, k=0)  # fmt: skip
+
+
+def test_eval_command_writes_metrics(tiny_model_path, tmp_path, capsys):
+    from trl_sgcd.evaluation import main
+
+    output = tmp_path / "eval.json"
+    argv = ["--model", tiny_model_path, "--n", "1", "--max_new_tokens", "4", "--max_turns", "1", "--no_progress",
+            "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0
+    assert "pass@1" in capsys.readouterr().out
+    result = json.loads(output.read_text())
+    assert result["num_tasks"] == 1 and 0.0 <= result["pass@1"] <= 1.0 and len(result["records"]) == 1

@@ -328,3 +328,61 @@ def evaluate(
     samples = [rewards for _, rewards in results[1:]] if greedy else [rewards for _, rewards in results]
     summary = _summarise(rows, primary, primary_rewards, samples, greedy, success_threshold)
     return {"k": k, "num_tasks": len(rows)} | summary
+
+
+# --- `trl-sgcd eval` ----------------------------------------------------------------------------------------------
+
+
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="trl-sgcd eval", description="Evaluate a checkpoint on the airline tasks.")
+    p.add_argument("--model", default="bundled", help='Checkpoint folder, or "bundled" (SmolLM2-135M) / "tiny".')
+    p.add_argument("--split", default="test", help='Task split: "test" (held out, default) or "train".')
+    p.add_argument("--n", type=int, default=None, help="Evaluate only the first n tasks.")
+    p.add_argument("--k", type=int, default=1, help="Sampled rollouts per task for pass^k.")
+    p.add_argument("--temperature", type=float, default=0.4)
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--no_greedy", action="store_true", help="pass@1 from the sampled rollouts instead of greedy.")
+    p.add_argument("--max_turns", type=int, default=8)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="Seed of the tasks and of the sampled rollouts.")
+    p.add_argument("--output", default=None, help="Write metrics and per-task records to this JSON file.")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trl-sgcd eval`: pass@1 / pass^k per category and the tool-use audit of a checkpoint on the airline tasks."""
+    import json
+    import sys
+
+    args = _parser().parse_args(argv)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.chat_template_utils import supports_tool_calling
+
+    from .envs.airline import AirlineEnv, airline_reward, make_airline_dataset
+    from .models import bundled_model_dir, tiny_model_dir
+
+    path = {"bundled": bundled_model_dir, "tiny": tiny_model_dir}.get(args.model, lambda: args.model)()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not supports_tool_calling(tokenizer):
+        print(f"trl-sgcd eval: the chat template of {path} cannot render tool calls.", file=sys.stderr)
+        return 2
+    model = AutoModelForCausalLM.from_pretrained(path)
+    dataset = make_airline_dataset(args.split, seed=args.seed, n=args.n)
+    result = evaluate(model, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
+                      k=args.k, temperature=args.temperature, top_p=args.top_p, greedy=not args.no_greedy,
+                      max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    print(f"pass@1 {result['pass@1']:.3f}   pass^{args.k} {result['pass^k']:.3f}   ({result['num_tasks']} tasks)")
+    for category, m in result["per_category"].items():
+        print(f"  {category:<12} pass@1 {m['pass@1']:.3f}   pass^k {m['pass^k']:.3f}   n={m['num_tasks']}")
+    audit = result["audit"]
+    print(f"  zero-tool success share {audit['zero_tool_success_share']:.3f}   tools/success "
+          f"{audit['tools_per_success']:.2f}   tool failure rate {audit['tool_failure_rate']:.3f}")  # fmt: skip
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+    return 0
