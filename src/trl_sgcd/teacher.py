@@ -157,7 +157,7 @@ def sibling_context_reference(group, *, private_columns, observation_max_chars: 
 
     The shortest successful trace is used (ties: lowest row index), so the choice is deterministic.
     """
-    from .evidence import Sanitizer, render_trace
+    from .evidence import Sanitizer, render_sanitized_trace
     from .reference import CreditReference
 
     successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
@@ -165,9 +165,10 @@ def sibling_context_reference(group, *, private_columns, observation_max_chars: 
         return CreditReference(text="", sections={}, masked_literals=[], source="none", group_index=group.group_index)
     private_values = [r.row.get(c) for r in group.rollouts for c in private_columns if r.row.get(c) is not None]
     sanitizer = Sanitizer(private_values)
-    traces = [(render_trace(r.completion, max_observation_chars=observation_max_chars), r.index) for r in successes]
-    text, _ = min(traces, key=lambda t: (len(t[0]), t[1]))
-    clean = sanitizer(text)
+    # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
+    traces = [(render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars),
+               r.index) for r in successes]
+    clean, _ = min(traces, key=lambda t: (len(t[0].text), t[1]))
     return CreditReference(
         text="A successful attempt at this same task:\n" + clean.text,
         sections={},

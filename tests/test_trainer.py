@@ -1,0 +1,171 @@
+"""SGCDTrainer end to end on the tiny model: parity with GRPO, token exactness, every credit mode, edge cases."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer
+
+from trl_sgcd import SGCDConfig, SGCDTrainer
+
+from .trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
+
+
+def _length_reward(completions, **kwargs):
+    return [float(len(str(c)) % 7) / 7.0 for c in completions]
+
+
+def _plain_dataset():
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"Count to {i}."}]} for i in range(4)])
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
+def test_off_mode_is_grpo_bit_for_bit(tmp_path, tiny_model_path, loss_type):
+    common = dict(use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=8, num_generations=4,
+                  max_completion_length=12, max_steps=1, learning_rate=1e-2, logging_steps=1, save_strategy="no",
+                  seed=7, loss_type=loss_type, beta=0.0)
+    results = []
+    for trainer_cls, config_cls, extra in [(GRPOTrainer, GRPOConfig, {}),
+                                           (SGCDTrainer, SGCDConfig, {"credit_mode": "off"})]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        trainer = trainer_cls(model=model, reward_funcs=_length_reward, train_dataset=_plain_dataset(),
+                              args=config_cls(output_dir=str(tmp_path / trainer_cls.__name__), **common, **extra))
+        out = trainer.train()
+        results.append((out.training_loss, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}))
+    (loss_a, params_a), (loss_b, params_b) = results
+    assert loss_a == loss_b
+    assert params_a.keys() == params_b.keys()
+    for name in params_a:
+        assert torch.equal(params_a[name], params_b[name]), name
+
+
+class _Recorder:
+    """Wraps a bound method, keeps its arguments and result; the real method runs."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args, **kwargs):
+        result = self.fn(*args, **kwargs)
+        self.calls.append((args, kwargs, result))
+        return result
+
+
+def _tool_trainer(tmp_path, model_path, **overrides):
+    trainer_cls = scripted_first_turn(SGCDTrainer)
+    return trainer_cls(model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
+                       args=tiny_args(tmp_path, **overrides), environment_factory=ToyLookupEnv)
+
+
+def _record(trainer):
+    score = _Recorder(trainer.credit_scorer.score)
+    trainer.credit_scorer.score = score
+    apply = _Recorder(trainer._apply_credit)
+    trainer._apply_credit = apply
+    build = _Recorder(trainer.reference_builder.build)
+    trainer.reference_builder.build = build
+    return score, apply, build
+
+
+def test_teacher_inputs_are_spliced_token_exact(tmp_path, tiny_model_path):
+    trainer = _tool_trainer(tmp_path, tiny_model_path, credit_reference_max_tokens=8)
+    score, apply, build = _record(trainer)
+    params_before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    assert score.calls, "the dense scorer never ran"
+    (_, s_ids, s_mask, t_ids, t_mask, c_ids, c_mask), _, _ = score.calls[0]
+    T = c_ids.size(1)
+    assert torch.equal(s_ids[:, -T:], c_ids) and torch.equal(t_ids[:, -T:], c_ids)
+    assert torch.equal(t_mask[:, -T:], c_mask)
+    # Multi-turn: the scored completions contain tool observations (tool_mask zeros) and they were kept as is.
+    output = apply.calls[0][2]
+    assert (output["tool_mask"] == 0).any()
+    tok = trainer.processing_class
+    for row in range(s_ids.size(0)):
+        student_prompt = tok.decode(s_ids[row, :-T][s_mask[row, :-T].bool()])
+        teacher_prompt = tok.decode(t_ids[row, :-T][t_mask[row, :-T].bool()])
+        assert "credit_reference" in teacher_prompt and "credit_reference" not in student_prompt
+        # The task prompt is never truncated: every line of the student's prompt is in the teacher's.
+        user_task = student_prompt.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
+        assert user_task in teacher_prompt
+        body = teacher_prompt.split("<credit_reference>")[1].split("</credit_reference>")[0]
+        assert len(tok(body, add_special_tokens=False)["input_ids"]) <= 8 + 40  # capped reference + fixed header
+    changed = any(not torch.equal(p, params_before[k]) for k, p in trainer.model.named_parameters())
+    assert changed
+
+
+@pytest.mark.parametrize("mode", ["sgcd", "no_reference", "uniform", "direct_sd", "sdpo"])
+def test_every_credit_mode_trains(tmp_path, tiny_model_path, mode):
+    trainer = _tool_trainer(tmp_path, tiny_model_path, credit_mode=mode)
+    score, apply, build = _record(trainer)
+    params_before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    stats = trainer._last_credit_stats
+    assert stats.sums["rows_scored"] > 0 and stats.sums["scored_tokens"] > 0
+    output = apply.calls[0][2]
+    adv = output["advantages"]
+    assert adv.dim() == 2
+    if mode in ("sgcd", "no_reference", "uniform"):
+        assert stats.sums["credit_tokens"] > 0
+        w = trainer._credit_last_batch["weights"]
+        assert w.min() >= 1.0 and w.max() <= trainer.args.credit_cap
+    if mode == "direct_sd":
+        assert "credit_teacher_topk_ids" in output
+        assert any(k == "sgcd/direct_sd_loss" for k in trainer._metrics["train"]) or trainer.state.log_history
+    if mode in ("no_reference", "sdpo"):
+        assert not build.calls, "sibling-context modes must not call the reference backend"
+    else:
+        assert build.calls
+    changed = any(not torch.equal(p, params_before[k]) for k, p in trainer.model.named_parameters())
+    assert changed
+    logged = trainer.state.log_history[0]
+    assert "sgcd/mixed_group_fraction" in logged and logged["sgcd/mixed_group_fraction"] > 0
+
+
+def _weights_one_where_no_credit(output, trainer):
+    adv = output["advantages"]
+    w = trainer._credit_last_batch["weights"]
+    assert torch.all(w == 1.0)
+    assert torch.isfinite(adv).all()
+
+
+@pytest.mark.parametrize("case", ["all_fail", "all_success", "nan_rewards", "truncated"])
+def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_path, case):
+    overrides = {}
+    script = lambda i, rank: False  # noqa: E731
+    reward = toy_reward
+    if case == "all_success":
+        script = lambda i, rank: True  # noqa: E731
+    if case == "nan_rewards":
+        def reward(completions, environments=None, **kwargs):
+            return [None] * len(completions)
+        reward.__name__ = "none_reward"
+    if case == "truncated":
+        overrides = {"max_completion_length": 3, "mask_truncated_completions": True}
+    trainer_cls = scripted_first_turn(SGCDTrainer, script=script)
+    trainer = trainer_cls(model=tiny_model_path, reward_funcs=reward, train_dataset=toy_dataset(4),
+                          args=tiny_args(tmp_path, **overrides), environment_factory=ToyLookupEnv)
+    score, apply, build = _record(trainer)
+    out = trainer.train()
+    assert math.isfinite(out.training_loss)
+    _weights_one_where_no_credit(apply.calls[0][2], trainer)
+    assert not score.calls or trainer._last_credit_stats.sums["rows_scored"] == 0
+
+
+def test_refuses_what_it_cannot_do(tmp_path, tiny_model_path):
+    with pytest.raises(TypeError, match="SGCDConfig"):
+        SGCDTrainer(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(2),
+                    args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False))
+    with pytest.raises(ValueError, match="vespo"):
+        SGCDTrainer(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(2),
+                    args=tiny_args(tmp_path, loss_type="vespo"), environment_factory=ToyLookupEnv)
+
+
+def test_model_card_and_tags(tmp_path, tiny_model_path):
+    trainer = _tool_trainer(tmp_path, tiny_model_path, credit_mode="off")
+    assert "sgcd" in trainer._tag_names and trainer._paper["id"] == "2606.12634"
+    trainer.create_model_card(model_name="tiny-sgcd")
+    card = (tmp_path / "README.md").read_text()
+    assert "SGCD" in card and "2606.12634" in card and "sgcd" in card
