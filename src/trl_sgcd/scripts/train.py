@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +123,6 @@ def parse_args(argv: list[str] | None = None):
         [`UsageError`]: for an unknown field (YAML key or flag, with a "did you mean" hint), an unreadable config file,
             or an invalid value (the `ValueError` of a dataclass `__post_init__`, which names the field).
     """
-    import sys
-
     parser = make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     check_unknown_fields(parser, argv)
@@ -198,20 +198,20 @@ def apply_builtin_defaults(script_args, training_args) -> None:
 
 def check_dependencies(training_args, model_args) -> None:
     """Fail before loading anything when an option needs a package that is missing or a key that is not set."""
-    import os
-
     from trl_sgcd.import_utils import is_litellm_available, is_peft_available, is_vllm_available
 
     if training_args.use_vllm and not is_vllm_available():
         raise UsageError("use_vllm=True needs vLLM: `pip install trl-sgcd[vllm]`, or pass `--use_vllm false`.")
     if model_args.use_peft and not is_peft_available():
         raise UsageError("use_peft=True needs PEFT: `pip install peft`.")
-    if training_args.credit_mode != "off" and training_args.credit_reference_backend == "litellm":
+    uses_llm = training_args.credit_mode not in ("off", "no_reference")  # these two never call the reference LLM
+    if uses_llm and training_args.credit_reference_backend == "litellm":
         if not is_litellm_available():
             raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
         key_env = training_args.credit_reference_api_key_env
         if key_env and not os.environ.get(key_env):
-            raise UsageError(f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set.")
+            raise UsageError(f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set: export it, or "
+                             "train with the offline reference (--credit_reference_backend contrast).")
 
 
 def resolve_callables(script_args) -> tuple[list[Callable], Callable | None, list[Callable]]:
@@ -267,10 +267,10 @@ def prepare(script_args, training_args, model_args) -> TrainPlan:
 def describe(plan: TrainPlan, training_args) -> str:
     """A few lines that say what will run."""
     size = "environment-provided prompts" if plan.train_dataset is None else f"{len(plan.train_dataset)} prompts"
-    names = [getattr(f, "__name__", repr(f)) for f in plan.reward_funcs]
+    rewards, tools = ([getattr(f, "__name__", repr(f)) for f in fs] for fs in (plan.reward_funcs, plan.tools))
     env = getattr(plan.environment_factory, "__name__", None)
-    return (f"model={plan.model_name} | train: {size} | environment={env} | reward_funcs={names} | "
-            f"tools={[t.__name__ for t in plan.tools]} | credit_mode={training_args.credit_mode} | "
+    return (f"model={plan.model_name} | train: {size} | environment={env} | reward_funcs={rewards} | "
+            f"tools={tools} | credit_mode={training_args.credit_mode} | "
             f"credit_private_columns={training_args.credit_private_columns} | output_dir={training_args.output_dir}")
 
 
