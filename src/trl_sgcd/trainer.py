@@ -12,7 +12,9 @@ contrast or LLM) -> `teacher` (id splicing) -> `divergence` (dense scoring) -> `
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import resource
 import textwrap
 import time
@@ -20,6 +22,7 @@ import warnings
 
 import torch
 from accelerate.utils import gather_object
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from .config import SGCDConfig
@@ -49,6 +52,8 @@ from .teacher import (
 from .weights import apply_credit_weights, credit_weights, uniform_credit_weights
 
 logger = logging.getLogger(__name__)
+
+SGCD_STATE_FILE = "sgcd_state.json"
 
 
 class SGCDTrainer(GRPOTrainer):
@@ -143,6 +148,29 @@ class SGCDTrainer(GRPOTrainer):
         )
         self._metrics["train"]["sgcd/direct_sd_loss"].append(self.accelerator.gather(aux.detach()).mean().item())
         return loss + self.args.credit_direct_sd_coef * aux / self.current_gradient_accumulation_steps
+
+    # ------------------------------------------------------------------ checkpoints (resume keeps the credit state)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, SGCD_STATE_FILE), "w") as f:
+                json.dump(self._credit_state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, SGCD_STATE_FILE) if checkpoint is not None else None
+        if path is not None and os.path.exists(path):
+            with open(path) as f:
+                self._load_credit_state_dict(json.load(f))
+
+    def _credit_state_dict(self) -> dict:
+        return {"reference_builder": self.reference_builder.state_dict(), "inert_steps": self._credit_inert_steps}
+
+    def _load_credit_state_dict(self, state: dict) -> None:
+        self.reference_builder.load_state_dict(state.get("reference_builder", {}))
+        self._credit_inert_steps = int(state.get("inert_steps", 0))
 
     # ------------------------------------------------------------------ the credit pipeline
 
