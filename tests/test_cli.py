@@ -275,3 +275,16 @@ def test_train_tiny_recipe_two_process_zero3(tmp_path):
     result = launch_two_processes("cpu_2proc_zero3.yaml", tmp_path, "--use_cpu", "false", "--ddp_backend", "gloo")
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "model.safetensors").is_file()  # zero3_save_16bit_model gathers the full weights
+
+
+@pytest.mark.slow
+def test_train_resumes_from_checkpoint(tmp_path):
+    """Step 1 saves checkpoint-1; `--resume_from_checkpoint true` picks it up and continues to step 2."""
+    common = ["train", "--config", TINY, "--output_dir", str(tmp_path), "--save_strategy", "steps", "--save_steps", "1"]
+    first = run_cli(*common, "--max_steps", "1", timeout=600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert (tmp_path / "checkpoint-1").is_dir()
+    second = run_cli(*common, "--max_steps", "2", "--resume_from_checkpoint", "true", timeout=600)
+    assert second.returncode == 0, second.stderr[-4000:]
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and len([h for h in state["log_history"] if "loss" in h]) == 2
