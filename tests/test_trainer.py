@@ -169,3 +169,36 @@ def test_model_card_and_tags(tmp_path, tiny_model_path):
     trainer.create_model_card(model_name="tiny-sgcd")
     card = (tmp_path / "README.md").read_text()
     assert "SGCD" in card and "2606.12634" in card and "sgcd" in card
+
+
+def test_dynamic_sampling_fills_the_batch_with_mixed_groups(tmp_path, tiny_model_path):
+    # Round 0: nobody calls the tool (no mixed group); round 1: every other row does (all groups mixed).
+    trainer_cls = scripted_first_turn(SGCDTrainer, script=lambda i, rank, rnd: rnd % 2 == 1 and i % 2 == 0)
+    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
+                          args=tiny_args(tmp_path, credit_dynamic_sampling=True, credit_max_resample_rounds=2,
+                                         credit_min_mixed_fraction=0.5),
+                          environment_factory=ToyLookupEnv)
+    score, apply, build = _record(trainer)
+    out = trainer.train()
+    assert math.isfinite(out.training_loss)
+    logged = trainer.state.log_history[0]
+    assert logged["sgcd/resample_rounds"] == 1.0
+    assert logged["sgcd/mixed_group_fraction"] == 1.0
+    output = apply.calls[0][2]
+    assert output["completion_ids"].size(0) == trainer.args.per_device_train_batch_size  # batch size unchanged
+    assert trainer._last_credit_stats.sums["credit_tokens"] > 0
+
+
+def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
+    from peft import LoraConfig
+
+    trainer_cls = scripted_first_turn(SGCDTrainer)
+    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
+                          args=tiny_args(tmp_path, learning_rate=5e-2), environment_factory=ToyLookupEnv,
+                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
+    assert lora
+    trainer.train()
+    assert trainer._last_credit_stats.sums["credit_tokens"] > 0
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(after[k], v) for k, v in lora.items() if "lora_B" in k)

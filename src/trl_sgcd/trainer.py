@@ -22,8 +22,10 @@ import warnings
 
 import torch
 from accelerate.utils import gather_object
+from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from .config import SGCDConfig
 from .credit import (
@@ -37,6 +39,7 @@ from .credit import (
     total_rewards,
 )
 from .divergence import DenseDivergenceScorer
+from .dynamic_sampling import merge_batches, merge_outputs, select_groups
 from .reference import CreditReference, SiblingReferenceBuilder
 from .saliency import credit_saliency
 from .siblings import build_sibling_groups, owner_of_group
@@ -129,7 +132,79 @@ class SGCDTrainer(GRPOTrainer):
         batch, self._credit_batch = self._credit_batch, None
         if self.args.credit_mode == "off" or batch is None or not self.model.training:
             return output
-        return self._apply_credit(output, batch)
+        rounds = 0
+        if self.args.credit_dynamic_sampling:
+            output, batch, rounds = self._resample(output, batch)
+        return self._apply_credit(output, batch, resample_rounds=rounds)
+
+    # ------------------------------------------------------------------ dynamic sampling
+
+    def _resample(self, output: dict, batch: dict):
+        """Generate extra rounds while too few groups are mixed; keep mixed groups first (same batch size)."""
+        args, G = self.args, self.num_generations
+        n_local = len(batch["prompts"])
+        if n_local % G or isinstance(self.train_dataset, IterableDataset):
+            if not getattr(self, "_credit_resample_warned", False):
+                warnings.warn("credit_dynamic_sampling is off for this run: it needs a map-style dataset and whole "
+                              f"groups on each rank (local generation batch {n_local} is not a multiple of "
+                              f"num_generations={G}).", stacklevel=2)
+                self._credit_resample_warned = True
+            return output, batch, 0
+        local = slice(self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local)
+        outputs, batches, local_rewards, mixed = [], [], [], []
+
+        def add(out, b):
+            rewards_per_func = b["rewards_per_func"][local]  # (n_local, F)
+            success = total_rewards(rewards_per_func, self.reward_weights) >= args.credit_success_threshold
+            counts = success.view(-1, G).sum(dim=1).tolist()
+            outputs.append(out), batches.append(b), local_rewards.append(rewards_per_func)
+            mixed.append([group_needs_teacher(args.credit_mode, int(c), G) for c in counts])
+
+        add(output, batch)
+        rounds = 0
+        while True:
+            chosen = select_groups(mixed, n_local // G)
+            n_mixed = torch.tensor([float(sum(mixed[r][g] for r, g in chosen))], device=self.accelerator.device)
+            fraction = self.accelerator.gather(n_mixed).sum().item() / (n_local // G * self.accelerator.num_processes)
+            if fraction >= args.credit_min_mixed_fraction or rounds >= args.credit_max_resample_rounds:
+                break
+            extra = super()._generate_and_score_completions(self._next_resample_batch())
+            add(extra, self._credit_batch)
+            self._credit_batch = None
+            rounds += 1
+        if rounds == 0:
+            return output, batch, 0
+        rows = [[] for _ in outputs]
+        for r, g in chosen:
+            rows[r].extend(range(g * G, (g + 1) * G))
+        merged = merge_outputs(outputs, rows, pad_token_id=self._tokenizer.pad_token_id)
+        merged_batch = merge_batches(batches, rows, local_rewards)
+        merged_batch["rewards_per_func"] = self.accelerator.gather(merged_batch.pop("local_rewards_per_func"))
+        mask = merged["completion_mask"] * merged["tool_mask"] if "tool_mask" in merged else merged["completion_mask"]
+        merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+        return merged, merged_batch, rounds
+
+    def _next_resample_batch(self):
+        """A fresh generation batch from a sampler of its own (another seed), so the main data order is untouched."""
+        if getattr(self, "_credit_resample_iter", None) is None:
+            epoch = getattr(self, "_credit_resample_epoch", 0)
+            self._credit_resample_epoch = epoch + 1
+            G = self.num_generations
+            sampler = lambda dataset: RepeatSampler(  # noqa: E731
+                data_source=dataset, mini_repeat_count=G, batch_size=self.args.generation_batch_size // G,
+                repeat_count=1, shuffle=True, seed=self.args.seed + 7919 * (epoch + 1),
+            )
+            loader = self._get_dataloader(
+                dataset=self.train_dataset, description="SGCD resampling",
+                batch_size=self._train_batch_size * self.args.steps_per_generation, sampler_fn=sampler,
+                is_training=True,
+            )
+            self._credit_resample_iter = iter(loader)
+        try:
+            return next(self._credit_resample_iter)
+        except StopIteration:
+            self._credit_resample_iter = None
+            return self._next_resample_batch()
 
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
@@ -174,7 +249,7 @@ class SGCDTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ the credit pipeline
 
-    def _apply_credit(self, output: dict, batch: dict) -> dict:
+    def _apply_credit(self, output: dict, batch: dict, resample_rounds: int = 0) -> dict:
         args, mode = self.args, self.args.credit_mode
         device = self.accelerator.device
         n_local = len(batch["prompts"])
@@ -247,7 +322,7 @@ class SGCDTrainer(GRPOTrainer):
             self._attach_direct_sd_targets(output, rows, scores, eligible_rows)
 
         self._log_credit(output, batch, groups, references, num_mixed, stats, reference_latency, fallback_prefix,
-                         weights, local_refs)
+                         weights, local_refs, resample_rounds)
         self._check_validity(stats, num_mixed, weights)
         return output
 
@@ -316,7 +391,7 @@ class SGCDTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ logging and validity
 
     def _log_credit(self, output, batch, groups, references, num_mixed, stats, latency, fallback_prefix, weights,
-                    local_refs):
+                    local_refs, resample_rounds=0):
         device = self.accelerator.device
         sums, maxima = stats.vectors(device)
         sums = self.accelerator.gather(sums.unsqueeze(0)).sum(dim=0)
@@ -330,7 +405,7 @@ class SGCDTrainer(GRPOTrainer):
         metrics = credit_metrics(
             self._last_credit_stats, num_groups=len(groups), num_mixed=num_mixed, sources=sources,
             latency_s=latency, cost_usd=sum(costs) if costs and all(c is not None for c in costs) else None,
-            resample_rounds=0, fallback_prefix=int(extra),
+            resample_rounds=resample_rounds, fallback_prefix=int(extra),
         )
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
