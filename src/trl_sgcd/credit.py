@@ -5,6 +5,7 @@ Pure functions over tensors and lists; none of them holds the trainer.
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 
 import torch
@@ -140,3 +141,57 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-row mean of `values` over `mask` (rows with no masked token give 0). `(B, T) -> (B,)`"""
     mask = mask.to(values.dtype)
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def direct_sd_targets(shape, top_k: int, rows: list[int], scores, eligible_rows, *, device) -> dict:
+    """Teacher top-K targets for the `direct_sd` ablation, as `(B, T, K)` tensors the loss step can slice."""
+    B, T = shape
+    K = scores.teacher_topk_ids.size(-1) if rows else top_k
+    ids = torch.zeros(B, T, K, dtype=torch.long, device=device)  # (B, T, K)
+    logps = torch.zeros(B, T, K, device=device)  # (B, T, K)
+    mask = torch.zeros(B, T, device=device)  # (B, T)
+    if rows:
+        ids[rows] = scores.teacher_topk_ids.to(device)
+        logps[rows] = scores.teacher_topk_logprobs.to(device)
+        mask[rows] = eligible_rows.float().to(device)
+    return {"credit_teacher_topk_ids": ids, "credit_teacher_topk_logprobs": logps, "credit_sd_mask": mask}
+
+
+def validity_problems(stats: CreditStats, *, mode: str, num_mixed: int, weights_require_grad: bool, inert_steps: int,
+                      inert_limit: int) -> tuple[list[str], int]:
+    """The paper's run-validity checks on one batch; returns the problems and the updated inert-step counter."""
+    s, m = stats.sums, stats.maxima
+    problems = []
+    if s["rows_scored"] > 0 and s["scored_tokens"] > 0 and m["divergence_max"] == 0.0:
+        problems.append("the dense features are all zero (teacher and student agree everywhere)")
+    if s["tool_tokens_in_mask"] > 0:
+        problems.append(f"the credit mask covers {int(s['tool_tokens_in_mask'])} tool-observation tokens")
+    if weights_require_grad:
+        problems.append("the credit weights require grad (they must be detached)")
+    if num_mixed > 0 and mode in ("sgcd", "no_reference", "uniform"):
+        inert_steps = 0 if s["credit_tokens"] > 0 else inert_steps + 1
+        if inert_steps >= inert_limit:
+            problems.append(f"the credit weights were inert (no credit token) for {inert_steps} batches while mixed "
+                            "groups existed")
+    return problems, inert_steps
+
+
+def refuse_unsupported(args) -> None:
+    """Refuse, at construction, combinations whose credit would be silently wrong."""
+    if args.credit_mode == "off":
+        return
+    if args.loss_type == "vespo":
+        raise ValueError(
+            f"credit_mode={args.credit_mode!r} with loss_type='vespo' is not supported: VESPO weights whole sequences "
+            "by their importance ratio, so token-level credit weights have no defined meaning there. Use loss_type "
+            "'dapo', 'grpo', 'bnpo' or 'dr_grpo', or credit_mode='off'."
+        )
+    if args.credit_mode not in SCORED_MODES:
+        raise ValueError(f"credit_mode={args.credit_mode!r} is not implemented by SGCDTrainer.")
+
+
+def peak_memory_gb() -> float:
+    """Peak accelerator memory (CUDA) or peak resident memory of this process (CPU), in GiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

@@ -104,3 +104,15 @@ def merge_batches(batches: list[dict], rows: list[list[int]], rewards_per_round:
         [rewards[idx] for rewards, idx in zip(rewards_per_round, rows) if idx], dim=0
     )
     return merged
+
+
+def resample_sampler(*, num_generations: int, generation_batch_size: int, seed: int):
+    """`sampler_fn` for the extra rounds: TRL's RepeatSampler (groups of G), one pass, its own seed."""
+    from trl.trainer.utils import RepeatSampler
+
+    def make(dataset):
+        return RepeatSampler(data_source=dataset, mini_repeat_count=num_generations,
+                             batch_size=generation_batch_size // num_generations, repeat_count=1, shuffle=True,
+                             seed=seed)
+
+    return make

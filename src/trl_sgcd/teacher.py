@@ -105,6 +105,31 @@ def splice_teacher_inputs(
     return input_ids, attention_mask
 
 
+def teacher_prompt_ids(prompts, texts: dict[int, str], student_prompt_ids: list[list[int]], *, render, tokenizer):
+    """Tokenized teacher prompts for the rows in `texts` (row -> capped reference), in the order of `texts`.
+
+    `render(prompts) -> list[list[int]]` must be the renderer that produced the student's prompt ids (the trainer
+    passes TRL's own). The unchanged prompts are rendered too: where they reproduce the student's ids, the teacher
+    prompt is the rendering with the reference inserted; where they do not (a custom `rollout_func` rendered the
+    prompt itself), the reference block is put in front of the student's ids at token level instead.
+
+    Returns:
+        `tuple[list[list[int]], int]`: teacher prompt ids per row, and how many rows used the token-level fallback.
+    """
+    rows = list(texts)
+    rendered = render([insert_reference(p, texts[i]) if i in texts else p for i, p in enumerate(prompts)])
+    plain = render([prompts[i] for i in rows])
+    out, fallback = [], 0
+    for k, i in enumerate(rows):
+        if list(plain[k]) == list(student_prompt_ids[k]):
+            out.append(list(rendered[i]))
+        else:
+            fallback += 1
+            block = tokenizer(reference_block(texts[i]) + "\n\n", add_special_tokens=False)["input_ids"]
+            out.append(list(block) + list(student_prompt_ids[k]))
+    return out, fallback
+
+
 def unpad_left(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     """Rows of a left-padded `(B, P)` tensor as lists without the padding."""
     return [row[m.bool()].tolist() for row, m in zip(ids, mask)]

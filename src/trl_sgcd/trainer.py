@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import textwrap
 import time
 import warnings
@@ -25,31 +24,32 @@ from accelerate.utils import gather_object
 from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler
 
 from .config import SGCDConfig
 from .credit import (
-    SCORED_MODES,
     SIBLING_CONTEXT_MODES,
     CreditStats,
     credit_metrics,
+    direct_sd_targets,
     group_needs_teacher,
     local_credit_stats,
     masked_row_mean,
+    peak_memory_gb,
+    refuse_unsupported,
     total_rewards,
+    validity_problems,
 )
 from .divergence import DenseDivergenceScorer
-from .dynamic_sampling import merge_batches, merge_outputs, select_groups
+from .dynamic_sampling import merge_batches, merge_outputs, resample_sampler, select_groups
 from .reference import CreditReference, SiblingReferenceBuilder
 from .saliency import credit_saliency
 from .siblings import build_sibling_groups, owner_of_group
 from .teacher import (
     cap_reference,
-    insert_reference,
     literal_token_mask,
-    reference_block,
     sibling_context_reference,
     splice_teacher_inputs,
+    teacher_prompt_ids,
     unpad_left,
 )
 from .weights import apply_credit_weights, credit_weights, uniform_credit_weights
@@ -105,7 +105,7 @@ class SGCDTrainer(GRPOTrainer):
                 f"SGCDTrainer needs an SGCDConfig, got {type(args).__name__}. Replace GRPOConfig(...) with "
                 "SGCDConfig(...): it takes the same fields plus the credit_* ones."
             )
-        _refuse_unsupported(args)
+        refuse_unsupported(args)
         super().__init__(model, reward_funcs, args, *more, **kwargs)
         if args.credit_mode != "off" and self._is_vlm:
             raise ValueError(
@@ -189,11 +189,9 @@ class SGCDTrainer(GRPOTrainer):
         if getattr(self, "_credit_resample_iter", None) is None:
             epoch = getattr(self, "_credit_resample_epoch", 0)
             self._credit_resample_epoch = epoch + 1
-            G = self.num_generations
-            sampler = lambda dataset: RepeatSampler(  # noqa: E731
-                data_source=dataset, mini_repeat_count=G, batch_size=self.args.generation_batch_size // G,
-                repeat_count=1, shuffle=True, seed=self.args.seed + 7919 * (epoch + 1),
-            )
+            sampler = resample_sampler(num_generations=self.num_generations,
+                                       generation_batch_size=self.args.generation_batch_size,
+                                       seed=self.args.seed + 7919 * (epoch + 1))
             loader = self._get_dataloader(
                 dataset=self.train_dataset, description="SGCD resampling",
                 batch_size=self._train_batch_size * self.args.steps_per_generation, sampler_fn=sampler,
@@ -306,7 +304,7 @@ class SGCDTrainer(GRPOTrainer):
             stats = local_credit_stats(
                 divergence=scores.divergence, entropy=scores.teacher_entropy, saliency=saliency, weights=w,
                 eligible=eligible, tool_mask=tool_mask[rows] if tool_mask is not None else None,
-                cap=args.credit_cap, scoring_time_s=elapsed, peak_memory_gb=_peak_memory_gb(),
+                cap=args.credit_cap, scoring_time_s=elapsed, peak_memory_gb=peak_memory_gb(),
             )
         stats.maxima["scoring_time_s"] = elapsed
 
@@ -319,11 +317,12 @@ class SGCDTrainer(GRPOTrainer):
         else:
             output["advantages"] = apply_credit_weights(advantages, weights)  # (B, T)
         if mode == "direct_sd":
-            self._attach_direct_sd_targets(output, rows, scores, eligible_rows)
+            output.update(direct_sd_targets(output["completion_ids"].shape, self.args.credit_top_k, rows, scores,
+                                            eligible_rows, device=device))
 
         self._log_credit(output, batch, groups, references, num_mixed, stats, reference_latency, fallback_prefix,
                          weights, local_refs, resample_rounds)
-        self._check_validity(stats, num_mixed, weights)
+        self._check_validity(num_mixed, weights)
         return output
 
     def _score_rows(self, output, batch, local_refs, rows):
@@ -335,24 +334,15 @@ class SGCDTrainer(GRPOTrainer):
         tool_mask = output.get("tool_mask")
         eligible = completion_mask.bool() if tool_mask is None else completion_mask.bool() & tool_mask.bool()
 
-        fallback_prefix = 0
-        teacher_ids: list[list[int]] = []
-        literals: list[list[str]] = []
+        teacher_ids, literals, fallback_prefix = [], [], 0
         if rows:
             texts = {i: cap_reference(local_refs[i].text, tok, args.credit_reference_max_tokens) for i in rows}
-            # TRL renders the teacher prompt exactly as it rendered the student's (same template, tools, kwargs).
-            prompts = [insert_reference(p, texts[i]) if i in texts else p for i, p in enumerate(batch["prompts"])]
-            rendered = self._tokenize_prompts(prompts)[0]
-            plain = self._tokenize_prompts([batch["prompts"][i] for i in rows])[0]
-            student = unpad_left(prompt_ids[rows], prompt_mask[rows])
-            for k, i in enumerate(rows):
-                if list(plain[k]) == student[k]:
-                    teacher_ids.append(list(rendered[i]))
-                else:  # a custom rollout_func rendered the prompt itself: prefix the reference at token level
-                    fallback_prefix += 1
-                    block = tok(reference_block(texts[i]) + "\n\n", add_special_tokens=False)["input_ids"]
-                    teacher_ids.append(block + student[k])
-                literals.append(list(local_refs[i].masked_literals))
+            # TRL's own renderer (same template, tools, kwargs as the student's prompt); completions are spliced later.
+            teacher_ids, fallback_prefix = teacher_prompt_ids(
+                batch["prompts"], texts, unpad_left(prompt_ids[rows], prompt_mask[rows]),
+                render=lambda prompts: self._tokenize_prompts(prompts)[0], tokenizer=tok,
+            )
+            literals = [list(local_refs[i].masked_literals) for i in rows]
 
         n_batches = torch.tensor([self.credit_scorer.num_batches(len(rows))], device=device)
         min_batches = int(self.accelerator.gather(n_batches).max())
@@ -373,20 +363,6 @@ class SGCDTrainer(GRPOTrainer):
         if rows:
             eligible_rows = eligible_rows & ~literal_token_mask(c_ids, literals, tok)
         return scores, eligible_rows, literals, fallback_prefix, elapsed
-
-    def _attach_direct_sd_targets(self, output, rows, scores, eligible_rows):
-        B, T = output["completion_ids"].shape
-        K = self.args.credit_top_k
-        device = self.accelerator.device
-        ids = torch.zeros(B, T, K, dtype=torch.long, device=device)
-        logps = torch.zeros(B, T, K, device=device)
-        mask = torch.zeros(B, T, device=device)
-        if rows:
-            ids[rows] = scores.teacher_topk_ids.to(device)
-            logps[rows] = scores.teacher_topk_logprobs.to(device)
-            mask[rows] = eligible_rows.float().to(device)
-        output["credit_teacher_topk_ids"], output["credit_teacher_topk_logprobs"] = ids, logps
-        output["credit_sd_mask"] = mask
 
     # ------------------------------------------------------------------ logging and validity
 
@@ -420,45 +396,17 @@ class SGCDTrainer(GRPOTrainer):
                 logged[len(logged) - len(shown) + k] = value
         self._credit_last_batch = {"references": local_refs, "weights": weights.detach().cpu()}
 
-    def _check_validity(self, stats: CreditStats, num_mixed: int, weights: torch.Tensor):
-        s, m = self._last_credit_stats.sums, self._last_credit_stats.maxima
-        problems = []
-        if s["rows_scored"] > 0 and s["scored_tokens"] > 0 and m["divergence_max"] == 0.0:
-            problems.append("the dense features are all zero (teacher and student agree everywhere)")
-        if s["tool_tokens_in_mask"] > 0:
-            problems.append(f"the credit mask covers {int(s['tool_tokens_in_mask'])} tool-observation tokens")
-        if weights.requires_grad:
-            problems.append("the credit weights require grad (they must be detached)")
-        if num_mixed > 0 and self.args.credit_mode in ("sgcd", "no_reference", "uniform"):
-            self._credit_inert_steps = 0 if s["credit_tokens"] > 0 else self._credit_inert_steps + 1
-            if self._credit_inert_steps >= self.args.credit_inert_steps:
-                problems.append(f"the credit weights were inert (no credit token) for {self._credit_inert_steps} "
-                                "batches while mixed groups existed")
+    def _check_validity(self, num_mixed: int, weights: torch.Tensor):
+        problems, self._credit_inert_steps = validity_problems(
+            self._last_credit_stats, mode=self.args.credit_mode, num_mixed=num_mixed,
+            weights_require_grad=weights.requires_grad, inert_steps=self._credit_inert_steps,
+            inert_limit=self.args.credit_inert_steps,
+        )
         for problem in problems:
             message = f"SGCD validity check: {problem}."
             if self.args.credit_strict:
                 raise RuntimeError(message + " (credit_strict=True)")
             warnings.warn(message, stacklevel=2)
-
-
-def _refuse_unsupported(args: SGCDConfig) -> None:
-    """Refuse, at construction, combinations whose credit would be silently wrong."""
-    if args.credit_mode == "off":
-        return
-    if args.loss_type == "vespo":
-        raise ValueError(
-            "credit_mode={!r} with loss_type='vespo' is not supported: VESPO weights whole sequences by their "
-            "importance ratio, so token-level credit weights have no defined meaning there. Use loss_type 'dapo', "
-            "'grpo', 'bnpo' or 'dr_grpo', or credit_mode='off'.".format(args.credit_mode)
-        )
-    if args.credit_mode not in SCORED_MODES:
-        raise ValueError(f"credit_mode={args.credit_mode!r} is not implemented by SGCDTrainer.")
-
-
-def _peak_memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 __all__ = ["SGCDTrainer", "CreditReference"]
