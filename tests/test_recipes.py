@@ -115,6 +115,8 @@ def test_paper_runtime_matches_table_4():
     assert (sgcd["temperature"], sgcd["top_p"]) == (0.4, 0.95)
     assert sgcd["max_tool_calling_iterations"] == 16 and sgcd["max_completion_length"] == 16384
     assert sgcd["credit_observation_max_chars"] == 512
+    assert sgcd["credit_dynamic_sampling"] is True  # the evidence source of the method (section 4)
+    assert sgcd["per_device_train_batch_size"] % sgcd["num_generations"] == 0  # whole groups per rank
     assert (sgcd["credit_gamma"], sgcd["credit_cap"], sgcd["credit_divergence"]) == (1.0, 2.0, "reverse_kl")
     assert sgcd["use_vllm"] is True and sgcd["vllm_mode"] == "colocate" and sgcd["bf16"] is True
     assert sgcd["credit_reference_backend"] == "litellm" and sgcd["credit_reference_model"]
