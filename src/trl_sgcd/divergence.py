@@ -8,8 +8,8 @@ full-vocabulary divergence.
 
 Where this departs from the paper's text (numerics only, same quantities):
 
-* The tail mass is `logsumexp` of the log-probabilities outside the support instead of `1 - sum_S p`, which is the
-  same number without the cancellation of `1 - 0.99999...` in float32. Log-probabilities are floored at
+* The tail mass is the sum of the probabilities outside the support instead of `1 - sum_S p`: the same number
+  without the cancellation of `1 - 0.99999...` in float32. Log-probabilities are floored at
   `log(float32 tiny)` (~ -87.3) wherever they enter a log-ratio, so masked (`-inf`) or underflowing entries give finite
   values, and `0 * log 0 = 0`.
 * The scorer never builds `(B, L, V)` logits: it runs the backbone once per input, keeps the hidden states of the
@@ -19,7 +19,6 @@ Where this departs from the paper's text (numerics only, same quantities):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -94,49 +93,49 @@ def topk_divergence(
             f"{tuple(teacher_logits.shape)}; they must match."
         )
     _check_rows(teacher_logits, observed_ids)
-    scores = _score_logits(
-        lambda: student_logits.float(), lambda: teacher_logits.float(), observed_ids, top_k=top_k,
-        divergence=divergence,
-    )
-    return scores.divergence, scores.teacher_entropy
+    support = _teacher_support(teacher_logits.float(), observed_ids, top_k=top_k)
+    div, ent, _ = _student_scores(student_logits.float(), support, divergence=divergence)
+    return div, ent
 
 
 @dataclass
-class _ChunkScores:
-    divergence: Tensor  # (N,)
-    teacher_entropy: Tensor  # (N,)
-    student_logprobs: Tensor  # (N,)  log p(observed)
-    teacher_logprobs: Tensor  # (N,)  log q(observed)
-    teacher_topk_ids: Tensor  # (N, K)
-    teacher_topk_logprobs: Tensor  # (N, K)
+class _Support:
+    """Teacher side of N positions: support ids `(N, K+1)` (last slot = observed), `valid` `(N, K+1)`, teacher
+    log-probabilities on the support `(N, K+1)` and of the tail `(N,)`."""
+
+    ids: Tensor
+    valid: Tensor
+    log_q: Tensor
+    log_q_tail: Tensor
+
+    def __getitem__(self, part: slice) -> _Support:
+        return _Support(self.ids[part], self.valid[part], self.log_q[part], self.log_q_tail[part])
 
 
-def _score_logits(
-    make_student: Callable[[], Tensor],
-    make_teacher: Callable[[], Tensor],
-    observed_ids: Tensor,
-    *,
-    top_k: int,
-    divergence: str,
-) -> _ChunkScores:
-    """All per-position scores from float32 logits built on demand, so that at most one `(N, V)` log-softmax lives."""
-    log_q = torch.log_softmax(make_teacher(), dim=-1)  # (N, V)
+def _teacher_support(teacher_logits: Tensor, observed_ids: Tensor, *, top_k: int) -> _Support:
+    """Teacher half of the scores, from float32 logits `(N, V)` (consumed: the caller must not reuse them)."""
+    log_q = torch.log_softmax(teacher_logits, dim=-1)  # (N, V)
     ids, valid = topk_support(log_q, observed_ids, top_k=top_k)  # (N, K+1)
-    lq_support, lq_tail = _reduce_to_support(log_q, ids)  # (N, K+1), (N,)
-    del log_q
-    lp_support, lp_tail = _reduce_to_support(torch.log_softmax(make_student(), dim=-1), ids)
-    keep = torch.cat([valid, valid.new_ones(valid.size(0), 1)], dim=-1)  # (N, K+2)
+    return _Support(ids, valid, *_reduce_to_support(log_q, ids))
+
+
+def _student_scores(student_logits: Tensor, support: _Support, *, divergence: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Student half: divergence `(N,)`, teacher entropy `(N,)` and log p(observed) `(N,)` from float32 logits."""
+    lp_support, lp_tail = _reduce_to_support(torch.log_softmax(student_logits, dim=-1), support.ids)
+    keep = torch.cat([support.valid, support.valid.new_ones(support.valid.size(0), 1)], dim=-1)  # (N, K+2)
     log_p = torch.cat([lp_support, lp_tail.unsqueeze(-1)], dim=-1)  # (N, K+2)
-    log_q = torch.cat([lq_support, lq_tail.unsqueeze(-1)], dim=-1)  # (N, K+2)
+    log_q = torch.cat([support.log_q, support.log_q_tail.unsqueeze(-1)], dim=-1)  # (N, K+2)
     div, ent = _support_divergence(log_p, log_q, keep, divergence)
-    return _ChunkScores(div, ent, lp_support[:, -1], lq_support[:, -1], ids[:, :-1], lq_support[:, :-1])
+    return div, ent, lp_support[:, -1]  # the last support slot is always the observed token
 
 
 def _reduce_to_support(log_probs: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probabilities on the support `(N, K+1)` and of the tail bucket `(N,)`. Overwrites `log_probs`."""
     support = log_probs.gather(-1, ids)  # (N, K+1)
     log_probs.scatter_(-1, ids, float("-inf"))
-    tail = torch.logsumexp(log_probs, dim=-1)  # (N,)  -inf when the support covers the vocabulary
+    # Mass outside the support, summed directly (no 1 - sum_S cancellation); log-probs are <= 0, so exp needs no
+    # shift. -inf when the support covers the vocabulary.
+    tail = log_probs.exp_().sum(-1).log()  # (N,)
     return support, tail
 
 
@@ -271,6 +270,9 @@ class DenseScores:
     num_forwards: int = 0
 
 
+_FIELDS = ("divergence", "teacher_entropy", "student_logprobs", "teacher_logprobs")
+
+
 class DenseDivergenceScorer:
     r"""
     Scores completions under the student and the teacher context with the current policy, forward-only.
@@ -360,34 +362,56 @@ class DenseDivergenceScorer:
         return DenseScores(**{name: torch.cat([p[name] for p in parts]) for name in parts[0]}, num_forwards=forwards)
 
     def _score_rows(self, backbone, head, s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask, topk):
-        """One micro-batch: two backbone forwards, one head gather, the chunk loop. Dense `(b, T, ...)` fields."""
+        """One micro-batch: two backbone forwards, one head gather, the chunk loops. Dense `(b, T, ...)` fields.
+
+        Without ZeRO-3 the teacher's positions are reduced to their support right after the teacher forward, so only
+        one context's hidden states `(N, H)` are ever held; under ZeRO-3 both forwards run first and the head is
+        gathered once for both passes.
+        """
         mask = completion_mask.bool()  # (b, T)
-        observed = completion_ids[mask]  # (N,)
-        h_student = _completion_hidden(backbone, s_ids, s_mask, mask)  # (N, H)
+        observed = completion_ids[mask].to(head.weight.device)  # (N,)
         h_teacher = _completion_hidden(backbone, t_ids, t_mask, mask)  # (N, H)
-        chunks = []
+        support = None if head.zero3 else self._teacher_pass(head, h_teacher, observed)
+        if support is not None:
+            del h_teacher
+        h_student = _completion_hidden(backbone, s_ids, s_mask, mask)  # (N, H)
+        flat = self._empty((observed.numel(),), head, observed.device, topk)  # (N,) and (N, K)
         with head.gathered():
-            for start in range(0, observed.numel(), self.chunk_size):
-                part = slice(start, start + self.chunk_size)
-                chunks.append(_score_logits(
-                    lambda part=part: head.logits(h_student[part]),
-                    lambda part=part: head.logits(h_teacher[part]),
-                    observed[part].to(head.weight.device),
-                    top_k=self.top_k,
-                    divergence=self.divergence,
-                ))
-        out = self._empty(mask.shape, head, completion_ids.device, topk)
-        for name, dense in out.items():
-            if chunks:
-                dense[mask] = torch.cat([getattr(c, name) for c in chunks]).to(dense.device)  # (N, ...)
-        return out
+            if support is None:
+                support = self._teacher_pass(head, h_teacher, observed)
+                del h_teacher
+            for part in self._chunks(observed.numel()):
+                div, ent, student_lp = _student_scores(head.logits(h_student[part]), support[part],
+                                                       divergence=self.divergence)
+                flat["divergence"][part], flat["teacher_entropy"][part] = div, ent
+                flat["student_logprobs"][part] = student_lp
+        flat["teacher_logprobs"] = support.log_q[:, -1]
+        if topk:
+            flat["teacher_topk_ids"], flat["teacher_topk_logprobs"] = support.ids[:, :-1], support.log_q[:, :-1]
+        dense = self._empty(mask.shape, head, completion_ids.device, topk)  # (b, T) and (b, T, K)
+        for name, values in flat.items():
+            dense[name][mask.to(completion_ids.device)] = values.to(completion_ids.device)
+        return dense
+
+    def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
+        parts = [_teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
+                 for part in self._chunks(observed.numel())]
+        if not parts:
+            k = min(self.top_k, head.vocab_size) + 1
+            empty = observed.new_zeros((0, k))
+            return _Support(empty, empty.bool(), empty.float(), observed.new_zeros(0).float())
+        return _Support(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "valid", "log_q", "log_q_tail")))
+
+    def _chunks(self, n: int):
+        """Slices of `chunk_size` positions: the LM head never sees more at once."""
+        return [slice(start, start + self.chunk_size) for start in range(0, n, self.chunk_size)]
 
     def _empty(self, shape, head, device, topk) -> dict[str, Tensor]:
-        out = {name: torch.zeros(shape, device=device) for name in _DENSE_FIELDS}  # (b, T) float32
+        out = {name: torch.zeros(shape, device=device) for name in _FIELDS}  # float32
         if topk:
             k = min(self.top_k, head.vocab_size)
-            out["teacher_topk_ids"] = torch.zeros((*shape, k), dtype=torch.long, device=device)  # (b, T, K)
-            out["teacher_topk_logprobs"] = torch.zeros((*shape, k), device=device)  # (b, T, K)
+            out["teacher_topk_ids"] = torch.zeros((*shape, k), dtype=torch.long, device=device)
+            out["teacher_topk_logprobs"] = torch.zeros((*shape, k), device=device)
         return out
 
     def _dummy_batch(self, backbone, head, device) -> None:
@@ -397,9 +421,6 @@ class DenseDivergenceScorer:
             hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
         with head.gathered():
             head.logits(hidden[0, -1:])
-
-
-_DENSE_FIELDS = ("divergence", "teacher_entropy", "student_logprobs", "teacher_logprobs")
 
 
 # --------------------------------------------------------------------------------------------- direct_sd ablation loss
