@@ -39,6 +39,7 @@ from .credit import (
     total_rewards,
     validity_problems,
 )
+from .credit_table import CreditTableRecorder
 from .divergence import DenseDivergenceScorer
 from .dynamic_sampling import merge_batches, merge_outputs, resample_sampler, select_groups
 from .reference import CreditReference, SiblingReferenceBuilder
@@ -116,7 +117,11 @@ class SGCDTrainer(GRPOTrainer):
         self.reference_builder = SiblingReferenceBuilder.from_config(args, tokenizer=self._tokenizer)
         self._credit_batch: dict | None = None
         self._credit_inert_steps = 0
-        self._credit_table_rows: list[dict] = []
+        # W&B table of each batch's references and per-token weights (first groups only), when reporting to W&B.
+        self.credit_table = (
+            CreditTableRecorder(self._tokenizer, cap=args.credit_cap, num_generations=self.num_generations)
+            if args.credit_mode != "off" and args.credit_log_table and "wandb" in (args.report_to or []) else None
+        )
 
     # ------------------------------------------------------------------ hooks into GRPOTrainer (via super())
 
@@ -322,6 +327,13 @@ class SGCDTrainer(GRPOTrainer):
 
         self._log_credit(output, batch, groups, references, num_mixed, stats, reference_latency, fallback_prefix,
                          weights, local_refs, resample_rounds)
+        if self.credit_table is not None and self.accelerator.is_main_process:
+            self.credit_table.record(  # step: the optimizer step that first trains on this batch
+                step=self.state.global_step + 1, prompts=batch["prompts"], completion_ids=output["completion_ids"],
+                completion_mask=output["completion_mask"], tool_mask=output.get("tool_mask"), weights=weights,
+                rewards=rewards[offset:offset + n_local], advantages=advantages, references=local_refs,
+                row_offset=offset,
+            )
         self._check_validity(num_mixed, weights)
         return output
 
