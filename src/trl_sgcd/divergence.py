@@ -13,7 +13,10 @@ Where this departs from the paper's text (numerics only, same quantities):
   `log(float32 tiny)` (~ -87.3) wherever they enter a log-ratio, so masked (`-inf`) or underflowing entries give finite
   values, and `0 * log 0 = 0`.
 * The scorer never builds `(B, L, V)` logits: it runs the backbone once per input, keeps the hidden states of the
-  completion positions, and projects them through the LM head `chunk_size` positions at a time.
+  completion positions, and projects them through the LM head `chunk_size` positions at a time. The teacher context
+  is scored first and reduced to its support (K+1 ids and log-probabilities per position) before the student forward,
+  so one context's hidden states are held at a time; under ZeRO-3 both forwards run first and the partitioned head is
+  gathered once per micro-batch for both passes.
 """
 
 from __future__ import annotations
@@ -164,8 +167,10 @@ def _finite_nonneg(x: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------------ model access
 def _unwrap(model: nn.Module) -> nn.Module:
     """The `PreTrainedModel` inside accelerate/DDP/DeepSpeed (`.module`) and PEFT (`get_base_model()`) wrappers."""
-    while not hasattr(model, "config") and isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
+    from transformers import PreTrainedModel
+
+    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module  # DistributedDataParallel, DeepSpeedEngine (which has a `config` dict of its own)
     if callable(getattr(model, "get_base_model", None)):  # peft.PeftModel: LoRA layers stay active
         model = model.get_base_model()
     return model
@@ -236,13 +241,9 @@ def _completion_hidden(backbone: nn.Module, input_ids: Tensor, attention_mask: T
     return hidden[:, length - t - 1 : length - 1][mask.to(hidden.device)]  # (N, H)
 
 
-def _training_modes(model: nn.Module) -> dict[nn.Module, bool]:
-    return {m: m.training for m in model.modules()}
-
-
-def _restore_modes(modes: dict[nn.Module, bool]) -> None:
-    for module, training in modes.items():
-        module.training = training
+def _chunks(n: int, size: int) -> list[slice]:
+    """Slices of at most `size` positions: the LM head never sees more at once."""
+    return [slice(start, start + size) for start in range(0, n, size)]
 
 
 # ------------------------------------------------------------------------------------------------------------ scorer
@@ -337,7 +338,7 @@ class DenseDivergenceScorer:
                       completion_ids, completion_mask)
         n_rows = completion_ids.size(0)
         step = self.batch_size or max(n_rows, 1)
-        modes = _training_modes(model)
+        modes = {module: module.training for module in model.modules()}  # restored one by one afterwards
         model.eval()
         parts, forwards = [], 0
         try:
@@ -358,7 +359,8 @@ class DenseDivergenceScorer:
                 if not parts:
                     parts.append(self._empty(completion_ids.shape, head, completion_ids.device, return_teacher_topk))
         finally:
-            _restore_modes(modes)
+            for module, training in modes.items():
+                module.training = training
         return DenseScores(**{name: torch.cat([p[name] for p in parts]) for name in parts[0]}, num_forwards=forwards)
 
     def _score_rows(self, backbone, head, s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask, topk):
@@ -380,7 +382,7 @@ class DenseDivergenceScorer:
             if support is None:
                 support = self._teacher_pass(head, h_teacher, observed)
                 del h_teacher
-            for part in self._chunks(observed.numel()):
+            for part in _chunks(observed.numel(), self.chunk_size):
                 div, ent, student_lp = _student_scores(head.logits(h_student[part]), support[part],
                                                        divergence=self.divergence)
                 flat["divergence"][part], flat["teacher_entropy"][part] = div, ent
@@ -395,16 +397,12 @@ class DenseDivergenceScorer:
 
     def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
         parts = [_teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
-                 for part in self._chunks(observed.numel())]
+                 for part in _chunks(observed.numel(), self.chunk_size)]
         if not parts:
             k = min(self.top_k, head.vocab_size) + 1
             empty = observed.new_zeros((0, k))
             return _Support(empty, empty.bool(), empty.float(), observed.new_zeros(0).float())
         return _Support(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "valid", "log_q", "log_q_tail")))
-
-    def _chunks(self, n: int):
-        """Slices of `chunk_size` positions: the LM head never sees more at once."""
-        return [slice(start, start + self.chunk_size) for start in range(0, n, self.chunk_size)]
 
     def _empty(self, shape, head, device, topk) -> dict[str, Tensor]:
         out = {name: torch.zeros(shape, device=device) for name in _FIELDS}  # float32
@@ -471,8 +469,7 @@ def teacher_matching_loss(
     total = hidden.sum() * 0.0  # connected to the graph even with no token
     with head.gathered():
         weight = head.weight.detach().clone() if head.zero3 else head.weight
-        for start in range(0, ids.size(0), chunk_size):
-            part = slice(start, start + chunk_size)
+        for part in _chunks(ids.size(0), chunk_size):
             total = total + checkpoint(
                 _teacher_kl_sum, head, weight, hidden[part], ids[part], log_q[part], use_reentrant=False
             )
@@ -517,10 +514,11 @@ def _check_layout(s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask)
         )
     n_rows, t = completion_ids.shape
     for name, ids, mask in (("student_input_ids", s_ids, s_mask), ("teacher_input_ids", t_ids, t_mask)):
-        if ids.dim() != 2 or ids.size(0) != n_rows or ids.size(1) <= t or mask.shape != ids.shape:
+        too_short = n_rows > 0 and ids.size(1) <= t  # a rank with no row to score may pass any (0, L)
+        if ids.dim() != 2 or ids.size(0) != n_rows or too_short or mask.shape != ids.shape:
             raise ValueError(
                 f"{name} {tuple(ids.shape)} (with its attention mask {tuple(mask.shape)}) must be (B, L) with B = "
                 f"{n_rows} and L > T = {t} (at least one prompt token before the completion)."
             )
-        if not torch.equal(ids[:, -t:], completion_ids.to(ids.device)):
+        if n_rows and t and not torch.equal(ids[:, -t:], completion_ids.to(ids.device)):
             raise ValueError(f"The last T={t} columns of {name} must be completion_ids (splice, never re-render).")
