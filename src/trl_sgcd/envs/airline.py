@@ -123,75 +123,75 @@ class AirlineEnv:
         return None
 
     @_tool
-    def get_user_details(self, user_id: str) -> str:
-        """Get a user's profile: name, contact details, membership, payment methods and reservation ids.
+    def get_user_details(self, user_id: str):
+        """Get a user's profile, payment methods and reservation ids.
 
         Args:
-            user_id: The user id, such as "mia_li_3668".
+            user_id: User id.
         """
         return ops.get_user(self.db, user_id)
 
     @_tool
-    def get_reservation_details(self, reservation_id: str) -> str:
-        """Get a reservation: flights, cabin, passengers, payments, insurance, status and booking time.
+    def get_reservation_details(self, reservation_id: str):
+        """Get a reservation.
 
         Args:
-            reservation_id: The 6-character reservation id, such as "ZFA04Y".
+            reservation_id: Reservation id.
         """
         return ops.get_reservation(self.db, reservation_id)
 
     @_tool
-    def search_direct_flight(self, origin: str, destination: str, date: str) -> str:
-        """Search direct flights between two airports on a date, with status, seats left and prices per cabin.
+    def search_direct_flight(self, origin: str, destination: str, date: str):
+        """Search direct flights, with status, seats and prices.
 
         Args:
-            origin: Origin airport code, such as "JFK".
-            destination: Destination airport code, such as "LAX".
-            date: Date of the flight, in the format "YYYY-MM-DD".
+            origin: Airport code.
+            destination: Airport code.
+            date: YYYY-MM-DD.
         """
         return ops.search_direct(self.db, origin, destination, date)
 
     @_tool
     def book_reservation(
         self, user_id: str, flight_numbers: list[str], cabin: str, payment_id: str, insurance: bool = False
-    ) -> str:
-        """Book a reservation for the user on one or two connecting flights and charge it.
+    ):
+        """Book flights for the user.
 
         Args:
-            user_id: The user id of the traveller.
-            flight_numbers: The flight numbers, such as ["HAT042"].
-            cabin: The cabin class. (choices: ["basic_economy", "economy", "business"])
-            payment_id: The payment method id from the user's profile, such as "credit_card_7815826".
-            insurance: Whether to add travel insurance ($30).
+            user_id: User id.
+            flight_numbers: Flight numbers.
+            cabin: Cabin. (choices: ["basic_economy", "economy", "business"])
+            payment_id: Payment method id.
+            insurance: Add insurance.
         """
         return ops.book(self.db, user_id, flight_numbers, cabin, payment_id, insurance)
 
     @_tool
-    def cancel_reservation(self, reservation_id: str) -> str:
-        """Cancel a reservation and refund it, if the policy allows it.
+    def cancel_reservation(self, reservation_id: str):
+        """Cancel a reservation.
 
         Args:
-            reservation_id: The reservation id to cancel.
+            reservation_id: Reservation id.
         """
         return ops.cancel(self.db, reservation_id)
 
     @_tool
-    def update_reservation_flights(self, reservation_id: str, flight_numbers: list[str], payment_id: str) -> str:
-        """Move a reservation to other flights on the same route; the fare difference goes to the payment method.
+    def update_reservation_flights(self, reservation_id: str, flight_numbers: list[str], payment_id: str):
+        """Change the flights of a reservation.
 
         Args:
-            reservation_id: The reservation id to change.
-            flight_numbers: The new flight numbers, one per leg, such as ["HAT107"].
-            payment_id: The payment method id to charge or refund the fare difference.
+            reservation_id: Reservation id.
+            flight_numbers: New flight numbers.
+            payment_id: Payment method id for the fare difference.
         """
         return ops.change_flights(self.db, reservation_id, flight_numbers, payment_id)
 
     @_tool
-    def transfer_to_human_agents(self, summary: str) -> str:
-        """Transfer the user to a human agent, for requests the tools and the policy cannot handle.
+    def transfer_to_human_agents(self, summary: str):
+        """Transfer the user to a human agent.
 
         Args:
-            summary: A short summary of the user's request.
+            summary: Summary of the request.
         """
         self.transferred = True
         return "Transfer successful"
