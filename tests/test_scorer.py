@@ -140,6 +140,21 @@ def test_student_equals_teacher_gives_zero(model):
     torch.testing.assert_close(scores.student_logprobs, scores.teacher_logprobs)
 
 
+def test_bfloat16_model(model):
+    import copy
+
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    batch = make_batch(seed=12)
+    scorer = DenseDivergenceScorer(top_k=8, chunk_size=5, temperature=TEMPERATURE)
+    scores, reference = scorer.score(half, *_args(batch)), scorer.score(model, *_args(batch))
+    mask = batch["completion_mask"].bool()
+    assert scores.divergence.dtype == scores.student_logprobs.dtype == torch.float32
+    assert torch.isfinite(scores.divergence).all() and (scores.divergence >= 0).all()
+    torch.testing.assert_close(scores.student_logprobs[mask], reference.student_logprobs[mask], atol=0.15, rtol=0.05)
+    same = scorer.score(half, *_args(make_batch(seed=12, same=True)))
+    assert same.divergence.abs().max() < 1e-5
+
+
 def test_logit_scale_and_softcapping_follow_the_config(model):
     batch = make_batch(seed=4)
     config = model.config
