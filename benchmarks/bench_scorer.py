@@ -103,16 +103,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_it(fn, device, repeats):
-    fn()  # warm-up
-    times = []
+def time_interleaved(fns, device, repeats):
+    """Median seconds of each function; the repeats alternate between them, so load drift hits all alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip(fns, times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def bench_time(args, dtype):
@@ -120,8 +123,9 @@ def bench_time(args, dtype):
     batch = build_batch(args.rows, args.length, args.device)
     scorer = DenseDivergenceScorer(top_k=32, chunk_size=256)
     tokens = args.rows * args.length
-    t_scorer = time_it(lambda: run_scorer(model, batch, scorer), args.device, args.repeats)
-    t_plain = time_it(lambda: run_plain_logprobs(model, batch), args.device, args.repeats)
+    t_scorer, t_plain = time_interleaved(
+        [lambda: run_scorer(model, batch, scorer), lambda: run_plain_logprobs(model, batch)], args.device, args.repeats
+    )
     print(f"\n(a) time, {args.device}, B={args.rows}, T={args.length}, prompt={PROMPT}, V={VOCAB}, "
           f"median of {args.repeats}")
     print(f"{'method':<44}{'total s':>10}{'us / token':>12}")
@@ -219,9 +223,12 @@ def main():
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--length", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     dtype = getattr(torch, args.dtype)
     if args._measure:

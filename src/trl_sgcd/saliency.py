@@ -100,14 +100,6 @@ def credit_spans(
     return spans
 
 
-def robust_zscores(divergence: Tensor, eligible_mask: Tensor) -> np.ndarray:
-    """Per-row robust z-scores `(B, T)` (float64 numpy) over eligible, finite tokens; NaN elsewhere and in rows with
-    fewer than 2 such tokens."""
-    d = _as_numpy(divergence)  # (B, T)
-    valid = _as_numpy(eligible_mask).astype(bool) & np.isfinite(d)  # (B, T)
-    return _zscores(np.where(valid, d, np.nan), valid)
-
-
 def _zscores(d: np.ndarray, valid: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():  # all-NaN rows are expected; they get NaN, i.e. no spike
         warnings.simplefilter("ignore", RuntimeWarning)
