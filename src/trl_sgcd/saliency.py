@@ -20,8 +20,8 @@ exact rule we implement, with the defaults of [`SGCDConfig`] (`credit_*` fields 
 5. **Degenerate input.** Tokens whose divergence or entropy is NaN or infinite count as ineligible (never a spike,
    they end a span, excluded from the median); rows with fewer than 2 eligible tokens get s = 0.
 
-Steps 1, 2 and the end of the span from every possible start are vectorised (numpy, float64); only the jump from one
-span to the next spike is a Python loop, one iteration per span (B=64, T=16384 takes well under a second on CPU).
+Steps 1, 2 and the end of a span from every spike are vectorised (numpy, float64); only the jump from one span to
+the next spike is a Python loop, one iteration per span (B=64, T=16384 with ~1e5 spans: ~0.25 s on 2 CPU cores).
 """
 
 from __future__ import annotations
