@@ -136,3 +136,12 @@ def test_invalid_value_in_yaml_is_reported_by_name(tmp_path):
     recipe = write_yaml(tmp_path / "r.yaml", dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, credit_cap=1))
     with pytest.raises(ValueError, match="credit_cap"):
         TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe])
+
+
+def test_yaml_bare_off_and_comma_separated_columns():
+    from trl_sgcd import SGCDConfig
+
+    config = SGCDConfig(output_dir="unused", use_cpu=True, bf16=False, credit_mode=False,
+                        credit_private_columns=["gold_answer,gold_actions", "secret"])
+    assert config.credit_mode == "off"
+    assert config.credit_private_columns == ["gold_answer", "gold_actions", "secret"]

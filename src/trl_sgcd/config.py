@@ -184,8 +184,13 @@ class SGCDConfig(GRPOConfig):
 
     def __post_init__(self):
         # Our checks run first, so a bad `credit_*` value is reported before any device or precision check of TRL's.
+        if self.credit_mode is False:  # YAML 1.1 reads a bare `off` as the boolean false
+            self.credit_mode = "off"
         if isinstance(self.credit_private_columns, str):  # CLI / YAML may give a comma-separated string
-            self.credit_private_columns = [c.strip() for c in self.credit_private_columns.split(",") if c.strip()]
+            self.credit_private_columns = [self.credit_private_columns]
+        self.credit_private_columns = [  # `--credit_private_columns a,b` arrives as ['a,b']
+            part.strip() for entry in self.credit_private_columns for part in str(entry).split(",") if part.strip()
+        ]
         _check_choice("credit_mode", self.credit_mode, CREDIT_MODES)
         _check_choice("credit_divergence", self.credit_divergence, DIVERGENCES)
         _check_choice("credit_reference_backend", self.credit_reference_backend, REFERENCE_BACKENDS)

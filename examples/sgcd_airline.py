@@ -1,0 +1,67 @@
+"""The two-name swap: GRPOTrainer -> SGCDTrainer, GRPOConfig -> SGCDConfig, on the bundled airline environment.
+
+Launch (CPU, bundled SmolLM2-135M-Instruct, offline contrast reference):
+    python examples/sgcd_airline.py --model builtin:smollm2 --max-steps 20
+Multi-GPU (any causal LM with a tool chat template; vLLM and DeepSpeed pass straight through to TRL):
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml examples/sgcd_airline.py --model Qwen/Qwen3-4B-Instruct-2507
+Tiny random model, one step (what the test runs):
+    python examples/sgcd_airline.py --model builtin:tiny --max-steps 1 --num-tasks 2
+
+Compared with a GRPO script only two names change; everything else is TRL's API.
+"""
+
+import argparse
+
+import torch
+
+from trl_sgcd import SGCDConfig, SGCDTrainer  # was: from trl import GRPOConfig, GRPOTrainer
+from trl_sgcd.envs import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
+from trl_sgcd.models import bundled_model_dir, tiny_model_dir
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="builtin:smollm2", help="builtin:smollm2, builtin:tiny, or a model id/path")
+    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--num-tasks", type=int, default=None, help="train on the first N train tasks")
+    parser.add_argument("--max-completion-length", type=int, default=256)
+    parser.add_argument("--output-dir", default="outputs/sgcd-airline")
+    args = parser.parse_args()
+    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(args.model, lambda: args.model)()
+    on_gpu = torch.cuda.is_available()
+
+    config = SGCDConfig(  # was: GRPOConfig(...)
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=args.max_completion_length,
+        max_tool_calling_iterations=4,
+        temperature=0.4,
+        top_p=0.95,
+        learning_rate=1e-6 if on_gpu else 5e-6,
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        # SGCD: the offline contrast reference, gold columns masked before anything leaves the process.
+        credit_mode="sgcd",
+        credit_reference_backend="contrast",
+        credit_private_columns=AIRLINE_PRIVATE_COLUMNS,
+    )
+    trainer = SGCDTrainer(  # was: GRPOTrainer(...)
+        model=model,
+        reward_funcs=airline_reward,
+        args=config,
+        train_dataset=make_airline_dataset("train", n=args.num_tasks),
+        environment_factory=AirlineEnv,
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else trainer.state.log_history[-1]
+    print({k: v for k, v in last.items() if k.startswith("sgcd/") or k in ("loss", "reward")})
+
+
+if __name__ == "__main__":
+    main()
