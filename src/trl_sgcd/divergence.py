@@ -116,7 +116,7 @@ class _Support:
 
 
 def _teacher_support(teacher_logits: Tensor, observed_ids: Tensor, *, top_k: int) -> _Support:
-    """Teacher half of the scores, from float32 logits `(N, V)` (consumed: the caller must not reuse them)."""
+    """Teacher half of the scores, from float32 logits `(N, V)` (left unchanged)."""
     log_q = torch.log_softmax(teacher_logits, dim=-1)  # (N, V)
     ids, valid = topk_support(log_q, observed_ids, top_k=top_k)  # (N, K+1)
     return _Support(ids, valid, *_reduce_to_support(log_q, ids))
