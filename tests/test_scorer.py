@@ -296,6 +296,19 @@ def test_from_config():
     assert DenseDivergenceScorer.from_config(args).batch_size == 2
 
 
+def test_from_sgcd_config(tmp_path):
+    from trl_sgcd import divergence
+    from trl_sgcd.config import DIVERGENCES, SGCDConfig
+
+    assert divergence.DIVERGENCES == DIVERGENCES
+    config = SGCDConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, num_generations=4,
+                        credit_top_k=7, credit_chunk_size=9, credit_divergence="forward_kl", temperature=0.8,
+                        report_to=[])
+    scorer = DenseDivergenceScorer.from_config(config)
+    assert (scorer.top_k, scorer.divergence, scorer.chunk_size, scorer.temperature, scorer.batch_size) == (
+        7, "forward_kl", 9, 0.8, 4)
+
+
 # ------------------------------------------------------------------------------------------- teacher_matching_loss
 def naive_teacher_matching_loss(model, batch, topk_ids, topk_logprobs, temperature):
     T = batch["completion_ids"].size(1)
