@@ -202,3 +202,13 @@ def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
     assert trainer._last_credit_stats.sums["credit_tokens"] > 0
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(after[k], v) for k, v in lora.items() if "lora_B" in k)
+
+
+def test_tool_use_audit_is_logged_in_every_mode(tmp_path, tiny_model_path):
+    trainer = _tool_trainer(tmp_path, tiny_model_path, credit_mode="off")
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    # half the rows called the tool (scripted) and all of those succeeded: no zero-tool success, 1 tool per success
+    assert logged["sgcd/audit/success_rate"] == 0.5
+    assert logged["sgcd/audit/zero_tool_success_share"] == 0.0
+    assert logged["sgcd/audit/tools_per_success"] == 1.0

@@ -100,6 +100,8 @@ def merge_batches(batches: list[dict], rows: list[list[int]], rewards_per_round:
     for batch, idx in zip(batches, rows):
         for key in merged:
             merged[key].extend(batch[key][i] for i in idx)
+    # The kept rows' completions of every rank, in rank order (the trainer gathers them again after merging).
+    merged["all_completions"] = None
     merged["local_rewards_per_func"] = torch.cat(
         [rewards[idx] for rewards, idx in zip(rewards_per_round, rows) if idx], dim=0
     )

@@ -25,6 +25,7 @@ from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from .audit import tool_use_audit
 from .config import SGCDConfig
 from .credit import (
     SIBLING_CONTEXT_MODES,
@@ -127,9 +128,21 @@ class SGCDTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # The tool-use audit of the paper (zero-tool collapse), logged in every mode so GRPO arms have it too.
+        all_completions = gather_object(list(completions))
+        categories = gather_object([row.get("category") for row in inputs])
+        audit = tool_use_audit(
+            all_completions, total_rewards(rewards_per_func, self.reward_weights).tolist(),
+            categories if all(c is not None for c in categories) else None,
+            success_threshold=self.args.credit_success_threshold,
+        )
+        mode = "train" if self.model.training else "eval"
+        for name, value in audit.items():
+            if not name.startswith("num_"):
+                self._metrics[mode][f"sgcd/audit/{name}"].append(value)
         if self.args.credit_mode != "off":  # keep what the credit stages need; TRL's output does not carry it
             self._credit_batch = {"inputs": inputs, "prompts": prompts, "completions": completions,
-                                  "rewards_per_func": rewards_per_func}
+                                  "all_completions": all_completions, "rewards_per_func": rewards_per_func}
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -185,6 +198,7 @@ class SGCDTrainer(GRPOTrainer):
         merged = merge_outputs(outputs, rows, pad_token_id=self._tokenizer.pad_token_id)
         merged_batch = merge_batches(batches, rows, local_rewards)
         merged_batch["rewards_per_func"] = self.accelerator.gather(merged_batch.pop("local_rewards_per_func"))
+        merged_batch["all_completions"] = gather_object(list(merged_batch["completions"]))
         mask = merged["completion_mask"] * merged["tool_mask"] if "tool_mask" in merged else merged["completion_mask"]
         merged["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
         return merged, merged_batch, rounds
@@ -262,7 +276,7 @@ class SGCDTrainer(GRPOTrainer):
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
         private = [{c: row.get(c) for c in args.credit_private_columns} for row in batch["inputs"]]
         groups = build_sibling_groups(
-            gather_object(list(batch["prompts"])), gather_object(list(batch["completions"])), rewards.tolist(),
+            gather_object(list(batch["prompts"])), batch["all_completions"], rewards.tolist(),
             gather_object(private), num_generations=self.num_generations,
             success_threshold=args.credit_success_threshold,
         )
