@@ -216,25 +216,12 @@ def test_ddp_credit_weights_equal_one_process(ddp_run, tiny_model_path, tmp_path
         assert (d["weights"] > 1).any(), f"rank {r} got no credit: the comparison would be vacuous"
 
 
-class PartialRowsZip(Exception):
-    """The known bug of a batch with both mixed and non-mixed groups (see the xfail reason below)."""
-
-
-@pytest.mark.xfail(strict=True, raises=PartialRowsZip, reason=(
-    "teacher.py `teacher_prompt_ids` renders only the scored rows' prompts (`render([prompts[i] for i in rows])`, "
-    "render = TRL's `_tokenize_prompts`), which with `environment_factory` zips them with `_batch_environments` (one "
-    "per local row, strict=True): a batch whose groups are not all mixed raises `ValueError: zip() argument 2 is "
-    "longer`."))
 def test_ddp_batch_with_a_non_mixed_group_scores_only_mixed_rows(ddp_run, tiny_model_path, tmp_path):
     dumps = [ddp_run.dump(r) for r in (0, 1)]
     rewards = dumps[0]["batch"]["rewards_per_func"].clone()
     rewards[8:12] = 0.0  # group 2 (rank 1's rows 2-5) now has no success: not mixed, no teacher
-    try:
-        full = _one_process_credit(tiny_model_path, tmp_path, dumps, rewards_per_func=rewards)
-    except ValueError as e:
-        if "zip()" in str(e):
-            raise PartialRowsZip(str(e)) from e
-        raise
+    # Regression: rendering only the scored rows' prompts broke TRL's per-row environment pairing.
+    full = _one_process_credit(tiny_model_path, tmp_path, dumps, rewards_per_func=rewards)
     assert full["rows"] == list(range(8))
     assert (full["weights"][8:] == 1).all() and (full["weights"][:8] > 1).any()
 

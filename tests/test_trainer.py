@@ -131,6 +131,19 @@ def _weights_one_where_no_credit(output, trainer):
     assert torch.isfinite(adv).all()
 
 
+def test_batch_with_mixed_and_non_mixed_groups(tmp_path, tiny_model_path):
+    # Only row 0 calls the tool: group 0 is mixed, group 1 is all-failure (no teacher, W = 1 there).
+    trainer_cls = scripted_first_turn(SGCDTrainer, script=lambda i, rank: i == 0)
+    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
+                          args=tiny_args(tmp_path), environment_factory=ToyLookupEnv)
+    score, apply, build = _record(trainer)
+    trainer.train()
+    w = trainer._credit_last_batch["weights"]
+    assert trainer._last_credit_stats.sums["rows_scored"] == 4
+    assert torch.all(w[4:] == 1.0) and w[:4].max() > 1.0
+    assert [g.group_index for g in build.calls[0][0][0]] == [0]
+
+
 @pytest.mark.parametrize("case", ["all_fail", "all_success", "nan_rewards", "truncated"])
 def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_path, case):
     overrides = {}

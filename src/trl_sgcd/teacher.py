@@ -118,7 +118,10 @@ def teacher_prompt_ids(prompts, texts: dict[int, str], student_prompt_ids: list[
     """
     rows = list(texts)
     rendered = render([insert_reference(p, texts[i]) if i in texts else p for i, p in enumerate(prompts)])
-    plain = render([prompts[i] for i in rows])
+    # Render every prompt, then pick the rows: TRL's renderer pairs prompts with per-row state (one environment per
+    # local row, zipped strictly), so rendering a subset of the rows would fail.
+    plain_all = render(list(prompts))
+    plain = [plain_all[i] for i in rows]
     out, fallback = [], 0
     for k, i in enumerate(rows):
         if list(plain[k]) == list(student_prompt_ids[k]):
