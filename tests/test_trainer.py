@@ -224,3 +224,28 @@ def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
     assert trainer._last_credit_stats.sums["credit_tokens"] > 0
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(after[k], v) for k, v in lora.items() if "lora_B" in k)
+
+
+def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
+    """Rows whose first turn is only the end-of-turn token (an empty answer) train without error and get W = 1."""
+    scripted = scripted_first_turn(SGCDTrainer)
+
+    class EmptyHalf(scripted):
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                          has_tool_images)
+            if num_generations > 1:  # first turn: odd rows answer nothing at all
+                ids = [row if i % 2 == 0 else [self.processing_class.eos_token_id] for i, row in enumerate(ids)]
+            return ids, logprobs
+
+    trainer = EmptyHalf(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
+                        args=tiny_args(tmp_path), environment_factory=ToyLookupEnv)
+    score, apply, build = _record(trainer)
+    out = trainer.train()
+    assert math.isfinite(out.training_loss)
+    output = apply.calls[0][2]
+    w = trainer._credit_last_batch["weights"]
+    empty = output["completion_mask"].sum(dim=1) == 1
+    assert empty.any()
+    assert torch.all(w[empty] == 1.0)
+    assert trainer._last_credit_stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
