@@ -120,6 +120,88 @@ def _eval_summary(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "records"}
 
 
+def shared_prefix(tokenizer, dataset) -> list[int]:
+    """Token ids that every rendered prompt of `dataset` starts with (the system message with the tool schemas)."""
+    from .envs.airline import AirlineEnv
+    from .evaluation import environment_tools, render_prompt_ids
+
+    from transformers.utils import get_json_schema
+
+    schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
+    rendered = [render_prompt_ids(tokenizer, row["prompt"], schemas) for row in dataset]
+    prefix = rendered[0]
+    for ids in rendered[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(prefix, ids)) if a != b), min(len(prefix), len(ids)))
+        prefix = prefix[:n]
+    return prefix
+
+
+def prefix_cached_generate_fn(model, tokenizer, prefix_ids: list[int], *, temperature: float = 0.4,
+                              top_p: float = 0.95, max_new_tokens: int = 256):
+    """A `generate_fn` factory for `trl_sgcd.evaluation.evaluate` that encodes the shared prompt prefix once.
+
+    Every airline prompt starts with the same ~1.1k tokens (policy and tool schemas); on CPU their prefill dominates
+    evaluation. The prefix's key/value cache is computed once; each batch is laid out as
+    `[prefix][padding][suffix]` with the padding masked, so positions and attention equal those of the unpadded
+    sequence (what `hf_generate_fn` computes with left padding), and only the suffixes are prefilled. Sampling is
+    seeded per call like `hf_generate_fn` (same seed schedule, global RNG untouched).
+    """
+    import copy
+    import itertools
+
+    import torch
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = {tokenizer.eos_token_id}
+    model_eos = model.generation_config.eos_token_id
+    eos_ids |= set(model_eos) if isinstance(model_eos, list) else ({model_eos} if model_eos is not None else set())
+    P = len(prefix_ids) - 1  # keep >= 1 prompt token outside the cache, so generate always has input to prefill
+    state = {}
+
+    def prefix_cache():
+        if "cache" not in state:
+            with torch.no_grad():
+                out = model(input_ids=torch.tensor([prefix_ids[:P]], device=device), use_cache=True)
+            state["cache"] = out.past_key_values
+        return state["cache"]
+
+    def factory(do_sample: bool, seed: int):
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None, top_k=0 if do_sample else None, pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids),
+        )
+        calls = itertools.count()
+
+        def generate(prompt_ids: list[list[int]]) -> list[list[int]]:
+            if any(list(p[:P]) != prefix_ids[:P] or len(p) <= P for p in prompt_ids):
+                raise ValueError("a prompt does not start with the cached prefix")
+            suffixes = [list(p[P:]) for p in prompt_ids]
+            width = max(len(x) for x in suffixes)
+            rows = [prefix_ids[:P] + [pad_id] * (width - len(x)) + x for x in suffixes]
+            mask = [[1] * P + [0] * (width - len(x)) + [1] * len(x) for x in suffixes]
+            input_ids = torch.tensor(rows, device=device)  # (B, P + width)
+            attention_mask = torch.tensor(mask, device=device)
+            cache = copy.deepcopy(prefix_cache())
+            cache.batch_repeat_interleave(len(rows))
+            devices = [device] if device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed * 1_000_003 + next(calls))
+                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                                     generation_config=config)  # fmt: skip
+            completions = []
+            for row in out[:, P + width :].tolist():
+                end = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))
+                completions.append(row[:end])
+            return completions
+
+        return generate
+
+    return factory
+
+
 def _recording_trainer_class():
     """`SGCDTrainer` that keeps, per step, the credit weights of the eligible tokens of the scored rollouts."""
     from .trainer import SGCDTrainer
@@ -180,7 +262,14 @@ def run_demo(settings: DemoSettings, output_dir: str, *, warm_start_dir: str | N
     from .envs.airline import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
     from .evaluation import evaluate
     from .plots import plot_demo, weight_histogram
-    from .warmstart import is_warm_started, read_marker, train_success, warm_start, warm_start_settings
+    from .warmstart import (
+        is_warm_started,
+        read_marker,
+        train_success,
+        warm_start,
+        warm_start_folder,
+        warm_start_settings,
+    )
 
     os.makedirs(output_dir, exist_ok=True)
     clock = _Clock()
@@ -194,18 +283,21 @@ def run_demo(settings: DemoSettings, output_dir: str, *, warm_start_dir: str | N
                      seed=s.seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
                      model_name_or_path=base_dir if s.model not in ("bundled", "tiny") else s.model)  # fmt: skip
     ws_settings = warm_start_settings(**ws_kwargs)
-    cached = warm_start_dir is not None and is_warm_started(warm_start_dir, ws_settings)
+    cached = is_warm_started(warm_start_folder(ws_settings, output_dir=warm_start_dir), ws_settings)
     _say(progress, "[demo] 1/4 warm start (SFT on expert trajectories of the train tasks)")
     ws_dir = clock.run("warm_start", warm_start, output_dir=warm_start_dir, progress=progress, **ws_kwargs)
     marker = read_marker(ws_dir) or {}
-    cached = cached or clock.phases["warm_start"] < 0.5 * marker.get("total_s", float("inf"))
 
     tokenizer = AutoTokenizer.from_pretrained(ws_dir)
     model = AutoModelForCausalLM.from_pretrained(ws_dir, dtype=torch.float32)
     test_set = make_airline_dataset("test", seed=s.seed, n=s.eval_tasks)
-    eval_kwargs = dict(environment_factory=AirlineEnv, reward_func=airline_reward, k=1, greedy=True,
-                       max_turns=s.eval_max_turns, max_new_tokens=s.eval_max_new_tokens,
-                       batch_size=s.eval_batch_size, seed=s.seed, progress=progress)  # fmt: skip
+    prefix = shared_prefix(tokenizer, test_set)
+
+    def run_eval(policy):  # a fresh prefix cache per call: the weights change between the two evaluations
+        generate_fn = prefix_cached_generate_fn(policy, tokenizer, prefix, max_new_tokens=s.eval_max_new_tokens)
+        return evaluate(policy, tokenizer, test_set, environment_factory=AirlineEnv, reward_func=airline_reward,
+                        k=1, greedy=True, max_turns=s.eval_max_turns, max_new_tokens=s.eval_max_new_tokens,
+                        batch_size=s.eval_batch_size, seed=s.seed, progress=progress, generate_fn=generate_fn)
 
     train_success_result = None
     if s.train_success_k > 0:
@@ -218,7 +310,7 @@ def run_demo(settings: DemoSettings, output_dir: str, *, warm_start_dir: str | N
 
     # 3. evaluate before
     _say(progress, f"[demo] 2/4 evaluate the warm start on {len(test_set)} held-out test tasks (greedy)")
-    before = clock.run("eval_before", evaluate, model, tokenizer, test_set, **eval_kwargs)
+    before = clock.run("eval_before", run_eval, model)
 
     # 4. SGCD
     _say(progress, f"[demo] 3/4 {s.credit_mode} training: {s.steps} steps x {s.rollouts_per_step} rollouts "
@@ -268,7 +360,7 @@ def run_demo(settings: DemoSettings, output_dir: str, *, warm_start_dir: str | N
     # 5. evaluate after
     _say(progress, f"[demo] 4/4 evaluate after {s.credit_mode} on the same {len(test_set)} test tasks")
     trained = trainer.model
-    after = clock.run("eval_after", evaluate, trained, tokenizer, test_set, **eval_kwargs)
+    after = clock.run("eval_after", run_eval, trained)
 
     # outputs
     def save():

@@ -130,6 +130,11 @@ def _key(settings: dict) -> str:
     return f"{settings['model']}-n{settings['n_tasks']}-{steps}-lr{lr}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
+def warm_start_folder(settings: dict, *, output_dir: str | None = None, cache_dir: str | None = None) -> str:
+    """Where `warm_start` puts (or finds) the warm start of `settings`."""
+    return output_dir or os.path.join(cache_dir or cache_root(), "warm_start", _key(settings))
+
+
 def read_marker(folder: str) -> dict | None:
     """The marker of a finished warm start (settings, timings, training log), or `None`."""
     try:
@@ -196,7 +201,7 @@ def warm_start(
     settings = warm_start_settings(epochs=epochs, max_length=max_length, learning_rate=learning_rate, seed=seed,
                                    n_tasks=n_tasks, batch_size=batch_size, max_steps=max_steps, precision=precision,
                                    model_name_or_path=model_name_or_path)  # fmt: skip
-    folder = output_dir or os.path.join(cache_dir or cache_root(), "warm_start", _key(settings))
+    folder = warm_start_folder(settings, output_dir=output_dir, cache_dir=cache_dir)
     if is_warm_started(folder, settings):
         if progress:
             print(f"[warm start] cached: {folder}", flush=True)
@@ -231,6 +236,8 @@ def warm_start(
             max_length=max_length,
             assistant_only_loss=True,
             packing=False,
+            gradient_checkpointing=False,
+            pad_to_multiple_of=64,
             seed=seed,
             data_seed=seed,
             use_cpu=not torch.cuda.is_available(),
@@ -303,10 +310,15 @@ def train_success(
     if isinstance(model_or_path, str):
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)
         model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path)
+    from .demo import prefix_cached_generate_fn, shared_prefix
+
     dataset = make_airline_dataset("train", seed=seed, n=n_tasks)
+    generate_fn = prefix_cached_generate_fn(model_or_path, tokenizer, shared_prefix(tokenizer, dataset),
+                                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     result = evaluate(model_or_path, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
                       k=k, temperature=temperature, top_p=top_p, greedy=False, max_turns=max_turns,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress)  # fmt: skip
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
+                      generate_fn=generate_fn)  # fmt: skip
     per_task = [sum(r >= 1.0 for r in rec["sample_rewards"]) for rec in result["records"]]
     n = len(per_task)
     categories: dict[str, list[float]] = {}
