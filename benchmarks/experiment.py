@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/experiment.py --profile quick --seeds 0 1            # CPU, ~8 min per arm and seed
     .venv/bin/python benchmarks/experiment.py --profile full --seeds 0 1 2 --k 4     # ~25 min per arm and seed
-    .venv/bin/python benchmarks/experiment.py --model tiny --steps 1 --eval-tasks 2   # plumbing check, seconds
+    .venv/bin/python benchmarks/experiment.py --model tiny --steps 1 --eval-tasks 2 --sft-steps 1 --sft-tasks 4 \
+        --arms off sgcd --seeds 0                                                        # plumbing check, minutes
 
 For each seed, every arm starts from the same cached SFT warm start (`trl_sgcd.warmstart`), trains the same number of
 steps on the TRAIN tasks with the same settings except `credit_mode`, and is evaluated on the held-out TEST tasks:
@@ -127,11 +128,13 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="override the base model (bundled, tiny, or a folder)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-tasks", type=int, default=None)
+    parser.add_argument("--sft-steps", type=int, default=None, help="cap the warm start's SFT steps")
+    parser.add_argument("--sft-tasks", type=int, default=None, help="warm start on the first N train tasks")
     parser.add_argument("--output-dir", default="outputs/experiment")
     args = parser.parse_args(argv)
     settings = QUICK if args.profile == "quick" else FULL
-    overrides = {k: v for k, v in (("model", args.model), ("steps", args.steps), ("eval_tasks", args.eval_tasks))
-                 if v is not None}
+    overrides = {k: v for k, v in (("model", args.model), ("steps", args.steps), ("eval_tasks", args.eval_tasks),
+                                   ("sft_steps", args.sft_steps), ("sft_tasks", args.sft_tasks)) if v is not None}
     settings = replace(settings, **overrides)
     os.makedirs(args.output_dir, exist_ok=True)
     t0 = time.perf_counter()
