@@ -249,3 +249,19 @@ def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
     assert empty.any()
     assert torch.all(w[empty] == 1.0)
     assert trainer._last_credit_stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
+
+
+def test_validity_checks_warn_or_raise_when_strict(tmp_path, tiny_model_path):
+    from trl_sgcd.credit import CreditStats
+
+    stats = CreditStats(dict.fromkeys(CreditStats.SUM_KEYS, 0.0), dict.fromkeys(CreditStats.MAX_KEYS, 0.0))
+    stats.sums["tool_tokens_in_mask"] = 2.0
+    for strict in (False, True):
+        trainer = _tool_trainer(tmp_path / str(strict), tiny_model_path, credit_strict=strict)
+        trainer._last_credit_stats = stats
+        if strict:
+            with pytest.raises(RuntimeError, match="tool-observation"):
+                trainer._check_validity(0, torch.ones(2, 3))
+        else:
+            with pytest.warns(UserWarning, match="tool-observation"):
+                trainer._check_validity(0, torch.ones(2, 3))
