@@ -265,3 +265,29 @@ def test_validity_checks_warn_or_raise_when_strict(tmp_path, tiny_model_path):
         else:
             with pytest.warns(UserWarning, match="tool-observation"):
                 trainer._check_validity(0, torch.ones(2, 3))
+
+
+def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_path):
+    """With `bf16=True` (float32 weights, autocast) the scorer's forwards run in bf16 like the policy's own log-probs,
+    although it calls the backbone past accelerate's autocast wrapper of `model.forward`."""
+    trainer_cls = scripted_first_turn(SGCDTrainer)
+    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
+                          args=tiny_args(tmp_path, bf16=True), environment_factory=ToyLookupEnv)
+    seen, inside = [], [False]
+    score = trainer.credit_scorer.score
+
+    def observed_score(*args, **kwargs):
+        inside[0] = True
+        try:
+            return score(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    trainer.credit_scorer.score = observed_score
+    layer = trainer.model.model.layers[0].mlp.down_proj
+    layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype) if inside[0] else None)
+    out = trainer.train()
+    assert math.isfinite(out.training_loss)
+    assert next(trainer.model.parameters()).dtype == torch.float32
+    assert trainer._last_credit_stats.sums["rows_scored"] > 0
+    assert seen and set(seen) == {torch.bfloat16}

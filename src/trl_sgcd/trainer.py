@@ -380,10 +380,13 @@ class SGCDTrainer(GRPOTrainer):
         s_mask = torch.cat([prompt_mask[rows], c_mask], dim=1)
         t_ids, t_mask = splice_teacher_inputs(teacher_ids, c_ids, c_mask, pad_token_id=tok.pad_token_id)
         t0 = time.perf_counter()
-        scores = self.credit_scorer.score(
-            self.model, s_ids, s_mask, t_ids, t_mask, c_ids, c_mask,
-            min_batches=min_batches, return_teacher_topk=args.credit_mode == "direct_sd",
-        )
+        # The scorer calls the backbone directly, past accelerate's autocast wrapper of `model.forward`: under bf16/fp16
+        # mixed precision it must score in the precision the policy's own log-probs are computed in.
+        with self.accelerator.autocast():
+            scores = self.credit_scorer.score(
+                self.model, s_ids, s_mask, t_ids, t_mask, c_ids, c_mask,
+                min_batches=min_batches, return_teacher_topk=args.credit_mode == "direct_sd",
+            )
         elapsed = time.perf_counter() - t0
         eligible_rows = eligible[rows]
         if rows:
