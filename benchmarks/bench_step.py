@@ -9,7 +9,9 @@ groups are mixed and SGCD has work to do; everything else is the model's own gen
 differ only in `credit_mode` ("off" = GRPO bit for bit, "sgcd" = the full method with the offline contrast
 reference). Printed: median step time of each arm over the repeats, the ratio (goal <= 1.25, reference latency
 excluded), and the SGCD split: generation (incl. tool calls), TRL's scoring (rewards, old log-probs), credit reference,
-dense scoring, rest of the credit stage, and the optimisation step (forward + backward + optimizer).
+dense scoring, rest of the credit stage, and the optimisation step (forward + backward + optimizer). Both arms run
+with TRL's default gradient checkpointing and in the same precision (`--precision auto`: bf16 autocast with float32 weights on
+a GPU or a CPU with AMX / AVX512-BF16, else float32).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from trl import GRPOTrainer  # noqa: E402
 
 from trl_sgcd import SGCDTrainer  # noqa: E402
 from trl_sgcd.models import bundled_model_dir, tiny_model_dir  # noqa: E402
+from trl_sgcd.warmstart import bf16_is_fast  # noqa: E402
 
 
 def _timed(obj, name, bucket):
@@ -43,7 +46,7 @@ def _timed(obj, name, bucket):
     setattr(obj, name, wrapper)
 
 
-def run_arm(model_path, mode, *, steps, completion_len, device, seed):
+def run_arm(model_path, mode, *, steps, completion_len, device, seed, bf16=False):
     from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
 
     times = []
@@ -51,7 +54,7 @@ def run_arm(model_path, mode, *, steps, completion_len, device, seed):
     cls = scripted_first_turn(SGCDTrainer)
     with tempfile.TemporaryDirectory() as out:
         args = tiny_args(out, credit_mode=mode, max_steps=steps, max_completion_length=completion_len,
-                         use_cpu=device == "cpu", seed=seed, learning_rate=1e-6)
+                         use_cpu=device == "cpu", seed=seed, learning_rate=1e-6, bf16=bf16)
         trainer = cls(model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(8), args=args,
                       environment_factory=ToyLookupEnv)
         bucket: dict[str, float] = {}
@@ -100,9 +103,12 @@ def main(argv=None):
     parser.add_argument("--completion-len", type=int, default=96)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 steps, 2 repeats")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="bf16 = autocast with float32 weights; auto = bf16 on a GPU or a CPU with AMX/AVX512-BF16")
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.steps, args.repeats = "tiny", 3, 2
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and (args.device == "cuda" or bf16_is_fast()))
     path = {"tiny": tiny_model_dir, "smollm2": bundled_model_dir}.get(args.model, lambda: args.model)()
     assert issubclass(SGCDTrainer, GRPOTrainer)
     results = {"off": [], "sgcd": []}
@@ -110,7 +116,7 @@ def main(argv=None):
     for repeat in range(args.repeats):
         for mode in ("off", "sgcd"):  # alternate arms so drift on a noisy machine hits both
             times, split = run_arm(path, mode, steps=args.steps, completion_len=args.completion_len,
-                                   device=args.device, seed=42 + repeat)
+                                   device=args.device, seed=42 + repeat, bf16=bf16)
             results[mode].extend(times[1:])
             splits[mode].extend(split[1:])
     off, _ = summarise(results["off"], splits["off"], 0)
@@ -118,7 +124,7 @@ def main(argv=None):
     ratio = (sgcd - split["reference"]) / off
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"bench_step: model={args.model} device={device} steps/arm={args.steps} (first dropped) "
-          f"repeats={args.repeats} completion_len={args.completion_len}")
+          f"repeats={args.repeats} completion_len={args.completion_len} precision={'bf16' if bf16 else 'fp32'}")
     print(f"{'arm':<6}{'median step s':>15}{'n':>5}")
     print(f"{'grpo':<6}{off:>15.3f}{len(results['off']):>5}")
     print(f"{'sgcd':<6}{sgcd:>15.3f}{len(results['sgcd']):>5}")

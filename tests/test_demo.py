@@ -23,7 +23,7 @@ def _settings(argv):
 def test_profiles_and_overrides():
     assert _settings([]) == FULL and _settings(["--quick"]) == QUICK
     assert QUICK.steps < FULL.steps and QUICK.eval_tasks <= FULL.eval_tasks
-    assert FULL.eval_tasks == 20 and FULL.credit_mode == "sgcd" and FULL.temperature == 0.4
+    assert FULL.eval_tasks == 20 and FULL.credit_mode == "sgcd" and FULL.temperature == 0.8 and FULL.precision == "auto"
     s = _settings(["--quick", "--steps", "5", "--seed", "3", "--num-generations", "2", "--sft-learning-rate", "1e-4",
                    "--credit-mode", "off"])  # fmt: skip
     assert (s.steps, s.seed, s.num_generations, s.sft_learning_rate, s.credit_mode) == (5, 3, 2, 1e-4, "off")
@@ -85,6 +85,7 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"config", "warm_start", "before", "after", "training", "checkpoint", "plot", "wall_s"} <= set(metrics)
+    assert metrics["precision"] == metrics["warm_start"]["settings"]["precision"] in ("bf16", "fp32")
     for phase in ("model", "warm_start", "eval_before", "rl", "eval_after", "save", "plot", "total"):
         assert metrics["wall_s"][phase] >= 0.0
     for result in (metrics["before"], metrics["after"]):

@@ -10,7 +10,7 @@ mixed, and caches the result:
 ```python
 from trl_sgcd.warmstart import warm_start
 
-path = warm_start(**WARM_START_DEFAULTS)   # ~6-7 min on 2 CPU cores the first time, then a cache hit
+path = warm_start(**WARM_START_DEFAULTS)   # ~9-10 min on 2 CPU cores the first time, then a cache hit
 ```
 
 The folder is keyed by every setting (and a hash of the SFT data), written to a temporary folder, completed with a
@@ -35,7 +35,14 @@ from .models import cache_root
 WARM_START_MARKER = "trl_sgcd_warm_start.json"
 _FORMAT_VERSION = 1
 
-WARM_START_DEFAULTS = {"epochs": 1.0, "max_length": 2048, "learning_rate": 2e-4, "n_tasks": 96, "batch_size": 2}
+WARM_START_DEFAULTS = {
+    "epochs": 1.0,
+    "max_steps": 24,
+    "max_length": 2048,
+    "learning_rate": 3e-4,
+    "n_tasks": 96,
+    "batch_size": 2,
+}
 """Settings of the demo's warm start (measured to leave a mixed success rate on train tasks, see the README)."""
 
 
@@ -127,7 +134,9 @@ def _key(settings: dict) -> str:
     text = json.dumps(settings, sort_keys=True)
     lr = f"{settings['learning_rate']:g}"
     steps = f"s{settings['max_steps']}" if settings["max_steps"] else f"e{settings['epochs']:g}"
-    return f"{settings['model']}-n{settings['n_tasks']}-{steps}-lr{lr}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    return (
+        f"{settings['model']}-n{settings['n_tasks']}-{steps}-lr{lr}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    )
 
 
 def warm_start_folder(settings: dict, *, output_dir: str | None = None, cache_dir: str | None = None) -> str:
@@ -294,6 +303,7 @@ def train_success(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    precision: str = "auto",
 ) -> dict:
     """Sampled success on TRAIN tasks: what decides whether GRPO / SGCD groups are mixed.
 
@@ -314,7 +324,8 @@ def train_success(
 
     dataset = make_airline_dataset("train", seed=seed, n=n_tasks)
     generate_fn = prefix_cached_generate_fn(model_or_path, tokenizer, shared_prefix(tokenizer, dataset),
-                                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+                                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                            bf16=_resolve_precision(precision) == "bf16")  # fmt: skip
     result = evaluate(model_or_path, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
                       k=k, temperature=temperature, top_p=top_p, greedy=False, max_turns=max_turns,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
