@@ -11,7 +11,7 @@
 
 ```bash
 trl-sgcd demo                 # full run: ~25 min on 2 CPU cores (first run, ~10 min of it the cached warm start)
-trl-sgcd demo --quick         # smaller run (6 SFT steps, 6 eval tasks, 2 RL steps): under 10 min
+trl-sgcd demo --quick         # smaller run (6 SFT steps, 6 eval tasks, 2 RL steps of <= 384 tokens): < 10 min
 trl-sgcd demo --steps 20 --output-dir outputs/my_demo --seed 1
 trl-sgcd demo --credit-mode off                      # the matched GRPO baseline of the same demo
 trl-sgcd demo --model tiny --sft-steps 1 --steps 1   # smoke run with the random tiny model (tests)
@@ -68,7 +68,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = replace(FULL, sft_steps=6, eval_tasks=6, steps=2)
+QUICK = replace(FULL, sft_steps=6, eval_tasks=6, steps=2, max_completion_length=384)
 
 
 def _parser() -> argparse.ArgumentParser:
