@@ -30,6 +30,8 @@ def test_profiles_and_overrides():
     assert s.eval_tasks == QUICK.eval_tasks
     with pytest.raises(UsageError, match="multiple"):
         _settings(["--rollouts-per-step", "6", "--num-generations", "4"])
+    with pytest.raises(UsageError, match="--precision"):
+        _settings(["--precision", "fp16"])
 
 
 def test_cli_dispatches_demo(capsys):

@@ -105,6 +105,10 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     if args.steps is not None:
         overrides["steps"] = args.steps
     settings = replace(base, **overrides)
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        from .scripts.utils import UsageError
+
+        raise UsageError(f"--precision must be auto, fp32 or bf16, got {settings.precision!r}")
     if settings.rollouts_per_step % settings.num_generations:
         from .scripts.utils import UsageError
 
