@@ -123,3 +123,30 @@ def test_quick_demo_with_the_bundled_model(tmp_path):
     assert metrics["before"]["num_tasks"] == QUICK.eval_tasks
     assert [e["step"] for e in metrics["training"]["log_history"] if "reward" in e] == list(range(1, QUICK.steps + 1))
     assert (out / "demo.png").stat().st_size > 10_000
+
+
+def test_prefix_cached_generation_equals_plain_generation(tiny_model_path):
+    """The demo's prefix-cached generate function returns what `hf_generate_fn` (the naive reference: left padding,
+    the whole prompt prefilled) returns, greedy, for prompts of different lengths that share the airline prefix."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import get_json_schema
+
+    from trl_sgcd.demo import prefix_cached_generate_fn, shared_prefix
+    from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset
+    from trl_sgcd.evaluation import environment_tools, hf_generate_fn, render_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    dataset = make_airline_dataset("test", seed=0, n=4)
+    schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
+    prompts = [render_prompt_ids(tokenizer, row["prompt"], schemas) for row in dataset]
+    assert len({len(p) for p in prompts}) > 1  # the suffixes really differ in length, so padding is exercised
+    prefix = shared_prefix(tokenizer, dataset)
+    assert len(prefix) > 500 and all(p[: len(prefix)] == prefix for p in prompts)
+
+    reference = hf_generate_fn(model, tokenizer, max_new_tokens=12)(prompts)
+    cached = prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=12)(False, 0)(prompts)
+    assert cached == reference and all(len(c) > 0 for c in cached)
+    with pytest.raises(ValueError, match="cached prefix"):
+        prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=4)(False, 0)([prompts[0][5:]])

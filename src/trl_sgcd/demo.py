@@ -167,13 +167,10 @@ def prefix_cached_generate_fn(
     import itertools
 
     import torch
-    from transformers import GenerationConfig
+
+    from .evaluation import generation_settings
 
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = {tokenizer.eos_token_id}
-    model_eos = model.generation_config.eos_token_id
-    eos_ids |= set(model_eos) if isinstance(model_eos, list) else ({model_eos} if model_eos is not None else set())
     P = len(prefix_ids) - 1  # keep >= 1 prompt token outside the cache, so generate always has input to prefill
     state = {}
 
@@ -188,15 +185,8 @@ def prefix_cached_generate_fn(
         return state["cache"]
 
     def factory(do_sample: bool, seed: int):
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=top_p if do_sample else None,
-            top_k=0 if do_sample else None,
-            pad_token_id=pad_id,
-            eos_token_id=sorted(eos_ids),
-        )
+        config, pad_id, eos_ids = generation_settings(model, tokenizer, do_sample=do_sample, temperature=temperature,
+                                                      top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
         calls = itertools.count()
 
         def generate(prompt_ids: list[list[int]]) -> list[list[int]]:

@@ -127,6 +127,23 @@ def run_episodes(
     return episodes
 
 
+def generation_settings(model, tokenizer, *, do_sample: bool, temperature: float, top_p: float, max_new_tokens: int):
+    """`(GenerationConfig, pad id, set of EOS ids)` for the evaluation's generate functions: stop at the tokenizer's and
+    the model's EOS ids, plain temperature / top-p sampling (no top-k) or greedy."""
+    from transformers import GenerationConfig
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = {tokenizer.eos_token_id}
+    model_eos = model.generation_config.eos_token_id
+    eos_ids |= set(model_eos) if isinstance(model_eos, list) else ({model_eos} if model_eos is not None else set())
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None, top_k=0 if do_sample else None, pad_token_id=pad_id,
+        eos_token_id=sorted(eos_ids),
+    )  # fmt: skip
+    return config, pad_id, eos_ids
+
+
 def hf_generate_fn(
     model,
     tokenizer,
@@ -140,22 +157,10 @@ def hf_generate_fn(
     """A `GenerateFn` on `model.generate`: left padding, stop at EOS, sampling seeded per call without touching the
     global RNG state (`torch.random.fork_rng`)."""
     import torch
-    from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = {tokenizer.eos_token_id}
-    model_eos = model.generation_config.eos_token_id
-    eos_ids |= set(model_eos) if isinstance(model_eos, list) else ({model_eos} if model_eos is not None else set())
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None,
-        top_k=0 if do_sample else None,
-        pad_token_id=pad_id,
-        eos_token_id=sorted(eos_ids),
-    )
+    config, pad_id, eos_ids = generation_settings(model, tokenizer, do_sample=do_sample, temperature=temperature,
+                                                  top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
     calls = itertools.count()
 
     def generate(prompt_ids: list[list[int]]) -> list[list[int]]:
