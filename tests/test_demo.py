@@ -132,9 +132,9 @@ def test_prefix_cached_generation_equals_plain_generation(tiny_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import get_json_schema
 
-    from trl_sgcd.demo import prefix_cached_generate_fn, shared_prefix
     from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset
     from trl_sgcd.evaluation import environment_tools, hf_generate_fn, render_prompt_ids
+    from trl_sgcd.prefix_cache import prefix_cached_generate_fn, shared_prefix
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()

@@ -320,7 +320,7 @@ def train_success(
     if isinstance(model_or_path, str):
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)
         model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path)
-    from .demo import prefix_cached_generate_fn, shared_prefix
+    from .prefix_cache import prefix_cached_generate_fn, shared_prefix
 
     dataset = make_airline_dataset("train", seed=seed, n=n_tasks)
     generate_fn = prefix_cached_generate_fn(model_or_path, tokenizer, shared_prefix(tokenizer, dataset),
