@@ -23,8 +23,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.llm_server import VALID_REFERENCE, FakeLLMServer, sample_group  # noqa: E402
-from trl_sgcd.llm import LiteLLMClient  # noqa: E402
-from trl_sgcd.reference import SiblingReferenceBuilder  # noqa: E402
+from trl_sgcd.credit.llm import LiteLLMClient  # noqa: E402
+from trl_sgcd.credit.reference import SiblingReferenceBuilder  # noqa: E402
 
 MODEL = "openai/bench-model"
 

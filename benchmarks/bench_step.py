@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
 from trl_sgcd import SGCDTrainer  # noqa: E402
-from trl_sgcd.models import bundled_model_dir, tiny_model_dir  # noqa: E402
-from trl_sgcd.warmstart import bf16_is_fast  # noqa: E402
+from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir  # noqa: E402
+from trl_sgcd.tooluse.warmstart import bf16_is_fast  # noqa: E402
 
 
 def _timed(obj, name, bucket):

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/experiment.py --model tiny --steps 1 --eval-tasks 2 --sft-steps 1 --sft-tasks 4 \
         --arms off sgcd --seeds 0                                                        # plumbing check, minutes
 
-For each seed, every arm starts from the same cached SFT warm start (`trl_sgcd.warmstart`), trains the same number of
+For each seed, every arm starts from the same cached SFT warm start (`trl_sgcd.tooluse.warmstart`), trains the same number of
 steps on the TRAIN tasks with the same settings except `credit_mode`, and is evaluated on the held-out TEST tasks:
 greedy pass@1 overall and per category, pass^k (k samples at the training temperature; a task counts only if all k
 succeed), and the tool-use audit (zero-tool success share, tools per success, tool failure rate). Nothing is tuned on
@@ -33,9 +33,9 @@ ARM_NAMES = {"off": "GRPO", "sgcd": "SGCD", "direct_sd": "direct SD", "sdpo": "S
 def run_arm(settings, arm: str, seed: int, output_dir: str, k: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_sgcd.demo import run_demo
+    from trl_sgcd.demo.run import run_demo
     from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
-    from trl_sgcd.evaluation import evaluate
+    from trl_sgcd.tooluse.evaluation import evaluate
 
     out = os.path.join(output_dir, f"{arm}-seed{seed}")
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def plot_curves(results: list[dict], path: str) -> str:
 
 
 def main(argv=None):
-    from trl_sgcd.demo import FULL, QUICK
+    from trl_sgcd.demo.run import FULL, QUICK
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=["quick", "full"], default="quick")

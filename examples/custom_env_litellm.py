@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 
 from trl_sgcd import SGCDConfig, SGCDTrainer
-from trl_sgcd.models import bundled_model_dir, tiny_model_dir
+from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
 
 STOCK = {"widget": 12, "gadget": 0, "gizmo": 5}
 

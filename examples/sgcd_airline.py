@@ -16,7 +16,7 @@ import torch
 
 from trl_sgcd import SGCDConfig, SGCDTrainer  # was: from trl import GRPOConfig, GRPOTrainer
 from trl_sgcd.envs import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
-from trl_sgcd.models import bundled_model_dir, tiny_model_dir
+from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
 
 
 def main():

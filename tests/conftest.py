@@ -18,7 +18,7 @@ from trl_sgcd.import_utils import is_cuda_available, is_deepspeed_available  # n
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
     """A 2-layer random Llama with the SmolLM2 tokenizer and tool chat template (cached under $TRL_SGCD_CACHE)."""
-    from trl_sgcd.models import tiny_model_dir
+    from trl_sgcd.tooluse.models import tiny_model_dir
 
     return tiny_model_dir()
 

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from trl import GRPOConfig, TrlParser
 
+from trl_sgcd.cli.train import parse_args
 from trl_sgcd.config import CREDIT_MODES, DIVERGENCES, SGCDConfig
-from trl_sgcd.scripts.train import parse_args
 
 CPU = dict(use_cpu=True, bf16=False)  # GRPOConfig defaults to bf16, which this CPU machine does not support
 GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}

@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.trainer_utils import ToyLookupEnv, tiny_args, toy_dataset, toy_reward
 from trl_sgcd import SGCDTrainer
 from trl_sgcd.import_utils import is_deepspeed_available
-
-from .trainer_utils import ToyLookupEnv, tiny_args, toy_dataset, toy_reward
 
 pytestmark = pytest.mark.multiprocess
 

@@ -5,10 +5,9 @@ import os
 
 import torch
 
+from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
 from trl_sgcd import SGCDTrainer
 from trl_sgcd.trainer import SGCD_STATE_FILE
-
-from .trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
 
 
 def _trainer(output_dir, model_path, **overrides):

@@ -8,9 +8,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
+from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
 from trl_sgcd import SGCDConfig, SGCDTrainer
-
-from .trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
 
 
 def _length_reward(completions, **kwargs):
@@ -252,7 +251,7 @@ def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
 
 
 def test_validity_checks_warn_or_raise_when_strict(tmp_path, tiny_model_path):
-    from trl_sgcd.credit import CreditStats
+    from trl_sgcd.credit.stats import CreditStats
 
     stats = CreditStats(dict.fromkeys(CreditStats.SUM_KEYS, 0.0), dict.fromkeys(CreditStats.MAX_KEYS, 0.0))
     stats.sums["tool_tokens_in_mask"] = 2.0

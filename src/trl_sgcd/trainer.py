@@ -25,9 +25,13 @@ from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from .audit import tool_use_audit
-from .config import SGCDConfig
-from .credit import (
+from trl_sgcd.config import SGCDConfig
+from trl_sgcd.credit.divergence import DenseDivergenceScorer
+from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+from trl_sgcd.credit.saliency import credit_saliency
+from trl_sgcd.credit.sampling import merge_batches, merge_outputs, resample_sampler, select_groups
+from trl_sgcd.credit.siblings import build_sibling_groups, owner_of_group
+from trl_sgcd.credit.stats import (
     SIBLING_CONTEXT_MODES,
     CreditStats,
     credit_metrics,
@@ -40,13 +44,8 @@ from .credit import (
     total_rewards,
     validity_problems,
 )
-from .credit_table import CreditTableRecorder
-from .divergence import DenseDivergenceScorer
-from .dynamic_sampling import merge_batches, merge_outputs, resample_sampler, select_groups
-from .reference import CreditReference, SiblingReferenceBuilder
-from .saliency import credit_saliency
-from .siblings import build_sibling_groups, owner_of_group
-from .teacher import (
+from trl_sgcd.credit.table import CreditTableRecorder
+from trl_sgcd.credit.teacher import (
     cap_reference,
     literal_token_mask,
     sibling_context_reference,
@@ -54,7 +53,8 @@ from .teacher import (
     teacher_prompt_ids,
     unpad_left,
 )
-from .weights import apply_credit_weights, credit_weights, uniform_credit_weights
+from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, uniform_credit_weights
+from trl_sgcd.tooluse.audit import tool_use_audit
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class SGCDTrainer(GRPOTrainer):
             return loss
         # The paper's failing ablation: a second, uncapped actor-gradient path that pulls the student towards the
         # reference-conditioned teacher. Every rank runs this forward, with or without targets (ZeRO-3 safety).
-        from .divergence import teacher_matching_loss
+        from trl_sgcd.credit.divergence import teacher_matching_loss
 
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)

@@ -1,0 +1,1 @@
+"""The method, one stage a file: siblings -> evidence -> reference -> teacher -> divergence -> saliency -> weights."""

@@ -1,0 +1,1 @@
+"""The bundled offline demo (`trl-sgcd demo`): warm start -> evaluation -> SGCD -> evaluation."""

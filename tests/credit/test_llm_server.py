@@ -1,0 +1,192 @@
+"""Real HTTP through litellm against the local OpenAI-compatible server (tests/llm_server.py): no patched functions.
+
+Deadlines, retries, concurrency, cache, fallbacks, and the leakage boundary (no planted secret reaches the server).
+"""
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import pytest
+
+from tests.llm_server import PLANTED, VALID_REFERENCE, FakeLLMServer, sample_group
+from trl_sgcd.credit.llm import LiteLLMClient
+from trl_sgcd.credit.prompt import SECTION_TITLES
+from trl_sgcd.credit.reference import SiblingReferenceBuilder
+
+MODEL = "openai/test-model"
+
+
+def _groups(n, tag):
+    return [sample_group(g, tag=f"{tag}-{g}") for g in range(n)]
+
+
+def _builder(server, **kwargs):
+    client_kwargs = {k: kwargs.pop(k) for k in ("deadline", "retries", "concurrency", "cache_dir", "backoff_base")
+                     if k in kwargs}
+    client_kwargs.setdefault("backoff_base", 0.01)
+    client = LiteLLMClient(kwargs.pop("model", MODEL), api_base=server.base_url, **client_kwargs)
+    return SiblingReferenceBuilder("litellm", llm_client=client, **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_litellm():
+    """Import litellm and open its client once, so timings below measure requests, not the import (~3 s)."""
+    with FakeLLMServer(answer="warm") as server:
+        LiteLLMClient(MODEL, api_base=server.base_url).complete_many([("warm", [{"role": "user", "content": "hi"}])])
+
+
+def test_server_speaks_openai_format():
+    with FakeLLMServer(answer="hello", usage=(7, 3)) as server:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+        request = urllib.request.Request(f"{server.base_url}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            payload = json.loads(response.read())
+        assert payload["choices"][0]["message"]["content"] == "hello"
+        assert payload["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        assert server.requests[0]["messages"][0]["content"] == "x"
+
+
+def test_answers_parse_into_llm_references():
+    with FakeLLMServer(answer=VALID_REFERENCE) as server:
+        builder = _builder(server)
+        refs = builder.build(_groups(3, "parse"))
+        assert server.num_requests == 3
+    for ref in refs:
+        assert ref.source == "llm" and list(ref.sections) == list(SECTION_TITLES)
+        assert all(ref.sections[title] for title in SECTION_TITLES)
+        assert ref.prompt_tokens == 100 and ref.completion_tokens == 20
+        assert ref.cost_usd is None  # unknown price for "test-model": None, never 0
+    assert builder.stats["llm"] == 3 and builder.stats["cost_usd"] is None
+
+
+def test_known_model_price_gives_a_cost():
+    with FakeLLMServer(answer=VALID_REFERENCE, usage=(1000, 100)) as server:
+        ref = _builder(server, model="openai/gpt-4o-mini").build(_groups(1, "cost"))[0]
+    assert ref.source == "llm" and ref.cost_usd is not None and ref.cost_usd > 0
+
+
+def test_concurrency_8_groups_in_one_latency():
+    with FakeLLMServer(answer=VALID_REFERENCE, latency=1.0) as server:
+        builder = _builder(server, concurrency=8)
+        start = time.perf_counter()
+        refs = builder.build(_groups(8, "conc"))
+        elapsed = time.perf_counter() - start
+    assert [r.source for r in refs] == ["llm"] * 8
+    assert elapsed <= 1.5, f"8 requests at 1 s latency with concurrency 8 took {elapsed:.2f} s"
+
+
+def test_concurrency_limit_is_respected():
+    with FakeLLMServer(answer=VALID_REFERENCE, latency=0.3) as server:
+        start = time.perf_counter()
+        _builder(server, concurrency=2).build(_groups(4, "limit"))
+        elapsed = time.perf_counter() - start
+        times = sorted(server.request_times)
+    assert elapsed >= 0.6  # two waves
+    assert times[2] - times[0] >= 0.25  # the third request waited for a slot
+
+
+def test_hanging_server_hits_the_deadline_and_falls_back():
+    with FakeLLMServer(hang=True) as server:
+        builder = _builder(server, deadline=1.0, retries=0)
+        start = time.perf_counter()
+        refs = builder.build(_groups(2, "hang"))
+        elapsed = time.perf_counter() - start
+    assert elapsed <= 1.0 + 0.5, f"build took {elapsed:.2f} s with a 1 s deadline"
+    assert [r.source for r in refs] == ["fallback", "fallback"]
+    assert all(r.text and r.sections["Deviation points"] for r in refs)
+    stats = builder.last_build_stats
+    assert stats["fallback"] == 2 and stats["timeouts"] == 2 and stats["errors"] == 2
+
+
+def test_hanging_server_with_one_retry_is_bounded():
+    with FakeLLMServer(hang=True) as server:
+        builder = _builder(server, deadline=0.5, retries=1)
+        start = time.perf_counter()
+        ref = builder.build(_groups(1, "hang-retry"))[0]
+        elapsed = time.perf_counter() - start
+        assert server.num_requests == 2
+    assert ref.source == "fallback" and elapsed <= 2 * 0.5 + 0.5
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_retryable_status_is_retried_then_succeeds(status):
+    with FakeLLMServer(answer=VALID_REFERENCE, fail_first=2, fail_status=status) as server:
+        builder = _builder(server, retries=3)
+        ref = builder.build(_groups(1, f"retry-{status}"))[0]
+        assert server.num_requests == 3  # two failures, then the answer
+    assert ref.source == "llm"
+    assert builder.last_build_stats["attempts"] == 3 and builder.last_build_stats["errors"] == 0
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_retries_exhausted_fall_back(status):
+    with FakeLLMServer(answer=VALID_REFERENCE, fail_first=100, fail_status=status) as server:
+        builder = _builder(server, retries=2)
+        ref = builder.build(_groups(1, f"exhaust-{status}"))[0]
+        assert server.num_requests == 3  # 1 + 2 retries
+    assert ref.source == "fallback" and builder.last_build_stats["errors"] == 1
+
+
+def test_client_error_is_not_retried():
+    with FakeLLMServer(answer=VALID_REFERENCE, fail_first=100, fail_status=400) as server:
+        ref = _builder(server, retries=3).build(_groups(1, "400"))[0]
+        assert server.num_requests == 1
+    assert ref.source == "fallback"
+
+
+def test_garbage_answers_fall_back():
+    with FakeLLMServer(garbage=True) as server:
+        ref = _builder(server, retries=0).build(_groups(1, "garbage"))[0]
+    assert ref.source == "fallback"
+    with FakeLLMServer(answer="I am not following the format at all.") as server:
+        ref = _builder(server).build(_groups(1, "malformed"))[0]
+    assert ref.source == "fallback"
+
+
+def test_fallback_none_gives_empty_reference():
+    with FakeLLMServer(answer="") as server:
+        builder = _builder(server, fallback="none")
+        refs = builder.build(_groups(2, "none"))
+    assert [(r.source, r.text) for r in refs] == [("none", ""), ("none", "")]
+    assert builder.last_build_stats["none"] == 2
+
+
+def test_cache_makes_second_build_free(tmp_path):
+    with FakeLLMServer(answer=VALID_REFERENCE) as server:
+        first = _builder(server, cache_dir=str(tmp_path)).build(_groups(3, "cache"))
+        assert server.num_requests == 3
+        builder = _builder(server, cache_dir=str(tmp_path))  # a fresh builder: the cache is on disk
+        second = builder.build(_groups(3, "cache"))
+        assert server.num_requests == 3
+    assert [r.text for r in first] == [r.text for r in second]
+    assert builder.last_build_stats["cache_hits"] == 3 and builder.last_build_stats["requests"] == 0
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_planted_secrets_never_reach_the_server():
+    with FakeLLMServer(answer=VALID_REFERENCE) as server:
+        builder = _builder(server, private_columns=["gold_answer", "gold_actions"])
+        refs = builder.build(_groups(2, "leak"))
+        bodies = list(server.raw_bodies)
+    assert len(bodies) == 2
+    card_digits = PLANTED["card"].replace(" ", "")
+    for raw in bodies:
+        decoded = json.dumps(json.loads(raw), ensure_ascii=False)
+        for text in (raw, decoded):
+            for value in [*PLANTED.values(), card_digits, "ZFA04Y"]:
+                assert value not in text, f"{value!r} leaked to the LLM"
+        assert "[CARD]" in raw and "[SECRET]" in raw and "[PRIVATE]" in raw
+    assert PLANTED["gold"] in refs[0].masked_literals
+
+
+def test_complete_many_inside_a_running_event_loop():
+    async def caller(url):
+        client = LiteLLMClient(MODEL, api_base=url)
+        return client.complete_many([("k1", [{"role": "user", "content": "a"}])])
+
+    with FakeLLMServer(answer="x") as server:
+        results = asyncio.run(caller(server.base_url))
+    assert results[0].text == "x" and results[0].error is None

@@ -1,0 +1,207 @@
+"""Credit references without a network: the contrast backend, the prompt and its parser, fallbacks with a stub client,
+stats and checkpoint state. Real HTTP through litellm is in test_llm_server.py."""
+
+import json
+
+import pytest
+
+from tests.llm_server import PLANTED, VALID_REFERENCE, sample_group
+from trl_sgcd.credit.evidence import Sanitizer, build_evidence
+from trl_sgcd.credit.llm import LLMResult
+from trl_sgcd.credit.prompt import SECTION_TITLES, parse_reference_sections, render_reference_messages
+from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+from trl_sgcd.credit.siblings import Rollout, SiblingGroup
+
+
+def _call(name, **args):
+    return {"type": "function", "function": {"name": name, "arguments": args}}
+
+
+class RecordingClient:
+    """Stub LLM client: records requests, answers from a list (or an exception)."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.requests = []
+
+    def complete_many(self, requests):
+        self.requests.extend(requests)
+        if isinstance(self.answers, Exception):
+            raise self.answers
+        return [a if isinstance(a, LLMResult) else LLMResult(a, None, 0.1, 10, 5, None, False, 1) for a in self.answers]
+
+
+# --- prompt and parser -------------------------------------------------------------------------------------------------
+def test_prompt_has_role_rules_sections_and_siblings():
+    evidence = build_evidence(sample_group(), sanitizer=Sanitizer(), max_input_tokens=12000, max_observation_chars=512)
+    system, user = render_reference_messages(evidence)
+    assert system["role"] == "system" and user["role"] == "user"
+    assert "training-time credit analyst" in system["content"]
+    assert "Use only information present in the visible traces" in system["content"]
+    assert "Do not quote hidden labels, evaluator or oracle reports, credentials, or final answer literals" in \
+        system["content"]
+    for title in SECTION_TITLES:
+        assert f"## {title}" in system["content"]
+    assert evidence.task in user["content"]
+    assert user["content"].count('outcome="success"') == 2 and user["content"].count('outcome="failure"') == 2
+
+
+def test_parse_sections():
+    sections = parse_reference_sections(VALID_REFERENCE)
+    assert list(sections) == list(SECTION_TITLES)
+    assert sections["Deviation points"].startswith("- step 2: called cancel_reservation")
+
+
+def test_parse_accepts_numbered_and_bold_headers():
+    text = "Intro\n**1. State checks**\n- a\n### 2) Successful action branches:\n- b\nDeviation points\n- c"
+    sections = parse_reference_sections(text)
+    assert sections["State checks"] == "- a" and sections["Successful action branches"] == "- b"
+    assert sections["Deviation points"] == "- c" and sections["Failed branches and why"] == ""
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "no sections at all", "## State checks\n- a\n## Deviation points\n- b",
+                                  "## State checks\n\n## Deviation points\n\n## Failed branches and why\n- x"])
+def test_parse_rejects_malformed(text):
+    assert parse_reference_sections(text) is None
+
+
+# --- contrast backend --------------------------------------------------------------------------------------------------
+def test_contrast_is_deterministic_and_parses():
+    groups = [sample_group(0), sample_group(1, num_success=1, num_failed=3)]
+    first = SiblingReferenceBuilder().build(groups)
+    second = SiblingReferenceBuilder().build([sample_group(0), sample_group(1, num_success=1, num_failed=3)])
+    assert [r.text for r in first] == [r.text for r in second]
+    for ref, group in zip(first, groups):
+        assert ref.source == "contrast" and ref.group_index == group.group_index
+        assert parse_reference_sections(ref.text) is not None
+        assert all(ref.sections[t] for t in SECTION_TITLES)
+
+
+def test_contrast_names_the_deviation_step():
+    prompt = "Cancel reservation R1."
+    good = [{"role": "assistant", "content": "", "tool_calls": [_call("get_user_details", user_id="u")]},
+            {"role": "tool", "name": "get_user_details", "content": "{}"},
+            {"role": "assistant", "content": "", "tool_calls": [_call("get_reservation_details", reservation_id="R1")]},
+            {"role": "tool", "name": "get_reservation_details", "content": "{'status': 'booked'}"},
+            {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="R1")]},
+            {"role": "tool", "name": "cancel_reservation", "content": "{'status': 'cancelled'}"},
+            {"role": "assistant", "content": "Cancelled."}]
+    bad = [good[0], good[1],
+           {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="R1")]},
+           {"role": "tool", "name": "cancel_reservation", "content": "{'error': 'details not checked'}"},
+           {"role": "assistant", "content": "Sorry."}]
+    group = SiblingGroup(0, [Rollout(0, prompt, good, 1.0), Rollout(1, prompt, bad, 0.0)], [True, False])
+    ref = SiblingReferenceBuilder().build([group])[0]
+    deviation = ref.sections["Deviation points"]
+    assert "step 2: called cancel_reservation where successes called get_reservation_details" in deviation
+    assert "get_user_details(user_id) -> get_reservation_details(reservation_id)" in \
+        ref.sections["Successful action branches"]
+    assert "details not checked" in ref.sections["Failed branches and why"]
+    assert "get_reservation_details(reservation_id)" in ref.sections["State checks"]
+
+
+def test_contrast_shapes_not_values_and_no_planted_literals():
+    builder = SiblingReferenceBuilder(private_columns=["gold_answer", "gold_actions"])
+    ref = builder.build([sample_group()])[0]
+    for value in [*PLANTED.values(), "ZFA04Y", "mia_li_3668"]:
+        assert value not in ref.text
+    assert "cancel_reservation(reservation_id)" in ref.text
+    assert PLANTED["card"] in ref.masked_literals and PLANTED["gold"] in ref.masked_literals
+
+
+def test_non_mixed_group_gets_none():
+    group = sample_group(num_success=2, num_failed=0)
+    ref = SiblingReferenceBuilder().build([group])[0]
+    assert ref.source == "none" and ref.text == ""
+
+
+def test_reference_is_capped():
+    builder = SiblingReferenceBuilder(max_reference_tokens=40)
+    ref = builder.build([sample_group()])[0]
+    assert len(ref.text) <= 40 * 4 and ref.text.endswith("[reference truncated]")
+    seen = []
+    builder = SiblingReferenceBuilder(max_reference_tokens=7, truncate_tokens=lambda t, n: seen.append(n) or t[:n])
+    assert builder.build([sample_group()])[0].text == "## Stat" and seen == [7]
+
+
+# --- litellm backend with a stub client --------------------------------------------------------------------------------
+def test_llm_answer_is_parsed_and_sanitized():
+    leaky = VALID_REFERENCE.replace("the reservation identifier", f"`ZFA04Y` and {PLANTED['email']}")
+    client = RecordingClient([leaky])
+    builder = SiblingReferenceBuilder("litellm", llm_client=client, private_columns=["gold_actions"])
+    ref = builder.build([sample_group()])[0]
+    assert ref.source == "llm" and ref.prompt_tokens == 10 and ref.latency_s == pytest.approx(0.1)
+    assert "ZFA04Y" not in ref.text and PLANTED["email"] not in ref.text
+    assert "[PRIVATE]" in ref.text  # evidence literals are masked in the answer too
+    key, messages = client.requests[0]
+    assert len(key) > 64 and messages[0]["role"] == "system"
+
+
+@pytest.mark.parametrize("fallback, source", [("contrast", "fallback"), ("none", "none")])
+def test_failures_fall_back(fallback, source):
+    answers = ["garbage", "", LLMResult(None, "timeout: no answer within 1 s", 1.0, None, None, None, False, 1,
+                                        timed_out=True)]
+    builder = SiblingReferenceBuilder("litellm", llm_client=RecordingClient(answers), fallback=fallback)
+    refs = builder.build([sample_group(g, tag=str(g)) for g in range(3)])
+    assert [r.source for r in refs] == [source] * 3
+    if source == "none":
+        assert all(r.text == "" for r in refs)
+    else:
+        assert all(parse_reference_sections(r.text) for r in refs)
+    stats = builder.last_build_stats
+    assert stats[source] == 3 and stats["errors"] == 3 and stats["timeouts"] == 1
+
+
+def test_client_exception_never_escapes():
+    builder = SiblingReferenceBuilder("litellm", llm_client=RecordingClient(RuntimeError("boom")))
+    refs = builder.build([sample_group()])
+    assert refs[0].source == "fallback"
+
+
+def test_stats_accumulate_and_round_trip():
+    answers = [LLMResult(VALID_REFERENCE, None, 0.5, 100, 20, 0.01, False, 1)]
+    builder = SiblingReferenceBuilder("litellm", llm_client=RecordingClient(answers))
+    builder.build([sample_group()])
+    builder.build([sample_group()])
+    assert builder.stats["llm"] == 2 and builder.stats["requests"] == 2
+    assert builder.stats["cost_usd"] == pytest.approx(0.02) and builder.stats["prompt_tokens"] == 200
+    state = json.loads(json.dumps(builder.state_dict()))  # checkpoint-friendly
+    fresh = SiblingReferenceBuilder()
+    fresh.load_state_dict(state)
+    assert fresh.stats == builder.stats
+
+
+def test_unknown_cost_is_none_not_zero():
+    answers = [LLMResult(VALID_REFERENCE, None, 0.5, 100, 20, None, False, 1)]
+    builder = SiblingReferenceBuilder("litellm", llm_client=RecordingClient(answers))
+    ref = builder.build([sample_group()])[0]
+    assert ref.cost_usd is None and builder.stats["cost_usd"] is None
+
+
+def test_from_config(monkeypatch, tmp_path):
+    from trl_sgcd.config import SGCDConfig
+
+    monkeypatch.setenv("MY_REF_KEY", "sk-test-not-real")
+    args = SGCDConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", credit_reference_backend="litellm",
+                      credit_reference_model="openai/test", credit_reference_api_base="http://127.0.0.1:9/v1",
+                      credit_reference_api_key_env="MY_REF_KEY", credit_reference_deadline=3.0,
+                      credit_reference_concurrency=4, credit_reference_max_tokens=64,
+                      credit_reference_fallback="none", credit_private_columns=["gold_answer"],
+                      credit_observation_max_chars=100)
+    builder = SiblingReferenceBuilder.from_config(args)
+    assert builder.backend == "litellm" and builder.fallback == "none" and builder.private_columns == ("gold_answer",)
+    assert builder.llm_client.api_key == "sk-test-not-real" and builder.llm_client.deadline == 3.0
+    assert builder.llm_client.concurrency == 4 and builder.llm_client.max_tokens == 64
+    assert builder.observation_max_chars == 100 and builder.max_reference_tokens == 64
+
+
+def test_invalid_backend_and_missing_model():
+    with pytest.raises(ValueError, match="backend"):
+        SiblingReferenceBuilder("gpt")
+    with pytest.raises(ValueError, match="model"):
+        SiblingReferenceBuilder("litellm")
+
+
+def test_credit_reference_defaults():
+    ref = CreditReference(text="", sections={}, masked_literals=[], source="none")
+    assert ref.latency_s == 0.0 and ref.cost_usd is None and ref.group_index == -1

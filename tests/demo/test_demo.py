@@ -1,0 +1,152 @@
+"""`trl-sgcd demo`: profiles and flags, the table, the plot, and a smoke run end to end with the random tiny model."""
+
+import json
+import os
+
+import pytest
+
+from trl_sgcd.cli.utils import UsageError
+from trl_sgcd.demo.plots import plot_demo, weight_histogram
+from trl_sgcd.demo.run import FULL, QUICK, _parser, format_table, main, settings_from_args
+
+# A complete demo with the tiny random model: 1 SFT step on 1 conversation, 2 test tasks, 1 RL step of 4 rollouts.
+SMOKE = ["--model", "tiny", "--sft-tasks", "1", "--sft-steps", "1", "--sft-batch-size", "1", "--sft-max-length", "1400",
+         "--eval-tasks", "2", "--eval-max-turns", "1", "--eval-max-new-tokens", "8", "--steps", "1",
+         "--rollouts-per-step", "4", "--num-generations", "2", "--max-completion-length", "16", "--max-tool-calls", "1",
+         "--learning-rate", "1e-3", "--no-progress"]  # fmt: skip
+
+
+def _settings(argv):
+    return settings_from_args(_parser().parse_args(argv))
+
+
+def test_profiles_and_overrides():
+    assert _settings([]) == FULL and _settings(["--quick"]) == QUICK
+    assert QUICK.steps < FULL.steps and QUICK.eval_tasks <= FULL.eval_tasks
+    assert FULL.eval_tasks == 20 and FULL.credit_mode == "sgcd" and FULL.temperature == 0.8 and FULL.precision == "auto"
+    s = _settings(["--quick", "--steps", "5", "--seed", "3", "--num-generations", "2", "--sft-learning-rate", "1e-4",
+                   "--credit-mode", "off"])  # fmt: skip
+    assert (s.steps, s.seed, s.num_generations, s.sft_learning_rate, s.credit_mode) == (5, 3, 2, 1e-4, "off")
+    assert s.eval_tasks == QUICK.eval_tasks
+    with pytest.raises(UsageError, match="multiple"):
+        _settings(["--rollouts-per-step", "6", "--num-generations", "4"])
+    with pytest.raises(UsageError, match="--precision"):
+        _settings(["--precision", "fp16"])
+
+
+def test_cli_dispatches_demo(capsys):
+    from trl_sgcd.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--quick" in out and "--output-dir" in out and "--steps" in out and "--seed" in out
+
+
+def _fake_eval(pass1, action):
+    return {"pass@1": pass1, "pass^k": pass1, "k": 1, "num_tasks": 3,
+            "per_category": {"action": {"pass@1": action, "pass^k": action, "num_tasks": 2},
+                             "no_action": {"pass@1": 1.0, "pass^k": 1.0, "num_tasks": 1}},
+            "audit": {"zero_tool_success_share": 0.0, "tools_per_success": 1.5, "tool_failure_rate": 0.25}}  # fmt: skip
+
+
+def _fake_metrics():
+    log = [{"step": i, "reward": 0.25 * i, "sgcd/mixed_group_fraction": 0.5, "sgcd/credit_token_fraction": 0.1}
+           for i in (1, 2)]  # fmt: skip
+    return {"config": {"rl_steps": 2, "credit_mode": "sgcd"}, "before": _fake_eval(1 / 3, 0.0),
+            "after": _fake_eval(2 / 3, 0.5), "training": {"log_history": log},
+            "wall_s": {"model": 1.0, "warm_start": 2.0, "rl": 3.0, "total": 6.0}}  # fmt: skip
+
+
+def test_table_lists_before_after_categories_and_audit():
+    table = format_table(_fake_metrics())
+    assert "pass@1 (3 tasks)" in table and "0.333" in table and "0.667" in table
+    assert "action (n=2)" in table and "no_action (n=1)" in table
+    for label in ("zero-tool success share", "tools per success", "tool failure rate", "wall time", "total 6 s"):
+        assert label in table
+
+
+def test_plot_and_weight_histogram(tmp_path):
+    hist = weight_histogram([1.0, 1.0, 1.5, 2.0, 2.5], cap=2.0, bins=4)
+    assert hist["counts"] == [2, 0, 1, 2] and hist["num_tokens"] == 5 and hist["share_above_1"] == pytest.approx(0.6)
+    for name, weights in (("with.png", [1.0] * 50 + [1.3, 1.7, 2.0]), ("without.png", None)):
+        path = plot_demo(_fake_metrics(), str(tmp_path / name), weights=weights)
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(path) > 10_000
+
+
+def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "demo"
+    assert main(SMOKE + ["--output-dir", str(out), "--warm-start-dir", str(tmp_path / "ws")]) == 0
+    printed = capsys.readouterr().out
+    assert "pass@1 (2 tasks)" in printed and "wall time" in printed and "tool failure rate" in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"config", "warm_start", "before", "after", "training", "checkpoint", "plot", "wall_s"} <= set(metrics)
+    assert metrics["precision"] == metrics["warm_start"]["settings"]["precision"] in ("bf16", "fp32")
+    for phase in ("model", "warm_start", "eval_before", "rl", "eval_after", "save", "plot", "total"):
+        assert metrics["wall_s"][phase] >= 0.0
+    for result in (metrics["before"], metrics["after"]):
+        assert result["num_tasks"] == 2 and 0.0 <= result["pass@1"] <= 1.0 and "audit" in result
+    log = metrics["training"]["log_history"]
+    step_logs = [e for e in log if "reward" in e]
+    assert len(step_logs) == 1 and step_logs[0]["step"] == 1
+    assert "sgcd/mixed_group_fraction" in step_logs[0] and "sgcd/weight_mean" in step_logs[0]
+    assert metrics["warm_start"]["settings"]["model"] == "tiny" and metrics["warm_start"]["cached"] is False
+    assert len(json.loads((out / "eval_before.json").read_text())) == 2
+
+    png = out / "demo.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+    checkpoint = out / "checkpoint"
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert "auto_map" not in config and not list(checkpoint.glob("*.py"))  # plain transformers, no trl_sgcd code
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint))
+    assert model.config.model_type == "llama"
+
+    # A second run with the same warm-start settings would reuse it (the cache itself: tests/test_warmstart.py).
+    from trl_sgcd.tooluse.warmstart import is_warm_started
+
+    assert is_warm_started(metrics["warm_start"]["path"], metrics["warm_start"]["settings"])
+
+
+@pytest.mark.slow
+def test_quick_demo_with_the_bundled_model(tmp_path):
+    """The real `trl-sgcd demo --quick` (SmolLM2-135M, a few minutes on 2 CPU cores)."""
+    out = tmp_path / "quick"
+    assert main(["--quick", "--output-dir", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["before"]["num_tasks"] == QUICK.eval_tasks
+    assert [e["step"] for e in metrics["training"]["log_history"] if "reward" in e] == list(range(1, QUICK.steps + 1))
+    assert (out / "demo.png").stat().st_size > 10_000
+
+
+def test_prefix_cached_generation_equals_plain_generation(tiny_model_path):
+    """The demo's prefix-cached generate function returns what `hf_generate_fn` (the naive reference: left padding,
+    the whole prompt prefilled) returns, greedy, for prompts of different lengths that share the airline prefix."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import get_json_schema
+
+    from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset
+    from trl_sgcd.tooluse.evaluation import environment_tools, hf_generate_fn, render_prompt_ids
+    from trl_sgcd.tooluse.prefix_cache import prefix_cached_generate_fn, shared_prefix
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    dataset = make_airline_dataset("test", seed=0, n=4)
+    schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
+    prompts = [render_prompt_ids(tokenizer, row["prompt"], schemas) for row in dataset]
+    assert len({len(p) for p in prompts}) > 1  # the suffixes really differ in length, so padding is exercised
+    prefix = shared_prefix(tokenizer, dataset)
+    assert len(prefix) > 500 and all(p[: len(prefix)] == prefix for p in prompts)
+
+    reference = hf_generate_fn(model, tokenizer, max_new_tokens=12)(prompts)
+    cached = prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=12)(False, 0)(prompts)
+    assert cached == reference and all(len(c) > 0 for c in cached)
+    with pytest.raises(ValueError, match="cached prefix"):
+        prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=4)(False, 0)([prompts[0][5:]])
