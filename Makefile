@@ -37,6 +37,7 @@ demo-quick: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 bench: install
 	$(PY) benchmarks/bench_scorer.py --quick

@@ -34,8 +34,13 @@ class ServerProcess:
 
     def __init__(self, latency: float):
         root = Path(__file__).resolve().parents[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.llm_server", "--latency", str(latency)], cwd=root,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.llm_server", "--latency", str(latency)],
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.base_url = self.proc.stdout.readline().strip()
 
     def __enter__(self) -> ServerProcess:
@@ -76,12 +81,18 @@ def main() -> None:
     with ServerProcess(args.latency) as server:
         for concurrency in (8, 32):
             for num_groups in sizes:
-                times = [build_once(server.base_url, num_groups=num_groups, concurrency=concurrency,
-                                    tag=f"{concurrency}-{r}") for r in range(repeats)]
+                times = [
+                    build_once(
+                        server.base_url, num_groups=num_groups, concurrency=concurrency, tag=f"{concurrency}-{r}"
+                    )
+                    for r in range(repeats)
+                ]
                 ideal = math.ceil(num_groups / concurrency) * args.latency
                 measured = statistics.median(times)
-                print(f"{num_groups:>6} {concurrency:>11} {ideal:>8.1f} {measured:>10.2f} {measured / ideal:>6.2f}",
-                      flush=True)
+                print(
+                    f"{num_groups:>6} {concurrency:>11} {ideal:>8.1f} {measured:>10.2f} {measured / ideal:>6.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

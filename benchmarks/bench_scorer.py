@@ -41,8 +41,14 @@ def build_model(device: str, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384, tie_word_embeddings=True,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
@@ -60,17 +66,31 @@ def build_batch(rows: int, length: int, device: str) -> dict[str, torch.Tensor]:
     student = torch.cat([prompt, completion], 1)
     teacher = torch.cat([reference, prompt, completion], 1)
     batch = {
-        "student_input_ids": student, "student_attention_mask": torch.ones_like(student),
-        "teacher_input_ids": teacher, "teacher_attention_mask": torch.ones_like(teacher),
-        "completion_ids": completion, "completion_mask": torch.ones_like(completion),
+        "student_input_ids": student,
+        "student_attention_mask": torch.ones_like(student),
+        "teacher_input_ids": teacher,
+        "teacher_attention_mask": torch.ones_like(teacher),
+        "completion_ids": completion,
+        "completion_mask": torch.ones_like(completion),
     }
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def run_scorer(model, batch, scorer):
-    return scorer.score(model, *(batch[k] for k in ("student_input_ids", "student_attention_mask",
-                                                    "teacher_input_ids", "teacher_attention_mask",
-                                                    "completion_ids", "completion_mask")))
+    return scorer.score(
+        model,
+        *(
+            batch[k]
+            for k in (
+                "student_input_ids",
+                "student_attention_mask",
+                "teacher_input_ids",
+                "teacher_attention_mask",
+                "completion_ids",
+                "completion_mask",
+            )
+        ),
+    )
 
 
 @torch.no_grad()
@@ -79,8 +99,12 @@ def run_plain_logprobs(model, batch, temperature=1.0):
     t = batch["completion_ids"].size(1)
     out = []
     for prefix in ("student", "teacher"):
-        logits = model(input_ids=batch[f"{prefix}_input_ids"], attention_mask=batch[f"{prefix}_attention_mask"],
-                       logits_to_keep=t + 1, use_cache=False).logits[:, :-1]  # (B, T, V)
+        logits = model(
+            input_ids=batch[f"{prefix}_input_ids"],
+            attention_mask=batch[f"{prefix}_attention_mask"],
+            logits_to_keep=t + 1,
+            use_cache=False,
+        ).logits[:, :-1]  # (B, T, V)
         logits = logits.float() if temperature == 1.0 else logits.float() / temperature
         logp = torch.log_softmax(logits, -1)  # (B, T, V)
         out.append(logp.gather(-1, batch["completion_ids"][..., None]).squeeze(-1))  # (B, T)
@@ -126,8 +150,10 @@ def bench_time(args, dtype):
     t_scorer, t_plain = time_interleaved(
         [lambda: run_scorer(model, batch, scorer), lambda: run_plain_logprobs(model, batch)], args.device, args.repeats
     )
-    print(f"\n(a) time, {args.device}, B={args.rows}, T={args.length}, prompt={PROMPT}, V={VOCAB}, "
-          f"median of {args.repeats}")
+    print(
+        f"\n(a) time, {args.device}, B={args.rows}, T={args.length}, prompt={PROMPT}, V={VOCAB}, "
+        f"median of {args.repeats}"
+    )
     print(f"{'method':<44}{'total s':>10}{'us / token':>12}")
     print(f"{'scorer (top-32 divergence, chunk 256)':<44}{t_scorer:>10.3f}{1e6 * t_scorer / tokens:>12.1f}")
     print(f"{'plain no_grad forwards + full log-softmax':<44}{t_plain:>10.3f}{1e6 * t_plain / tokens:>12.1f}")

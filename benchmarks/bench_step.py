@@ -53,10 +53,23 @@ def run_arm(model_path, mode, *, steps, completion_len, device, seed, bf16=False
     split_per_step = []
     cls = scripted_first_turn(SGCDTrainer)
     with tempfile.TemporaryDirectory() as out:
-        args = tiny_args(out, credit_mode=mode, max_steps=steps, max_completion_length=completion_len,
-                         use_cpu=device == "cpu", seed=seed, learning_rate=1e-6, bf16=bf16)
-        trainer = cls(model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(8), args=args,
-                      environment_factory=ToyLookupEnv)
+        args = tiny_args(
+            out,
+            credit_mode=mode,
+            max_steps=steps,
+            max_completion_length=completion_len,
+            use_cpu=device == "cpu",
+            seed=seed,
+            learning_rate=1e-6,
+            bf16=bf16,
+        )
+        trainer = cls(
+            model=model_path,
+            reward_funcs=toy_reward,
+            train_dataset=toy_dataset(8),
+            args=args,
+            environment_factory=ToyLookupEnv,
+        )
         bucket: dict[str, float] = {}
         # Class-level methods of GRPOTrainer wrapped on the instance: the phases of one step.
         for name in ("training_step", "_generate_and_score_completions", "_generate", "_apply_credit"):
@@ -103,8 +116,12 @@ def main(argv=None):
     parser.add_argument("--completion-len", type=int, default=96)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 steps, 2 repeats")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="bf16 = autocast with float32 weights; auto = bf16 on a GPU or a CPU with AMX/AVX512-BF16")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16 = autocast with float32 weights; auto = bf16 on a GPU or a CPU with AMX/AVX512-BF16",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.steps, args.repeats = "tiny", 3, 2
@@ -115,16 +132,25 @@ def main(argv=None):
     splits = {"off": [], "sgcd": []}
     for repeat in range(args.repeats):
         for mode in ("off", "sgcd"):  # alternate arms so drift on a noisy machine hits both
-            times, split = run_arm(path, mode, steps=args.steps, completion_len=args.completion_len,
-                                   device=args.device, seed=42 + repeat, bf16=bf16)
+            times, split = run_arm(
+                path,
+                mode,
+                steps=args.steps,
+                completion_len=args.completion_len,
+                device=args.device,
+                seed=42 + repeat,
+                bf16=bf16,
+            )
             results[mode].extend(times[1:])
             splits[mode].extend(split[1:])
     off, _ = summarise(results["off"], splits["off"], 0)
     sgcd, split = summarise(results["sgcd"], splits["sgcd"], 0)
     ratio = (sgcd - split["reference"]) / off
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"bench_step: model={args.model} device={device} steps/arm={args.steps} (first dropped) "
-          f"repeats={args.repeats} completion_len={args.completion_len} precision={'bf16' if bf16 else 'fp32'}")
+    print(
+        f"bench_step: model={args.model} device={device} steps/arm={args.steps} (first dropped) "
+        f"repeats={args.repeats} completion_len={args.completion_len} precision={'bf16' if bf16 else 'fp32'}"
+    )
     print(f"{'arm':<6}{'median step s':>15}{'n':>5}")
     print(f"{'grpo':<6}{off:>15.3f}{len(results['off']):>5}")
     print(f"{'sgcd':<6}{sgcd:>15.3f}{len(results['sgcd']):>5}")

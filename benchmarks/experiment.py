@@ -40,16 +40,33 @@ def run_arm(settings, arm: str, seed: int, output_dir: str, k: int) -> dict:
     out = os.path.join(output_dir, f"{arm}-seed{seed}")
     t0 = time.perf_counter()
     metrics = run_demo(replace(settings, credit_mode=arm, seed=seed), out, progress=False)
-    result = {"arm": arm, "seed": seed, "before": metrics["before"], "after": metrics["after"],
-              "log_history": metrics["training"]["log_history"], "wall_s": metrics["wall_s"]}
+    result = {
+        "arm": arm,
+        "seed": seed,
+        "before": metrics["before"],
+        "after": metrics["after"],
+        "log_history": metrics["training"]["log_history"],
+        "wall_s": metrics["wall_s"],
+    }
     if k > 1:  # pass^k of the trained checkpoint at the training temperature
         model = AutoModelForCausalLM.from_pretrained(metrics["checkpoint"])
         tokenizer = AutoTokenizer.from_pretrained(metrics["checkpoint"])
         test = make_airline_dataset("test", seed=seed, n=settings.eval_tasks)
-        sampled = evaluate(model, tokenizer, test, environment_factory=AirlineEnv, reward_func=airline_reward, k=k,
-                           greedy=False, temperature=settings.temperature, top_p=settings.top_p,
-                           max_turns=settings.eval_max_turns, max_new_tokens=settings.eval_max_new_tokens,
-                           seed=seed, progress=False)
+        sampled = evaluate(
+            model,
+            tokenizer,
+            test,
+            environment_factory=AirlineEnv,
+            reward_func=airline_reward,
+            k=k,
+            greedy=False,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_turns=settings.eval_max_turns,
+            max_new_tokens=settings.eval_max_new_tokens,
+            seed=seed,
+            progress=False,
+        )
         result["pass^k"] = {"k": k, "value": sampled["pass^k"]}
     result["wall_s"]["experiment_total"] = round(time.perf_counter() - t0, 1)
     return result
@@ -67,8 +84,15 @@ def _mean_std(values):
 def results_table(results: list[dict]) -> str:
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     categories = sorted({c for r in results for c in r["after"]["per_category"]})
-    header = ["arm", "pass@1", *[f"{c} pass@1" for c in categories], "pass^k", "zero-tool share", "tools/success",
-              "tool failure"]
+    header = [
+        "arm",
+        "pass@1",
+        *[f"{c} pass@1" for c in categories],
+        "pass^k",
+        "zero-tool share",
+        "tools/success",
+        "tool failure",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in arms:
         runs = [r for r in results if r["arm"] == arm]
@@ -104,8 +128,12 @@ def plot_curves(results: list[dict], path: str) -> str:
     axes[1].set(title="zero-tool share of successes (train)", xlabel="step")
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     for offset, category in ((-0.2, "action"), (0.2, "information")):
-        values = [statistics.mean(r["after"]["per_category"].get(category, {}).get("pass@1", 0.0)
-                                  for r in results if r["arm"] == a) for a in arms]
+        values = [
+            statistics.mean(
+                r["after"]["per_category"].get(category, {}).get("pass@1", 0.0) for r in results if r["arm"] == a
+            )
+            for a in arms
+        ]
         axes[2].bar([i + offset for i in range(len(arms))], values, width=0.4, label=category)
     axes[2].set_xticks(range(len(arms)), [ARM_NAMES[a] for a in arms])
     axes[2].set(title="held-out success by category", ylim=(0, 1))
@@ -133,8 +161,17 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="outputs/experiment")
     args = parser.parse_args(argv)
     settings = QUICK if args.profile == "quick" else FULL
-    overrides = {k: v for k, v in (("model", args.model), ("steps", args.steps), ("eval_tasks", args.eval_tasks),
-                                   ("sft_steps", args.sft_steps), ("sft_tasks", args.sft_tasks)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("model", args.model),
+            ("steps", args.steps),
+            ("eval_tasks", args.eval_tasks),
+            ("sft_steps", args.sft_steps),
+            ("sft_tasks", args.sft_tasks),
+        )
+        if v is not None
+    }
     settings = replace(settings, **overrides)
     os.makedirs(args.output_dir, exist_ok=True)
     t0 = time.perf_counter()
@@ -149,8 +186,10 @@ def main(argv=None):
     table = results_table(results)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
     command = "python benchmarks/experiment.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = (f"# Experiment results\n\nCommand: `{command}`\n\nMachine: {machine}. Wall time: {wall / 60:.1f} min.\n\n"
-              f"{table}\n")
+    report = (
+        f"# Experiment results\n\nCommand: `{command}`\n\nMachine: {machine}. Wall time: {wall / 60:.1f} min.\n\n"
+        f"{table}\n"
+    )
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(report)
     plot_curves(results, os.path.join(args.output_dir, "curves.png"))

@@ -63,12 +63,19 @@ def reservation_reward(completions, environments, item, quantity, **kwargs):
 
 def dataset():
     rows = [("widget", 3), ("gizmo", 2), ("widget", 1), ("gizmo", 5)]
-    return Dataset.from_list([
-        {"prompt": [{"role": "system", "content": "You manage a warehouse with tools."},
-                    {"role": "user", "content": f"Please reserve {q} {i}(s) for me."}],
-         "item": i, "quantity": q}
-        for i, q in rows
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [
+                    {"role": "system", "content": "You manage a warehouse with tools."},
+                    {"role": "user", "content": f"Please reserve {q} {i}(s) for me."},
+                ],
+                "item": i,
+                "quantity": q,
+            }
+            for i, q in rows
+        ]
+    )
 
 
 def main():
@@ -80,12 +87,22 @@ def main():
     parser.add_argument("--max-completion-length", type=int, default=128)
     parser.add_argument("--output-dir", default="outputs/sgcd-warehouse")
     args = parser.parse_args()
-    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(args.model, lambda: args.model)()
+    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(
+        args.model, lambda: args.model
+    )()
     on_gpu = torch.cuda.is_available()
     config = SGCDConfig(
-        output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=8, num_generations=4,
-        max_completion_length=args.max_completion_length, max_tool_calling_iterations=3, use_cpu=not on_gpu, bf16=on_gpu,
-        report_to="none", logging_steps=1, save_strategy="no",
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=args.max_completion_length,
+        max_tool_calling_iterations=3,
+        use_cpu=not on_gpu,
+        bf16=on_gpu,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
         credit_reference_backend="litellm",
         credit_reference_model=args.reference_model,
         credit_reference_api_base=args.reference_api_base,
@@ -94,8 +111,13 @@ def main():
         credit_reference_fallback="contrast",
         credit_private_columns=["quantity"],
     )
-    trainer = SGCDTrainer(model=model, reward_funcs=reservation_reward, args=config, train_dataset=dataset(),
-                          environment_factory=WarehouseEnv)
+    trainer = SGCDTrainer(
+        model=model,
+        reward_funcs=reservation_reward,
+        args=config,
+        train_dataset=dataset(),
+        environment_factory=WarehouseEnv,
+    )
     trainer.train()
     print({k: v for k, v in trainer.state.log_history[0].items() if k.startswith("sgcd/")})
 

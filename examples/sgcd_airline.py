@@ -27,7 +27,9 @@ def main():
     parser.add_argument("--max-completion-length", type=int, default=256)
     parser.add_argument("--output-dir", default="outputs/sgcd-airline")
     args = parser.parse_args()
-    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(args.model, lambda: args.model)()
+    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(
+        args.model, lambda: args.model
+    )()
     on_gpu = torch.cuda.is_available()
 
     config = SGCDConfig(  # was: GRPOConfig(...)

@@ -31,4 +31,6 @@ def tokenizer(tiny_model_path):
 
 
 require_gpu = pytest.mark.skipif(not is_cuda_available(), reason="needs a CUDA GPU")
-require_deepspeed = pytest.mark.skipif(not is_deepspeed_available(), reason="needs deepspeed (pip install trl-sgcd[deepspeed])")
+require_deepspeed = pytest.mark.skipif(
+    not is_deepspeed_available(), reason="needs deepspeed (pip install trl-sgcd[deepspeed])"
+)

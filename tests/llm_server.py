@@ -203,9 +203,7 @@ class FakeLLMServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "test-model"),
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -246,14 +244,34 @@ def _call(name: str, **arguments) -> dict:
 
 def _success_rollout(tag: str) -> list[dict]:
     return [
-        {"role": "assistant", "content": f"Let me look up your profile ({tag}).",
-         "tool_calls": [_call("get_user_details", user_id="mia_li_3668")]},
-        {"role": "tool", "name": "get_user_details",
-         "content": json.dumps({"user_id": "mia_li_3668", "email": PLANTED["email"], "phone": PLANTED["phone"],
-                                "payment": {"card_number": PLANTED["card"]}, "reservations": ["ZFA04Y"]})},
-        {"role": "assistant", "content": "", "tool_calls": [_call("get_reservation_details", reservation_id="ZFA04Y")]},
-        {"role": "tool", "name": "get_reservation_details",
-         "content": "{'reservation_id': 'ZFA04Y', 'status': 'booked', 'insurance': 'yes'}"},
+        {
+            "role": "assistant",
+            "content": f"Let me look up your profile ({tag}).",
+            "tool_calls": [_call("get_user_details", user_id="mia_li_3668")],
+        },
+        {
+            "role": "tool",
+            "name": "get_user_details",
+            "content": json.dumps(
+                {
+                    "user_id": "mia_li_3668",
+                    "email": PLANTED["email"],
+                    "phone": PLANTED["phone"],
+                    "payment": {"card_number": PLANTED["card"]},
+                    "reservations": ["ZFA04Y"],
+                }
+            ),
+        },
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [_call("get_reservation_details", reservation_id="ZFA04Y")],
+        },
+        {
+            "role": "tool",
+            "name": "get_reservation_details",
+            "content": "{'reservation_id': 'ZFA04Y', 'status': 'booked', 'insurance': 'yes'}",
+        },
         {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="ZFA04Y")]},
         {"role": "tool", "name": "cancel_reservation", "content": "{'status': 'cancelled'}"},
         {"role": "assistant", "content": f"Done: your reservation is cancelled, {PLANTED['gold']}."},
@@ -262,14 +280,26 @@ def _success_rollout(tag: str) -> list[dict]:
 
 def _failed_rollout(tag: str) -> list[dict]:
     return [
-        {"role": "assistant", "content": f"Sure ({tag}). Your password: {PLANTED['password']} is not needed.",
-         "tool_calls": [_call("get_user_details", user_id="mia_li_3668")]},
-        {"role": "tool", "name": "get_user_details",
-         "content": f"user found; api key {PLANTED['api_key']}; contact {PLANTED['email']}"},
-        {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="ZFA04Y",
-                                                                  reason="change of plan")]},
-        {"role": "tool", "name": "cancel_reservation",
-         "content": "{'error': 'Cancellation requires the reservation details to be checked first'}"},
+        {
+            "role": "assistant",
+            "content": f"Sure ({tag}). Your password: {PLANTED['password']} is not needed.",
+            "tool_calls": [_call("get_user_details", user_id="mia_li_3668")],
+        },
+        {
+            "role": "tool",
+            "name": "get_user_details",
+            "content": f"user found; api key {PLANTED['api_key']}; contact {PLANTED['email']}",
+        },
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [_call("cancel_reservation", reservation_id="ZFA04Y", reason="change of plan")],
+        },
+        {
+            "role": "tool",
+            "name": "cancel_reservation",
+            "content": "{'error': 'Cancellation requires the reservation details to be checked first'}",
+        },
         {"role": "assistant", "content": f"I could not cancel it. Call me at {PLANTED['phone']}."},
     ]
 
@@ -282,13 +312,18 @@ def sample_group(group_index: int = 0, *, num_success: int = 2, num_failed: int 
         {"role": "system", "content": "You are an airline agent. Use the tools."},
         {"role": "user", "content": f"Please cancel my reservation ZFA04Y. I am mia_li_3668. {tag}"},
     ]
-    row = {"task_id": f"t{group_index}", "gold_answer": PLANTED["gold"],
-           "gold_actions": [{"name": "cancel_reservation", "arguments": {"reservation_id": "ZFA04Y"}}]}
+    row = {
+        "task_id": f"t{group_index}",
+        "gold_answer": PLANTED["gold"],
+        "gold_actions": [{"name": "cancel_reservation", "arguments": {"reservation_id": "ZFA04Y"}}],
+    }
     completions = [_success_rollout(f"{tag}s{k}") for k in range(num_success)]
     completions += [_failed_rollout(f"{tag}f{k}") for k in range(num_failed)]
     success = [True] * num_success + [False] * num_failed
-    rollouts = [Rollout(group_index * len(success) + k, prompt, c, float(ok), dict(row))
-                for k, (c, ok) in enumerate(zip(completions, success))]
+    rollouts = [
+        Rollout(group_index * len(success) + k, prompt, c, float(ok), dict(row))
+        for k, (c, ok) in enumerate(zip(completions, success))
+    ]
     return SiblingGroup(group_index=group_index, rollouts=rollouts, success=success)
 
 
@@ -299,7 +334,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="OpenAI-compatible test server on 127.0.0.1")
     parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--answer-file", default=None, help="file whose text is every answer (default: VALID_REFERENCE)")
+    parser.add_argument(
+        "--answer-file", default=None, help="file whose text is every answer (default: VALID_REFERENCE)"
+    )
     args = parser.parse_args()
     answer = open(args.answer_file, encoding="utf-8").read() if args.answer_file else VALID_REFERENCE
     with FakeLLMServer(answer=answer, latency=args.latency) as server:

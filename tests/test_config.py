@@ -95,8 +95,15 @@ def write_yaml(path, mapping) -> str:
 def test_trlparser_precedence_defaults_yaml_cli(tmp_path):
     recipe = write_yaml(
         tmp_path / "r.yaml",
-        dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, learning_rate=3.0e-6, credit_gamma=0.5,
-             credit_cap=3.0, credit_private_columns=["gold_actions", "gold_answer"]),
+        dict(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            bf16=False,
+            learning_rate=3.0e-6,
+            credit_gamma=0.5,
+            credit_cap=3.0,
+            credit_private_columns=["gold_actions", "gold_answer"],
+        ),
     )
     (config,) = TrlParser([SGCDConfig]).parse_args_and_config(
         ["--config", recipe, "--credit_cap", "1.5", "--learning_rate", "1e-6"]
@@ -108,11 +115,15 @@ def test_trlparser_precedence_defaults_yaml_cli(tmp_path):
 
 
 def test_private_columns_from_yaml_string_and_cli(tmp_path):
-    recipe = write_yaml(tmp_path / "r.yaml", dict(output_dir=str(tmp_path), use_cpu=True, bf16=False,
-                                                   credit_private_columns="gold_actions,gold_answer"))
+    recipe = write_yaml(
+        tmp_path / "r.yaml",
+        dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, credit_private_columns="gold_actions,gold_answer"),
+    )
     (config,) = TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe])
     assert config.credit_private_columns == ["gold_actions", "gold_answer"]  # YAML string, split by __post_init__
-    (config,) = TrlParser([SGCDConfig]).parse_args_and_config(["--config", recipe, "--credit_private_columns", "a", "b"])
+    (config,) = TrlParser([SGCDConfig]).parse_args_and_config(
+        ["--config", recipe, "--credit_private_columns", "a", "b"]
+    )
     assert config.credit_private_columns == ["a", "b"]  # CLI list beats YAML
     # Our parser also splits one comma-separated CLI string.
     _, config, _ = parse_args(["--config", recipe, "--credit_private_columns", "gold_actions,gold_answer"])
@@ -121,10 +132,20 @@ def test_private_columns_from_yaml_string_and_cli(tmp_path):
 
 def test_credit_fields_round_trip_through_yaml(tmp_path):
     original = make_config(
-        tmp_path, credit_mode="uniform", credit_gamma=0.7, credit_cap=1.8, credit_divergence="jsd", credit_top_k=16,
-        credit_scoring_batch_size=4, credit_reference_backend="litellm", credit_reference_model="hosted_vllm/m",
-        credit_reference_api_base="http://localhost:8000/v1", credit_reference_api_key_env="MY_KEY",
-        credit_private_columns=["gold_answer"], credit_dynamic_sampling=True, credit_strict=True,
+        tmp_path,
+        credit_mode="uniform",
+        credit_gamma=0.7,
+        credit_cap=1.8,
+        credit_divergence="jsd",
+        credit_top_k=16,
+        credit_scoring_batch_size=4,
+        credit_reference_backend="litellm",
+        credit_reference_model="hosted_vllm/m",
+        credit_reference_api_base="http://localhost:8000/v1",
+        credit_reference_api_key_env="MY_KEY",
+        credit_private_columns=["gold_answer"],
+        credit_dynamic_sampling=True,
+        credit_strict=True,
     )
     credit = {f.name: getattr(original, f.name) for f in NEW_FIELDS}
     recipe = write_yaml(tmp_path / "r.yaml", dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, **credit))
@@ -141,7 +162,12 @@ def test_invalid_value_in_yaml_is_reported_by_name(tmp_path):
 def test_yaml_bare_off_and_comma_separated_columns():
     from trl_sgcd import SGCDConfig
 
-    config = SGCDConfig(output_dir="unused", use_cpu=True, bf16=False, credit_mode=False,
-                        credit_private_columns=["gold_answer,gold_actions", "secret"])
+    config = SGCDConfig(
+        output_dir="unused",
+        use_cpu=True,
+        bf16=False,
+        credit_mode=False,
+        credit_private_columns=["gold_answer,gold_actions", "secret"],
+    )
     assert config.credit_mode == "off"
     assert config.credit_private_columns == ["gold_answer", "gold_actions", "secret"]

@@ -35,8 +35,17 @@ SCRIPT = ROOT / "tests" / "scripts" / "sgcd_multirank.py"
 ZERO3_CONFIG = ROOT / "recipes" / "accelerate" / "cpu_2proc_zero3.yaml"
 ZERO2_CONFIG = ROOT / "tests" / "configs" / "cpu_2proc_zero2.yaml"
 # `--cpu --num_processes 2` silently runs one process; this runs two (the config says use_cpu=True, so gloo).
-DDP_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-             "--dynamo_backend", "no"]
+DDP_FLAGS = [
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 LAUNCH_TIMEOUT_S = 300  # per launch; a healthy one takes 15-60 s on 2 cores, depending on what else runs
 # The ZeRO runs use 48 completion tokens (the scripted tool call fits, its observation does not: TRL rolls it back on
 # both ranks); the DDP parity run uses 96 so that tool observations (tool_mask = 0) are in the scored completions.
@@ -83,8 +92,20 @@ def _free_port() -> int:
 
 def launch(out: Path, accelerate_args: list[str], *script_args: str) -> Launch:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_args, "--main_process_port",
-           str(_free_port()), str(SCRIPT), "--out", str(out), "--ddp-timeout", str(DDP_TIMEOUT_S), *script_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *accelerate_args,
+        "--main_process_port",
+        str(_free_port()),
+        str(SCRIPT),
+        "--out",
+        str(out),
+        "--ddp-timeout",
+        str(DDP_TIMEOUT_S),
+        *script_args,
+    ]
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     with open(out / "launch.log", "w") as log:
@@ -105,8 +126,9 @@ def launch(out: Path, accelerate_args: list[str], *script_args: str) -> Launch:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Launch:
-    run = launch(tmp_path_factory.mktemp("ddp"), DDP_FLAGS, "--layout", "span", "--temperature",
-                 str(PARITY_TEMPERATURE))
+    run = launch(
+        tmp_path_factory.mktemp("ddp"), DDP_FLAGS, "--layout", "span", "--temperature", str(PARITY_TEMPERATURE)
+    )
     run.check()
     return run
 
@@ -148,10 +170,20 @@ def _one_process_credit(model_path, out_dir, dumps, *, rewards_per_func=None) ->
     """Re-run `_apply_credit` in this (single) process on the ranks' batches concatenated in rank order."""
     n = sum(len(d["batch"]["prompts"]) for d in dumps)
     trainer = SGCDTrainer(
-        model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(8), environment_factory=ToyLookupEnv,
-        args=tiny_args(out_dir, per_device_train_batch_size=n, num_generations=4, temperature=PARITY_TEMPERATURE,
-                       max_completion_length=96, max_tool_calling_iterations=1, credit_scoring_batch_size=SPAN_ROWS,
-                       credit_strict=False),
+        model=model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(8),
+        environment_factory=ToyLookupEnv,
+        args=tiny_args(
+            out_dir,
+            per_device_train_batch_size=n,
+            num_generations=4,
+            temperature=PARITY_TEMPERATURE,
+            max_completion_length=96,
+            max_tool_calling_iterations=1,
+            credit_scoring_batch_size=SPAN_ROWS,
+            credit_strict=False,
+        ),
     )
     pad = trainer.processing_class.pad_token_id
     outs = [d["output"] for d in dumps]
@@ -187,8 +219,12 @@ def _one_process_credit(model_path, out_dir, dumps, *, rewards_per_func=None) ->
     trainer._score_rows = recorded
     result = trainer._apply_credit(output, batch)
     last = trainer._credit_last_batch
-    return {"weights": last["weights"], "advantages": result["advantages"].detach().cpu(), **scored,
-            "references": [None if r is None else r.text for r in last["references"]]}
+    return {
+        "weights": last["weights"],
+        "advantages": result["advantages"].detach().cpu(),
+        **scored,
+        "references": [None if r is None else r.text for r in last["references"]],
+    }
 
 
 def test_ddp_credit_weights_equal_one_process(ddp_run, tiny_model_path, tmp_path):
@@ -232,8 +268,20 @@ def test_ddp_batch_with_a_non_mixed_group_scores_only_mixed_rows(ddp_run, tiny_m
 @pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
 def test_zero3_only_one_rank_has_mixed_groups(tmp_path, peft):
     """Rank 0 holds the only mixed group, rank 1 only failures; both must run the same scoring forwards."""
-    run = launch(tmp_path, ["--config_file", str(ZERO3_CONFIG)], "--layout", "one_rank", "--deepspeed", "--steps",
-                 "2", "--scoring-batch-size", "2", "--max-completion-length", "48", *(["--peft"] if peft else []))
+    run = launch(
+        tmp_path,
+        ["--config_file", str(ZERO3_CONFIG)],
+        "--layout",
+        "one_rank",
+        "--deepspeed",
+        "--steps",
+        "2",
+        "--scoring-batch-size",
+        "2",
+        "--max-completion-length",
+        "48",
+        *(["--peft"] if peft else []),
+    )
     run.check()
     ranks = [run.rank(r) for r in (0, 1)]
     for step in range(2):
@@ -255,8 +303,15 @@ def test_zero3_only_one_rank_has_mixed_groups(tmp_path, peft):
 
 @needs_deepspeed
 def test_zero2_step(tmp_path):
-    run = launch(tmp_path, ["--config_file", str(ZERO2_CONFIG)], "--layout", "span", "--deepspeed",
-                 "--max-completion-length", "48")
+    run = launch(
+        tmp_path,
+        ["--config_file", str(ZERO2_CONFIG)],
+        "--layout",
+        "span",
+        "--deepspeed",
+        "--max-completion-length",
+        "48",
+    )
     run.check()
     ranks = [run.rank(r) for r in (0, 1)]
     assert sorted(g for r in ranks for call in r["build_groups"] for g in call) == [0, 1, 2]

@@ -13,8 +13,13 @@ from trl_sgcd.trainer import SGCD_STATE_FILE
 def _trainer(output_dir, model_path, **overrides):
     cls = scripted_first_turn(SGCDTrainer)
     args = tiny_args(output_dir, max_steps=2, max_completion_length=80, **overrides)
-    return cls(model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4), args=args,
-               environment_factory=ToyLookupEnv)
+    return cls(
+        model=model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=args,
+        environment_factory=ToyLookupEnv,
+    )
 
 
 def _losses(trainer):

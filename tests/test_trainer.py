@@ -22,15 +22,33 @@ def _plain_dataset():
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
 def test_off_mode_is_grpo_bit_for_bit(tmp_path, tiny_model_path, loss_type):
-    common = dict(use_cpu=True, bf16=False, report_to="none", per_device_train_batch_size=8, num_generations=4,
-                  max_completion_length=12, max_steps=1, learning_rate=1e-2, logging_steps=1, save_strategy="no",
-                  seed=7, loss_type=loss_type, beta=0.0)
+    common = dict(
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        max_steps=1,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        seed=7,
+        loss_type=loss_type,
+        beta=0.0,
+    )
     results = []
-    for trainer_cls, config_cls, extra in [(GRPOTrainer, GRPOConfig, {}),
-                                           (SGCDTrainer, SGCDConfig, {"credit_mode": "off"})]:
+    for trainer_cls, config_cls, extra in [
+        (GRPOTrainer, GRPOConfig, {}),
+        (SGCDTrainer, SGCDConfig, {"credit_mode": "off"}),
+    ]:
         model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
-        trainer = trainer_cls(model=model, reward_funcs=_length_reward, train_dataset=_plain_dataset(),
-                              args=config_cls(output_dir=str(tmp_path / trainer_cls.__name__), **common, **extra))
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=_length_reward,
+            train_dataset=_plain_dataset(),
+            args=config_cls(output_dir=str(tmp_path / trainer_cls.__name__), **common, **extra),
+        )
         out = trainer.train()
         results.append((out.training_loss, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}))
     (loss_a, params_a), (loss_b, params_b) = results
@@ -54,8 +72,13 @@ class _Recorder:
 
 def _tool_trainer(tmp_path, model_path, **overrides):
     trainer_cls = scripted_first_turn(SGCDTrainer)
-    return trainer_cls(model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
-                       args=tiny_args(tmp_path, **overrides), environment_factory=ToyLookupEnv)
+    return trainer_cls(
+        model=model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(tmp_path, **overrides),
+        environment_factory=ToyLookupEnv,
+    )
 
 
 def _record(trainer):
@@ -100,8 +123,15 @@ def test_teacher_inputs_are_spliced_token_exact(tmp_path, tiny_model_path):
     assert logged["sgcd/audit/zero_tool_success_share"] == 0.0
     assert logged["sgcd/audit/tools_per_success"] == 1.0
     # The subclass relies on these keys of GRPOTrainer's output (pinned TRL range).
-    assert {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages",
-            "num_items_in_batch", "tool_mask"} <= set(output)
+    assert {
+        "prompt_ids",
+        "prompt_mask",
+        "completion_ids",
+        "completion_mask",
+        "advantages",
+        "num_items_in_batch",
+        "tool_mask",
+    } <= set(output)
 
 
 @pytest.mark.parametrize("mode", ["sgcd", "no_reference", "uniform", "direct_sd", "sdpo"])
@@ -142,8 +172,13 @@ def _weights_one_where_no_credit(output, trainer):
 def test_batch_with_mixed_and_non_mixed_groups(tmp_path, tiny_model_path):
     # Only row 0 calls the tool: group 0 is mixed, group 1 is all-failure (no teacher, W = 1 there).
     trainer_cls = scripted_first_turn(SGCDTrainer, script=lambda i, rank: i == 0)
-    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
-                          args=tiny_args(tmp_path), environment_factory=ToyLookupEnv)
+    trainer = trainer_cls(
+        model=tiny_model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(tmp_path),
+        environment_factory=ToyLookupEnv,
+    )
     score, apply, build = _record(trainer)
     trainer.train()
     w = trainer._credit_last_batch["weights"]
@@ -160,14 +195,21 @@ def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_pat
     if case == "all_success":
         script = lambda i, rank: True  # noqa: E731
     if case == "nan_rewards":
+
         def reward(completions, environments=None, **kwargs):
             return [None] * len(completions)
+
         reward.__name__ = "none_reward"
     if case == "truncated":
         overrides = {"max_completion_length": 3, "mask_truncated_completions": True}
     trainer_cls = scripted_first_turn(SGCDTrainer, script=script)
-    trainer = trainer_cls(model=tiny_model_path, reward_funcs=reward, train_dataset=toy_dataset(4),
-                          args=tiny_args(tmp_path, **overrides), environment_factory=ToyLookupEnv)
+    trainer = trainer_cls(
+        model=tiny_model_path,
+        reward_funcs=reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(tmp_path, **overrides),
+        environment_factory=ToyLookupEnv,
+    )
     score, apply, build = _record(trainer)
     out = trainer.train()
     assert math.isfinite(out.training_loss)
@@ -177,11 +219,20 @@ def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_pat
 
 def test_refuses_what_it_cannot_do(tmp_path, tiny_model_path):
     with pytest.raises(TypeError, match="SGCDConfig"):
-        SGCDTrainer(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(2),
-                    args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False))
+        SGCDTrainer(
+            model=tiny_model_path,
+            reward_funcs=toy_reward,
+            train_dataset=toy_dataset(2),
+            args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False),
+        )
     with pytest.raises(ValueError, match="vespo"):
-        SGCDTrainer(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(2),
-                    args=tiny_args(tmp_path, loss_type="vespo"), environment_factory=ToyLookupEnv)
+        SGCDTrainer(
+            model=tiny_model_path,
+            reward_funcs=toy_reward,
+            train_dataset=toy_dataset(2),
+            args=tiny_args(tmp_path, loss_type="vespo"),
+            environment_factory=ToyLookupEnv,
+        )
 
 
 def test_model_card_and_tags(tmp_path, tiny_model_path):
@@ -195,10 +246,15 @@ def test_model_card_and_tags(tmp_path, tiny_model_path):
 def test_dynamic_sampling_fills_the_batch_with_mixed_groups(tmp_path, tiny_model_path):
     # Round 0: nobody calls the tool (no mixed group); round 1: every other row does (all groups mixed).
     trainer_cls = scripted_first_turn(SGCDTrainer, script=lambda i, rank, rnd: rnd % 2 == 1 and i % 2 == 0)
-    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
-                          args=tiny_args(tmp_path, credit_dynamic_sampling=True, credit_max_resample_rounds=2,
-                                         credit_min_mixed_fraction=0.5),
-                          environment_factory=ToyLookupEnv)
+    trainer = trainer_cls(
+        model=tiny_model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(
+            tmp_path, credit_dynamic_sampling=True, credit_max_resample_rounds=2, credit_min_mixed_fraction=0.5
+        ),
+        environment_factory=ToyLookupEnv,
+    )
     score, apply, build = _record(trainer)
     out = trainer.train()
     assert math.isfinite(out.training_loss)
@@ -214,9 +270,14 @@ def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
     from peft import LoraConfig
 
     trainer_cls = scripted_first_turn(SGCDTrainer)
-    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
-                          args=tiny_args(tmp_path, learning_rate=5e-2), environment_factory=ToyLookupEnv,
-                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer = trainer_cls(
+        model=tiny_model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(tmp_path, learning_rate=5e-2),
+        environment_factory=ToyLookupEnv,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
     lora = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
     assert lora
     trainer.train()
@@ -231,14 +292,20 @@ def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
 
     class EmptyHalf(scripted):
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-            ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                          has_tool_images)
+            ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
             if num_generations > 1:  # first turn: odd rows answer nothing at all
                 ids = [row if i % 2 == 0 else [self.processing_class.eos_token_id] for i, row in enumerate(ids)]
             return ids, logprobs
 
-    trainer = EmptyHalf(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
-                        args=tiny_args(tmp_path), environment_factory=ToyLookupEnv)
+    trainer = EmptyHalf(
+        model=tiny_model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(tmp_path),
+        environment_factory=ToyLookupEnv,
+    )
     score, apply, build = _record(trainer)
     out = trainer.train()
     assert math.isfinite(out.training_loss)
@@ -270,8 +337,13 @@ def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_
     """With `bf16=True` (float32 weights, autocast) the scorer's forwards run in bf16 like the policy's own log-probs,
     although it calls the backbone past accelerate's autocast wrapper of `model.forward`."""
     trainer_cls = scripted_first_turn(SGCDTrainer)
-    trainer = trainer_cls(model=tiny_model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(4),
-                          args=tiny_args(tmp_path, bf16=True), environment_factory=ToyLookupEnv)
+    trainer = trainer_cls(
+        model=tiny_model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(4),
+        args=tiny_args(tmp_path, bf16=True),
+        environment_factory=ToyLookupEnv,
+    )
     seen, inside = [], [False]
     score = trainer.credit_scorer.score
 

@@ -52,14 +52,16 @@ def toy_dataset(n_prompts: int = 4) -> Dataset:
     rows = []
     for i in range(n_prompts):
         key = keys[i % len(keys)]
-        rows.append({
-            "prompt": [
-                {"role": "system", "content": "You are a records assistant. Use the lookup tool."},
-                {"role": "user", "content": f"Find the record for key {key} and report its value."},
-            ],
-            "target_key": key,
-            "gold_answer": f"value={len(key)}-{key.upper()}",
-        })
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": "You are a records assistant. Use the lookup tool."},
+                    {"role": "user", "content": f"Find the record for key {key} and report its value."},
+                ],
+                "target_key": key,
+                "gold_answer": f"value={len(key)}-{key.upper()}",
+            }
+        )
     return Dataset.from_list(rows)
 
 

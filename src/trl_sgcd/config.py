@@ -197,24 +197,55 @@ class SGCDConfig(GRPOConfig):
         _check_choice("credit_reference_fallback", self.credit_reference_fallback, REFERENCE_FALLBACKS)
         _check(self.credit_cap > 1.0, "credit_cap", self.credit_cap, "must be > 1 (W is clipped to [1, credit_cap])")
         _check(self.credit_gamma >= 0.0, "credit_gamma", self.credit_gamma, "must be >= 0 (W must never go below 1)")
-        for name in ("credit_top_k", "credit_chunk_size", "credit_max_span", "credit_reference_concurrency",
-                     "credit_reference_max_input_tokens", "credit_reference_max_tokens",
-                     "credit_observation_max_chars", "credit_inert_steps"):
+        for name in (
+            "credit_top_k",
+            "credit_chunk_size",
+            "credit_max_span",
+            "credit_reference_concurrency",
+            "credit_reference_max_input_tokens",
+            "credit_reference_max_tokens",
+            "credit_observation_max_chars",
+            "credit_inert_steps",
+        ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         if self.credit_scoring_batch_size is not None:
-            _check(self.credit_scoring_batch_size >= 1, "credit_scoring_batch_size", self.credit_scoring_batch_size,
-                   "must be >= 1 or None")
-        _check(self.credit_reference_deadline > 0, "credit_reference_deadline", self.credit_reference_deadline,
-               "must be > 0 seconds")
-        _check(self.credit_reference_retries >= 0, "credit_reference_retries", self.credit_reference_retries,
-               "must be >= 0")
-        _check(self.credit_max_resample_rounds >= 0, "credit_max_resample_rounds", self.credit_max_resample_rounds,
-               "must be >= 0")
-        _check(0.0 <= self.credit_min_mixed_fraction <= 1.0, "credit_min_mixed_fraction",
-               self.credit_min_mixed_fraction, "must be in [0, 1]")
+            _check(
+                self.credit_scoring_batch_size >= 1,
+                "credit_scoring_batch_size",
+                self.credit_scoring_batch_size,
+                "must be >= 1 or None",
+            )
+        _check(
+            self.credit_reference_deadline > 0,
+            "credit_reference_deadline",
+            self.credit_reference_deadline,
+            "must be > 0 seconds",
+        )
+        _check(
+            self.credit_reference_retries >= 0,
+            "credit_reference_retries",
+            self.credit_reference_retries,
+            "must be >= 0",
+        )
+        _check(
+            self.credit_max_resample_rounds >= 0,
+            "credit_max_resample_rounds",
+            self.credit_max_resample_rounds,
+            "must be >= 0",
+        )
+        _check(
+            0.0 <= self.credit_min_mixed_fraction <= 1.0,
+            "credit_min_mixed_fraction",
+            self.credit_min_mixed_fraction,
+            "must be in [0, 1]",
+        )
         _check(self.credit_saturation_z > 0, "credit_saturation_z", self.credit_saturation_z, "must be > 0")
-        _check(self.credit_spike_z > self.credit_reset_z, "credit_spike_z", self.credit_spike_z,
-               f"must be > credit_reset_z ({self.credit_reset_z})")
+        _check(
+            self.credit_spike_z > self.credit_reset_z,
+            "credit_spike_z",
+            self.credit_spike_z,
+            f"must be > credit_reset_z ({self.credit_reset_z})",
+        )
         _check(self.credit_entropy_rise >= 0, "credit_entropy_rise", self.credit_entropy_rise, "must be >= 0")
         _check(self.credit_min_divergence >= 0, "credit_min_divergence", self.credit_min_divergence, "must be >= 0")
         _check(self.credit_direct_sd_coef >= 0, "credit_direct_sd_coef", self.credit_direct_sd_coef, "must be >= 0")

@@ -121,7 +121,8 @@ class SGCDTrainer(GRPOTrainer):
         # W&B table of each batch's references and per-token weights (first groups only), when reporting to W&B.
         self.credit_table = (
             CreditTableRecorder(self._tokenizer, cap=args.credit_cap, num_generations=self.num_generations)
-            if args.credit_mode != "off" and args.credit_log_table and "wandb" in (args.report_to or []) else None
+            if args.credit_mode != "off" and args.credit_log_table and "wandb" in (args.report_to or [])
+            else None
         )
 
     # ------------------------------------------------------------------ hooks into GRPOTrainer (via super())
@@ -132,7 +133,8 @@ class SGCDTrainer(GRPOTrainer):
         all_completions = gather_object(list(completions))
         categories = gather_object([row.get("category") for row in inputs])
         audit = tool_use_audit(
-            all_completions, total_rewards(rewards_per_func, self.reward_weights).tolist(),
+            all_completions,
+            total_rewards(rewards_per_func, self.reward_weights).tolist(),
             categories if all(c is not None for c in categories) else None,
             success_threshold=self.args.credit_success_threshold,
         )
@@ -141,8 +143,13 @@ class SGCDTrainer(GRPOTrainer):
             if not name.startswith("num_"):
                 self._metrics[mode][f"sgcd/audit/{name}"].append(value)
         if self.args.credit_mode != "off":  # keep what the credit stages need; TRL's output does not carry it
-            self._credit_batch = {"inputs": inputs, "prompts": prompts, "completions": completions,
-                                  "all_completions": all_completions, "rewards_per_func": rewards_per_func}
+            self._credit_batch = {
+                "inputs": inputs,
+                "prompts": prompts,
+                "completions": completions,
+                "all_completions": all_completions,
+                "rewards_per_func": rewards_per_func,
+            }
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -163,9 +170,12 @@ class SGCDTrainer(GRPOTrainer):
         n_local = len(batch["prompts"])
         if n_local % G or isinstance(self.train_dataset, IterableDataset):
             if not getattr(self, "_credit_resample_warned", False):
-                warnings.warn("credit_dynamic_sampling is off for this run: it needs a map-style dataset and whole "
-                              f"groups on each rank (local generation batch {n_local} is not a multiple of "
-                              f"num_generations={G}).", stacklevel=2)
+                warnings.warn(
+                    "credit_dynamic_sampling is off for this run: it needs a map-style dataset and whole "
+                    f"groups on each rank (local generation batch {n_local} is not a multiple of "
+                    f"num_generations={G}).",
+                    stacklevel=2,
+                )
                 self._credit_resample_warned = True
             return output, batch, 0
         local = slice(self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local)
@@ -208,12 +218,16 @@ class SGCDTrainer(GRPOTrainer):
         if getattr(self, "_credit_resample_iter", None) is None:
             epoch = getattr(self, "_credit_resample_epoch", 0)
             self._credit_resample_epoch = epoch + 1
-            sampler = resample_sampler(num_generations=self.num_generations,
-                                       generation_batch_size=self.args.generation_batch_size,
-                                       seed=self.args.seed + 7919 * (epoch + 1))
+            sampler = resample_sampler(
+                num_generations=self.num_generations,
+                generation_batch_size=self.args.generation_batch_size,
+                seed=self.args.seed + 7919 * (epoch + 1),
+            )
             loader = self._get_dataloader(
-                dataset=self.train_dataset, description="SGCD resampling",
-                batch_size=self._train_batch_size * self.args.steps_per_generation, sampler_fn=sampler,
+                dataset=self.train_dataset,
+                description="SGCD resampling",
+                batch_size=self._train_batch_size * self.args.steps_per_generation,
+                sampler_fn=sampler,
                 is_training=True,
             )
             self._credit_resample_iter = iter(loader)
@@ -234,9 +248,14 @@ class SGCDTrainer(GRPOTrainer):
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         aux = teacher_matching_loss(
-            model, input_ids, attention_mask, inputs["credit_sd_mask"],
-            inputs["credit_teacher_topk_ids"], inputs["credit_teacher_topk_logprobs"],
-            temperature=self.temperature, chunk_size=self.args.credit_chunk_size,
+            model,
+            input_ids,
+            attention_mask,
+            inputs["credit_sd_mask"],
+            inputs["credit_teacher_topk_ids"],
+            inputs["credit_teacher_topk_logprobs"],
+            temperature=self.temperature,
+            chunk_size=self.args.credit_chunk_size,
         )
         self._metrics["train"]["sgcd/direct_sd_loss"].append(self.accelerator.gather(aux.detach()).mean().item())
         return loss + self.args.credit_direct_sd_coef * aux / self.current_gradient_accumulation_steps
@@ -246,7 +265,9 @@ class SGCDTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             with open(os.path.join(folder, SGCD_STATE_FILE), "w") as f:
                 json.dump(self._credit_state_dict(), f)
 
@@ -276,8 +297,11 @@ class SGCDTrainer(GRPOTrainer):
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
         private = [{c: row.get(c) for c in args.credit_private_columns} for row in batch["inputs"]]
         groups = build_sibling_groups(
-            gather_object(list(batch["prompts"])), batch["all_completions"], rewards.tolist(),
-            gather_object(private), num_generations=self.num_generations,
+            gather_object(list(batch["prompts"])),
+            batch["all_completions"],
+            rewards.tolist(),
+            gather_object(private),
+            num_generations=self.num_generations,
             success_threshold=args.credit_success_threshold,
         )
         needed = [g for g in groups if group_needs_teacher(mode, g.num_success, len(g.rollouts))]
@@ -285,12 +309,20 @@ class SGCDTrainer(GRPOTrainer):
 
         # References: each group is summarised exactly once, by its owner rank; every rank receives all of them.
         t0 = time.perf_counter()
-        owned = [g for g in needed if owner_of_group(g.group_index, self.accelerator.num_processes)
-                 == self.accelerator.process_index]
+        owned = [
+            g
+            for g in needed
+            if owner_of_group(g.group_index, self.accelerator.num_processes) == self.accelerator.process_index
+        ]
         if mode in SIBLING_CONTEXT_MODES:
-            built = [sibling_context_reference(g, private_columns=args.credit_private_columns,
-                                               observation_max_chars=args.credit_observation_max_chars)
-                     for g in owned]
+            built = [
+                sibling_context_reference(
+                    g,
+                    private_columns=args.credit_private_columns,
+                    observation_max_chars=args.credit_observation_max_chars,
+                )
+                for g in owned
+            ]
         else:
             built = self.reference_builder.build(owned) if owned else []
         references = {ref.group_index: ref for ref in gather_object(built)}
@@ -300,7 +332,9 @@ class SGCDTrainer(GRPOTrainer):
         G = self.num_generations
         local_refs = [references.get((offset + i) // G) for i in range(n_local)]
         rows = [i for i, ref in enumerate(local_refs) if ref is not None and ref.source != "none" and ref.text]
-        scores, eligible_rows, literal_rows, fallback_prefix, elapsed = self._score_rows(output, batch, local_refs, rows)
+        scores, eligible_rows, literal_rows, fallback_prefix, elapsed = self._score_rows(
+            output, batch, local_refs, rows
+        )
 
         advantages = output["advantages"]  # (B,)
         T = output["completion_ids"].size(1)
@@ -309,9 +343,14 @@ class SGCDTrainer(GRPOTrainer):
         if rows:
             eligible = eligible_rows  # (R, T)
             saliency = credit_saliency(
-                scores.divergence, scores.teacher_entropy, eligible, spike_z=args.credit_spike_z,
-                saturation_z=args.credit_saturation_z, reset_z=args.credit_reset_z,
-                entropy_rise=args.credit_entropy_rise, max_span=args.credit_max_span,
+                scores.divergence,
+                scores.teacher_entropy,
+                eligible,
+                spike_z=args.credit_spike_z,
+                saturation_z=args.credit_saturation_z,
+                reset_z=args.credit_reset_z,
+                entropy_rise=args.credit_entropy_rise,
+                max_span=args.credit_max_span,
                 min_divergence=args.credit_min_divergence,
             )  # (R, T)
             w = credit_weights(saliency, gamma=args.credit_gamma, cap=args.credit_cap, eligible_mask=eligible)
@@ -321,9 +360,15 @@ class SGCDTrainer(GRPOTrainer):
                 weights[rows] = w.to(device)
             tool_mask = output.get("tool_mask")
             stats = local_credit_stats(
-                divergence=scores.divergence, entropy=scores.teacher_entropy, saliency=saliency, weights=w,
-                eligible=eligible, tool_mask=tool_mask[rows] if tool_mask is not None else None,
-                cap=args.credit_cap, scoring_time_s=elapsed, peak_memory_gb=peak_memory_gb(),
+                divergence=scores.divergence,
+                entropy=scores.teacher_entropy,
+                saliency=saliency,
+                weights=w,
+                eligible=eligible,
+                tool_mask=tool_mask[rows] if tool_mask is not None else None,
+                cap=args.credit_cap,
+                scoring_time_s=elapsed,
+                peak_memory_gb=peak_memory_gb(),
             )
         stats.maxima["scoring_time_s"] = elapsed
 
@@ -336,16 +381,36 @@ class SGCDTrainer(GRPOTrainer):
         else:
             output["advantages"] = apply_credit_weights(advantages, weights)  # (B, T)
         if mode == "direct_sd":
-            output.update(direct_sd_targets(output["completion_ids"].shape, self.args.credit_top_k, rows, scores,
-                                            eligible_rows, device=device))
+            output.update(
+                direct_sd_targets(
+                    output["completion_ids"].shape, self.args.credit_top_k, rows, scores, eligible_rows, device=device
+                )
+            )
 
-        self._log_credit(output, batch, groups, references, num_mixed, stats, reference_latency, fallback_prefix,
-                         weights, local_refs, resample_rounds)
+        self._log_credit(
+            output,
+            batch,
+            groups,
+            references,
+            num_mixed,
+            stats,
+            reference_latency,
+            fallback_prefix,
+            weights,
+            local_refs,
+            resample_rounds,
+        )
         if self.credit_table is not None and self.accelerator.is_main_process:
             self.credit_table.record(  # step: the optimizer step that first trains on this batch
-                step=self.state.global_step + 1, prompts=batch["prompts"], completion_ids=output["completion_ids"],
-                completion_mask=output["completion_mask"], tool_mask=output.get("tool_mask"), weights=weights,
-                rewards=rewards[offset:offset + n_local], advantages=advantages, references=local_refs,
+                step=self.state.global_step + 1,
+                prompts=batch["prompts"],
+                completion_ids=output["completion_ids"],
+                completion_mask=output["completion_mask"],
+                tool_mask=output.get("tool_mask"),
+                weights=weights,
+                rewards=rewards[offset : offset + n_local],
+                advantages=advantages,
+                references=local_refs,
                 row_offset=offset,
             )
         self._check_validity(num_mixed, weights)
@@ -365,8 +430,11 @@ class SGCDTrainer(GRPOTrainer):
             texts = {i: cap_reference(local_refs[i].text, tok, args.credit_reference_max_tokens) for i in rows}
             # TRL's own renderer (same template, tools, kwargs as the student's prompt); completions are spliced later.
             teacher_ids, fallback_prefix = teacher_prompt_ids(
-                batch["prompts"], texts, unpad_left(prompt_ids[rows], prompt_mask[rows]),
-                render=lambda prompts: self._tokenize_prompts(prompts)[0], tokenizer=tok,
+                batch["prompts"],
+                texts,
+                unpad_left(prompt_ids[rows], prompt_mask[rows]),
+                render=lambda prompts: self._tokenize_prompts(prompts)[0],
+                tokenizer=tok,
             )
             literals = [list(local_refs[i].masked_literals) for i in rows]
 
@@ -384,8 +452,15 @@ class SGCDTrainer(GRPOTrainer):
         # mixed precision it must score in the precision the policy's own log-probs are computed in.
         with self.accelerator.autocast():
             scores = self.credit_scorer.score(
-                self.model, s_ids, s_mask, t_ids, t_mask, c_ids, c_mask,
-                min_batches=min_batches, return_teacher_topk=args.credit_mode == "direct_sd",
+                self.model,
+                s_ids,
+                s_mask,
+                t_ids,
+                t_mask,
+                c_ids,
+                c_mask,
+                min_batches=min_batches,
+                return_teacher_topk=args.credit_mode == "direct_sd",
             )
         elapsed = time.perf_counter() - t0
         eligible_rows = eligible[rows]
@@ -395,8 +470,20 @@ class SGCDTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ logging and validity
 
-    def _log_credit(self, output, batch, groups, references, num_mixed, stats, latency, fallback_prefix, weights,
-                    local_refs, resample_rounds=0):
+    def _log_credit(
+        self,
+        output,
+        batch,
+        groups,
+        references,
+        num_mixed,
+        stats,
+        latency,
+        fallback_prefix,
+        weights,
+        local_refs,
+        resample_rounds=0,
+    ):
         device = self.accelerator.device
         sums, maxima = stats.vectors(device)
         sums = self.accelerator.gather(sums.unsqueeze(0)).sum(dim=0)
@@ -408,9 +495,14 @@ class SGCDTrainer(GRPOTrainer):
         for ref in references.values():
             sources[ref.source] = sources.get(ref.source, 0) + 1
         metrics = credit_metrics(
-            self._last_credit_stats, num_groups=len(groups), num_mixed=num_mixed, sources=sources,
-            latency_s=latency, cost_usd=sum(costs) if costs and all(c is not None for c in costs) else None,
-            resample_rounds=resample_rounds, fallback_prefix=int(extra),
+            self._last_credit_stats,
+            num_groups=len(groups),
+            num_mixed=num_mixed,
+            sources=sources,
+            latency_s=latency,
+            cost_usd=sum(costs) if costs and all(c is not None for c in costs) else None,
+            resample_rounds=resample_rounds,
+            fallback_prefix=int(extra),
         )
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
@@ -418,7 +510,11 @@ class SGCDTrainer(GRPOTrainer):
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         adv = output["advantages"]
         if adv.dim() == 2:
-            mask = output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
+            mask = (
+                output["completion_mask"]
+                if "tool_mask" not in output
+                else output["completion_mask"] * output["tool_mask"]
+            )
             shown = self.accelerator.gather(masked_row_mean(adv, mask)).tolist()
             logged = self._logs["advantages"]
             for k, value in enumerate(shown):
@@ -427,8 +523,11 @@ class SGCDTrainer(GRPOTrainer):
 
     def _check_validity(self, num_mixed: int, weights: torch.Tensor):
         problems, self._credit_inert_steps = validity_problems(
-            self._last_credit_stats, mode=self.args.credit_mode, num_mixed=num_mixed,
-            weights_require_grad=weights.requires_grad, inert_steps=self._credit_inert_steps,
+            self._last_credit_stats,
+            mode=self.args.credit_mode,
+            num_mixed=num_mixed,
+            weights_require_grad=weights.requires_grad,
+            inert_steps=self._credit_inert_steps,
             inert_limit=self.args.credit_inert_steps,
         )
         for problem in problems:

@@ -28,8 +28,9 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trl_sgcd", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "trl_sgcd", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV
+    )
 
 
 @pytest.fixture
@@ -71,8 +72,17 @@ def slow_runs():
         "bad_import": ["train", "--config", TINY, "--reward_funcs", "no_such_pkg.rewards:score"],
     }
     start = time.monotonic()
-    procs = {k: subprocess.Popen([sys.executable, "-m", "trl_sgcd", *v], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV) for k, v in commands.items()}
+    procs = {
+        k: subprocess.Popen(
+            [sys.executable, "-m", "trl_sgcd", *v],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=ENV,
+        )
+        for k, v in commands.items()
+    }
     results = {}
     for key, proc in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -173,8 +183,10 @@ def test_unknown_builtin_model_names_it(capsys, no_model):
 
 
 def test_local_jsonl_dataset_passes_validation(tmp_path, capsys, no_model):
-    rows = [{"question": [{"role": "user", "content": f"task {i}"}], "gold_actions": "[]", "gold_answer": "[]"}
-            for i in range(3)]
+    rows = [
+        {"question": [{"role": "user", "content": f"task {i}"}], "gold_actions": "[]", "gold_answer": "[]"}
+        for i in range(3)
+    ]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     status, err = cli_train(capsys, "--dataset_name", data, "--prompt_column", "question", "--dry_run")
     assert status == 0, err
@@ -215,7 +227,9 @@ def test_load_object_forms_and_errors():
 
 
 def test_load_object_imports_from_the_working_directory(tmp_path, monkeypatch):
-    (tmp_path / "my_rewards_for_test.py").write_text("def score(completions, **kw):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "my_rewards_for_test.py").write_text(
+        "def score(completions, **kw):\n    return [1.0] * len(completions)\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert load_callable("my_rewards_for_test:score", what="reward function")(["a"]) == [1.0]
@@ -228,8 +242,15 @@ def test_list_fields_accept_commas():
 
 def test_litellm_key_is_checked_before_loading(capsys, monkeypatch, no_model):
     monkeypatch.delenv("SGCD_TEST_KEY", raising=False)
-    status, err = cli_train(capsys, "--credit_reference_backend", "litellm", "--credit_reference_model", "openai/x",
-                            "--credit_reference_api_key_env", "SGCD_TEST_KEY")
+    status, err = cli_train(
+        capsys,
+        "--credit_reference_backend",
+        "litellm",
+        "--credit_reference_model",
+        "openai/x",
+        "--credit_reference_api_key_env",
+        "SGCD_TEST_KEY",
+    )
     if "needs litellm" not in err:
         assert status == 2 and "SGCD_TEST_KEY" in err
 
@@ -254,9 +275,23 @@ def test_train_tiny_recipe_end_to_end(tmp_path):
 
 
 def launch_two_processes(accelerate_config: str, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate" / accelerate_config), "-m", "trl_sgcd", "train", "--config", TINY,
-               "--max_steps", "1", "--output_dir", str(output_dir), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate" / accelerate_config),
+        "-m",
+        "trl_sgcd",
+        "train",
+        "--config",
+        TINY,
+        "--max_steps",
+        "1",
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
 
 
@@ -280,7 +315,17 @@ def test_train_tiny_recipe_two_process_zero3(tmp_path):
 @pytest.mark.slow
 def test_train_resumes_from_checkpoint(tmp_path):
     """Step 1 saves checkpoint-1; `--resume_from_checkpoint true` picks it up and continues to step 2."""
-    common = ["train", "--config", TINY, "--output_dir", str(tmp_path), "--save_strategy", "steps", "--save_steps", "1"]
+    common = [
+        "train",
+        "--config",
+        TINY,
+        "--output_dir",
+        str(tmp_path),
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+    ]
     first = run_cli(*common, "--max_steps", "1", timeout=600)
     assert first.returncode == 0, first.stderr[-4000:]
     assert (tmp_path / "checkpoint-1").is_dir()

@@ -13,11 +13,22 @@ from trl_sgcd.cli.train import SGCDScriptArguments, parse_args, prepare
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 ACCELERATE = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
-EXPECTED = {"demo_cpu", "tiny_cpu", "qwen3_4b_sgcd", "qwen3_4b_grpo", "ablation_no_reference", "ablation_uniform",
-            "ablation_direct_sd"}
+EXPECTED = {
+    "demo_cpu",
+    "tiny_cpu",
+    "qwen3_4b_sgcd",
+    "qwen3_4b_grpo",
+    "ablation_no_reference",
+    "ablation_uniform",
+    "ablation_direct_sd",
+}
 # The paper-runtime arms: recipe -> credit_mode. Each repeats qwen3_4b_sgcd.yaml except for these fields.
-ARMS = {"qwen3_4b_grpo": "off", "ablation_no_reference": "no_reference", "ablation_uniform": "uniform",
-        "ablation_direct_sd": "direct_sd"}
+ARMS = {
+    "qwen3_4b_grpo": "off",
+    "ablation_no_reference": "no_reference",
+    "ablation_uniform": "uniform",
+    "ablation_direct_sd": "direct_sd",
+}
 PER_ARM_FIELDS = {"credit_mode", "output_dir", "run_name", "credit_reference_cache_dir"}
 # What makes a GPU recipe constructible on this CPU machine (parsing only; nothing is launched).
 CPU_OVERRIDES = ["--use_cpu", "true", "--bf16", "false", "--use_vllm", "false"]
@@ -44,8 +55,14 @@ def plain(value):
 
 def test_all_recipes_are_there():
     assert {p.stem for p in RECIPES} == EXPECTED
-    assert {p.stem for p in ACCELERATE} == {"single_gpu", "multi_gpu", "zero2", "zero3", "cpu_2proc_ddp",
-                                            "cpu_2proc_zero3"}
+    assert {p.stem for p in ACCELERATE} == {
+        "single_gpu",
+        "multi_gpu",
+        "zero2",
+        "zero3",
+        "cpu_2proc_ddp",
+        "cpu_2proc_zero3",
+    }
 
 
 @pytest.mark.parametrize("path", RECIPES + ACCELERATE, ids=lambda p: p.name)
@@ -172,4 +189,3 @@ def test_cpu_two_process_configs_follow_the_architecture_doc():
     assert (ds["zero_stage"], ds["offload_optimizer_device"], ds["offload_param_device"]) == (3, "none", "none")
     assert ds["zero3_init_flag"] is False
     assert "--use_cpu false --ddp_backend gloo" in header(ROOT / "recipes" / "accelerate" / "cpu_2proc_zero3.yaml")
-

@@ -65,8 +65,9 @@ def test_shading_is_monotone_in_weight_and_capped():
     weights = [1.0, 1.1, 1.3, 1.6, 1.9, 2.0, 2.5]
     out = render_weighted_html([f"t{i}" for i in range(len(weights))], weights, [True] * len(weights), cap=2.0)
     assert '<span title="W=1.000">t0</span>' in out  # W = 1: no shading (white)
-    shades = [tuple(map(int, re.search(r"rgb\((\d+),(\d+),(\d+)\)", style).groups()))
-              for style, _ in SPAN_RE.findall(out)]
+    shades = [
+        tuple(map(int, re.search(r"rgb\((\d+),(\d+),(\d+)\)", style).groups())) for style, _ in SPAN_RE.findall(out)
+    ]
     assert len(shades) == len(weights) - 1
     for lighter, darker in zip(shades, shades[1:]):
         assert all(a >= b for a, b in zip(lighter, darker)) and sum(lighter) >= sum(darker)
@@ -113,14 +114,17 @@ def test_rows_carry_prompt_reference_and_weight_stats():
 
 def test_prompt_text():
     assert prompt_text("plain") == "plain"
-    conversation = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "second"}]}]
+    conversation = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "second"}]},
+    ]
     assert prompt_text(conversation) == "second"
     assert prompt_text([{"role": "system", "content": "only system"}]) == "only system"
 
 
 def test_decode_token_strings_concatenate_to_the_text(tokenizer):
-    text = "Hi 😀 there\n\t中文字符 <tool_call>\n{\"key\": \"alpha\"}\n</tool_call><|im_end|>"
+    text = 'Hi 😀 there\n\t中文字符 <tool_call>\n{"key": "alpha"}\n</tool_call><|im_end|>'
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     pieces = decode_token_strings(tokenizer, ids)
     assert len(pieces) == len(ids)
@@ -136,18 +140,31 @@ def test_recorder_keeps_credited_groups_and_decodes_tensors(tokenizer, tmp_path)
     ids = torch.full((6, T), tokenizer.pad_token_id)  # (B, T)
     mask = torch.zeros(6, T, dtype=torch.long)  # (B, T)
     for i, e in enumerate(encoded):
-        ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
+        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
     tool_mask = torch.ones(6, T, dtype=torch.long)  # (B, T)
     tool_mask[0, 1] = 0  # a tool-observation token in row 0
     weights = torch.ones(6, T)  # (B, T)
     weights[0, 2], weights[1, 0] = 2.0, 1.5
-    refs = [SimpleNamespace(text="ref g0", source="contrast")] * 2 + [None] * 2 + [
-        SimpleNamespace(text="ref g2", source="llm")] * 2
-    recorder = CreditTableRecorder(tokenizer, cap=2.0, num_generations=G, max_groups=2, log_to_wandb=False,
-                                   html_dir=str(tmp_path / "html"))
-    rows = recorder.record(step=3, prompts=[f"p{i}" for i in range(6)], completion_ids=ids, completion_mask=mask,
-                           weights=weights, rewards=[1, 0, 0, 0, 1, 0], advantages=[.7, -.7, 0, 0, .7, -.7],
-                           references=refs, tool_mask=tool_mask, row_offset=4)
+    refs = (
+        [SimpleNamespace(text="ref g0", source="contrast")] * 2
+        + [None] * 2
+        + [SimpleNamespace(text="ref g2", source="llm")] * 2
+    )
+    recorder = CreditTableRecorder(
+        tokenizer, cap=2.0, num_generations=G, max_groups=2, log_to_wandb=False, html_dir=str(tmp_path / "html")
+    )
+    rows = recorder.record(
+        step=3,
+        prompts=[f"p{i}" for i in range(6)],
+        completion_ids=ids,
+        completion_mask=mask,
+        weights=weights,
+        rewards=[1, 0, 0, 0, 1, 0],
+        advantages=[0.7, -0.7, 0, 0, 0.7, -0.7],
+        references=refs,
+        tool_mask=tool_mask,
+        row_offset=4,
+    )
     # Global rows 4..9 -> groups 2, 2, 3, 3, 4, 4; groups 2 and 4 have a reference, so they are kept.
     assert [r["group"] for r in rows] == [2, 2, 4, 4]
     assert [r["completion"] for r in rows] == [texts[0], texts[1], texts[4], texts[5]]
@@ -159,8 +176,16 @@ def test_recorder_keeps_credited_groups_and_decodes_tensors(tokenizer, tmp_path)
     assert page.startswith("<!DOCTYPE html>") and "ref g2" in page and "not eligible" in page
     # A row masked out entirely (truncated completion) is still shown, up to its padding, all greyed.
     mask[0] = 0
-    rows = recorder.record(step=4, prompts=["p"] * 6, completion_ids=ids, completion_mask=mask, weights=weights,
-                           rewards=[0] * 6, advantages=[0] * 6, references=refs)
+    rows = recorder.record(
+        step=4,
+        prompts=["p"] * 6,
+        completion_ids=ids,
+        completion_mask=mask,
+        weights=weights,
+        rewards=[0] * 6,
+        advantages=[0] * 6,
+        references=refs,
+    )
     assert rows[0]["completion"] == texts[0] and rows[0]["credit_tokens"] == 0
     with pytest.raises(ValueError, match="max_groups"):
         CreditTableRecorder(tokenizer, cap=2.0, num_generations=2, max_groups=0)
@@ -183,8 +208,12 @@ def test_save_credit_html_is_a_standalone_page(tmp_path):
 def offline_wandb(tmp_path, monkeypatch):
     """Real wandb in offline mode, every folder it writes under tmp_path; the run is finished afterwards."""
     wandb = pytest.importorskip("wandb")
-    for name, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
-                      ("WANDB_CONFIG_DIR", "config")):
+    for name, sub in (
+        ("WANDB_DIR", ""),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+    ):
         os.makedirs(tmp_path / sub, exist_ok=True)
         monkeypatch.setenv(name, str(tmp_path / sub))
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -208,13 +237,13 @@ def _records(run_dir):
         if left < 7:  # block trailer
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         if kind == 0 and length == 0:
             pos += left
             continue
         if pos + 7 + length > len(raw):  # still being written
             return
-        chunks += raw[pos + 7:pos + 7 + length]
+        chunks += raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             record = pb.Record()
@@ -237,8 +266,9 @@ def _history(run_dir) -> list[dict]:
     rows = []
     for record in _finished_records(run_dir):
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 
@@ -345,11 +375,22 @@ def _tiny_sgcd(tmp_path, model_path, **overrides):
     from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
     from trl_sgcd import SGCDTrainer
 
-    args = tiny_args(tmp_path / "out", per_device_train_batch_size=4, num_generations=2, max_completion_length=24,
-                     max_tool_calling_iterations=1, **overrides)
+    args = tiny_args(
+        tmp_path / "out",
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=24,
+        max_tool_calling_iterations=1,
+        **overrides,
+    )
     trainer_cls = scripted_first_turn(SGCDTrainer)
-    return trainer_cls(model=model_path, reward_funcs=toy_reward, train_dataset=toy_dataset(2), args=args,
-                       environment_factory=ToyLookupEnv)
+    return trainer_cls(
+        model=model_path,
+        reward_funcs=toy_reward,
+        train_dataset=toy_dataset(2),
+        args=args,
+        environment_factory=ToyLookupEnv,
+    )
 
 
 @pytest.mark.xfail(condition=not _trainer_wired(), strict=False, reason="awaiting trainer wiring")

@@ -45,8 +45,9 @@ def naive_topk_divergence(student_logits, teacher_logits, observed_ids, *, top_k
     divs, ents = [], []
     k = min(top_k, teacher_logits.size(-1))
     top = torch.topk(teacher_logits.float(), k, dim=-1).indices.tolist()
-    for a, b, ids, obs in zip(student_logits.double().tolist(), teacher_logits.double().tolist(), top,
-                              observed_ids.tolist()):
+    for a, b, ids, obs in zip(
+        student_logits.double().tolist(), teacher_logits.double().tolist(), top, observed_ids.tolist()
+    ):
         support = list(ids) + ([obs] if obs not in ids else [])
         ma, mb = max(a), max(b)
         za, zb = sum(math.exp(x - ma) for x in a), sum(math.exp(x - mb) for x in b)

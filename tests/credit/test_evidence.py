@@ -26,8 +26,11 @@ def _text_rollout(n_chars, tag):
 
 def _tool_rollout(obs_chars, tag):
     return [
-        {"role": "assistant", "content": tag, "tool_calls": [{"type": "function", "function": {
-            "name": "search", "arguments": json.dumps({"q": tag})}}]},
+        {
+            "role": "assistant",
+            "content": tag,
+            "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": json.dumps({"q": tag})}}],
+        },
         {"role": "tool", "name": "search", "content": "y" * obs_chars},
         {"role": "assistant", "content": "done"},
     ]
@@ -55,9 +58,14 @@ def test_render_trace_plain_string_and_string_arguments():
 
 
 def test_tool_errors_are_flagged():
-    completion = [{"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "book", "arguments": {}}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "{'error': 'no seats'}"}]
+    completion = [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "book", "arguments": {}}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "{'error': 'no seats'}"},
+    ]
     steps = trace_steps(completion)
     assert steps[1].name == "book" and steps[1].is_error
 
@@ -110,8 +118,7 @@ def test_select_is_deterministic():
 def test_observations_are_truncated_before_siblings_are_dropped():
     group = _group([_tool_rollout(4000, f"s{i}") for i in range(2)] + [_tool_rollout(4000, "f")], [True, True, False])
     budget_tokens = 1000  # 3 full traces need ~3 x 1000 tokens: too many; truncated observations fit easily
-    evidence = build_evidence(group, sanitizer=Sanitizer(), max_input_tokens=budget_tokens,
-                              max_observation_chars=4000)
+    evidence = build_evidence(group, sanitizer=Sanitizer(), max_input_tokens=budget_tokens, max_observation_chars=4000)
     assert evidence.sibling_indices == [0, 1, 2]
     assert all("...[truncated" in trace for trace in evidence.traces)
 
@@ -154,17 +161,25 @@ def test_evidence_masks_planted_values_but_keeps_tool_names():
 
 
 def test_digest_is_stable_and_content_sensitive():
-    make = lambda tag: build_evidence(sample_group(tag=tag), sanitizer=Sanitizer(), max_input_tokens=12000,  # noqa: E731
-                                      max_observation_chars=512)
+    def make(tag):
+        return build_evidence(
+            sample_group(tag=tag), sanitizer=Sanitizer(), max_input_tokens=12000, max_observation_chars=512
+        )
+
     assert make("a").digest == make("a").digest
     assert make("a").digest != make("b").digest
 
 
 def test_render_sanitized_trace_masks_before_truncating_and_keeps_tool_names():
     obs = "z" * 60 + " card 4111 1111 1111 1111 " + "w" * 200
-    completion = [{"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "gold_tool", "arguments": {"q": "x"}}}]},
-        {"role": "tool", "name": "gold_tool", "content": obs}]
+    completion = [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "gold_tool", "arguments": {"q": "x"}}}],
+        },
+        {"role": "tool", "name": "gold_tool", "content": obs},
+    ]
     result = render_sanitized_trace(completion, sanitizer=Sanitizer(["gold_tool"]), max_observation_chars=70)
     assert "4111" not in result.text and "CALL gold_tool(" in result.text
     assert result.masked == ["4111 1111 1111 1111"]

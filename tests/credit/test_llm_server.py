@@ -23,8 +23,9 @@ def _groups(n, tag):
 
 
 def _builder(server, **kwargs):
-    client_kwargs = {k: kwargs.pop(k) for k in ("deadline", "retries", "concurrency", "cache_dir", "backoff_base")
-                     if k in kwargs}
+    client_kwargs = {
+        k: kwargs.pop(k) for k in ("deadline", "retries", "concurrency", "cache_dir", "backoff_base") if k in kwargs
+    }
     client_kwargs.setdefault("backoff_base", 0.01)
     client = LiteLLMClient(kwargs.pop("model", MODEL), api_base=server.base_url, **client_kwargs)
     return SiblingReferenceBuilder("litellm", llm_client=client, **kwargs)
@@ -40,8 +41,9 @@ def warm_litellm():
 def test_server_speaks_openai_format():
     with FakeLLMServer(answer="hello", usage=(7, 3)) as server:
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
-        request = urllib.request.Request(f"{server.base_url}/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{server.base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             payload = json.loads(response.read())
         assert payload["choices"][0]["message"]["content"] == "hello"

@@ -110,7 +110,9 @@ def test_proposition2_on_the_tiny_model(model):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
         assert a.abs().sum() > 0
     # Tokenwise on a few weighted and unweighted tokens.
-    picks = [tuple(x) for x in (w > 1).nonzero()[:3].tolist()] + [tuple(x) for x in ((w == 1) & mask).nonzero()[:2].tolist()]
+    picks = [tuple(x) for x in (w > 1).nonzero()[:3].tolist()] + [
+        tuple(x) for x in ((w == 1) & mask).nonzero()[:2].tolist()
+    ]
     for b, t in picks:
         gs = torch.autograd.grad(l_sgcd[b, t], params[0], retain_graph=True)[0]
         gg = torch.autograd.grad(l_grpo[b, t], params[0], retain_graph=True)[0]

@@ -28,7 +28,9 @@ class RecordingClient:
         self.requests.extend(requests)
         if isinstance(self.answers, Exception):
             raise self.answers
-        return [a if isinstance(a, LLMResult) else LLMResult(a, None, 0.1, 10, 5, None, False, 1) for a in self.answers]
+        return [
+            a if isinstance(a, LLMResult) else LLMResult(a, None, 0.1, 10, 5, None, False, 1) for a in self.answers
+        ]
 
 
 # --- prompt and parser -------------------------------------------------------------------------------------------------
@@ -38,8 +40,10 @@ def test_prompt_has_role_rules_sections_and_siblings():
     assert system["role"] == "system" and user["role"] == "user"
     assert "training-time credit analyst" in system["content"]
     assert "Use only information present in the visible traces" in system["content"]
-    assert "Do not quote hidden labels, evaluator or oracle reports, credentials, or final answer literals" in \
-        system["content"]
+    assert (
+        "Do not quote hidden labels, evaluator or oracle reports, credentials, or final answer literals"
+        in system["content"]
+    )
     for title in SECTION_TITLES:
         assert f"## {title}" in system["content"]
     assert evidence.task in user["content"]
@@ -59,8 +63,17 @@ def test_parse_accepts_numbered_and_bold_headers():
     assert sections["Deviation points"] == "- c" and sections["Failed branches and why"] == ""
 
 
-@pytest.mark.parametrize("text", [None, "", "   ", "no sections at all", "## State checks\n- a\n## Deviation points\n- b",
-                                  "## State checks\n\n## Deviation points\n\n## Failed branches and why\n- x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "   ",
+        "no sections at all",
+        "## State checks\n- a\n## Deviation points\n- b",
+        "## State checks\n\n## Deviation points\n\n## Failed branches and why\n- x",
+    ],
+)
 def test_parse_rejects_malformed(text):
     assert parse_reference_sections(text) is None
 
@@ -79,23 +92,30 @@ def test_contrast_is_deterministic_and_parses():
 
 def test_contrast_names_the_deviation_step():
     prompt = "Cancel reservation R1."
-    good = [{"role": "assistant", "content": "", "tool_calls": [_call("get_user_details", user_id="u")]},
-            {"role": "tool", "name": "get_user_details", "content": "{}"},
-            {"role": "assistant", "content": "", "tool_calls": [_call("get_reservation_details", reservation_id="R1")]},
-            {"role": "tool", "name": "get_reservation_details", "content": "{'status': 'booked'}"},
-            {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="R1")]},
-            {"role": "tool", "name": "cancel_reservation", "content": "{'status': 'cancelled'}"},
-            {"role": "assistant", "content": "Cancelled."}]
-    bad = [good[0], good[1],
-           {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="R1")]},
-           {"role": "tool", "name": "cancel_reservation", "content": "{'error': 'details not checked'}"},
-           {"role": "assistant", "content": "Sorry."}]
+    good = [
+        {"role": "assistant", "content": "", "tool_calls": [_call("get_user_details", user_id="u")]},
+        {"role": "tool", "name": "get_user_details", "content": "{}"},
+        {"role": "assistant", "content": "", "tool_calls": [_call("get_reservation_details", reservation_id="R1")]},
+        {"role": "tool", "name": "get_reservation_details", "content": "{'status': 'booked'}"},
+        {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="R1")]},
+        {"role": "tool", "name": "cancel_reservation", "content": "{'status': 'cancelled'}"},
+        {"role": "assistant", "content": "Cancelled."},
+    ]
+    bad = [
+        good[0],
+        good[1],
+        {"role": "assistant", "content": "", "tool_calls": [_call("cancel_reservation", reservation_id="R1")]},
+        {"role": "tool", "name": "cancel_reservation", "content": "{'error': 'details not checked'}"},
+        {"role": "assistant", "content": "Sorry."},
+    ]
     group = SiblingGroup(0, [Rollout(0, prompt, good, 1.0), Rollout(1, prompt, bad, 0.0)], [True, False])
     ref = SiblingReferenceBuilder().build([group])[0]
     deviation = ref.sections["Deviation points"]
     assert "step 2: called cancel_reservation where successes called get_reservation_details" in deviation
-    assert "get_user_details(user_id) -> get_reservation_details(reservation_id)" in \
-        ref.sections["Successful action branches"]
+    assert (
+        "get_user_details(user_id) -> get_reservation_details(reservation_id)"
+        in ref.sections["Successful action branches"]
+    )
     assert "details not checked" in ref.sections["Failed branches and why"]
     assert "get_reservation_details(reservation_id)" in ref.sections["State checks"]
 
@@ -139,8 +159,11 @@ def test_llm_answer_is_parsed_and_sanitized():
 
 @pytest.mark.parametrize("fallback, source", [("contrast", "fallback"), ("none", "none")])
 def test_failures_fall_back(fallback, source):
-    answers = ["garbage", "", LLMResult(None, "timeout: no answer within 1 s", 1.0, None, None, None, False, 1,
-                                        timed_out=True)]
+    answers = [
+        "garbage",
+        "",
+        LLMResult(None, "timeout: no answer within 1 s", 1.0, None, None, None, False, 1, timed_out=True),
+    ]
     builder = SiblingReferenceBuilder("litellm", llm_client=RecordingClient(answers), fallback=fallback)
     refs = builder.build([sample_group(g, tag=str(g)) for g in range(3)])
     assert [r.source for r in refs] == [source] * 3
@@ -182,12 +205,21 @@ def test_from_config(monkeypatch, tmp_path):
     from trl_sgcd.config import SGCDConfig
 
     monkeypatch.setenv("MY_REF_KEY", "sk-test-not-real")
-    args = SGCDConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", credit_reference_backend="litellm",
-                      credit_reference_model="openai/test", credit_reference_api_base="http://127.0.0.1:9/v1",
-                      credit_reference_api_key_env="MY_REF_KEY", credit_reference_deadline=3.0,
-                      credit_reference_concurrency=4, credit_reference_max_tokens=64,
-                      credit_reference_fallback="none", credit_private_columns=["gold_answer"],
-                      credit_observation_max_chars=100)
+    args = SGCDConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        credit_reference_backend="litellm",
+        credit_reference_model="openai/test",
+        credit_reference_api_base="http://127.0.0.1:9/v1",
+        credit_reference_api_key_env="MY_REF_KEY",
+        credit_reference_deadline=3.0,
+        credit_reference_concurrency=4,
+        credit_reference_max_tokens=64,
+        credit_reference_fallback="none",
+        credit_private_columns=["gold_answer"],
+        credit_observation_max_chars=100,
+    )
     builder = SiblingReferenceBuilder.from_config(args)
     assert builder.backend == "litellm" and builder.fallback == "none" and builder.private_columns == ("gold_answer",)
     assert builder.llm_client.api_key == "sk-test-not-real" and builder.llm_client.deadline == 3.0

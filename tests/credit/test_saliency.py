@@ -9,8 +9,14 @@ import torch
 
 from trl_sgcd.credit.saliency import credit_saliency, credit_spans
 
-DEFAULTS = {"spike_z": 2.0, "saturation_z": 4.0, "reset_z": -0.5, "entropy_rise": 0.5, "max_span": 32,
-            "min_divergence": 1e-4}
+DEFAULTS = {
+    "spike_z": 2.0,
+    "saturation_z": 4.0,
+    "reset_z": -0.5,
+    "entropy_rise": 0.5,
+    "max_span": 32,
+    "min_divergence": 1e-4,
+}
 
 
 def naive_saliency(d, h, eligible, *, spike_z, saturation_z, reset_z, entropy_rise, max_span, min_divergence):
@@ -35,8 +41,13 @@ def naive_saliency(d, h, eligible, *, spike_z, saturation_z, reset_z, entropy_ri
                 t += 1
                 continue
             t0, peak, end = t, z[t], t + 1
-            while (end < T and end - t0 < max_span and valid[end] and hr[end] <= hr[t0] + entropy_rise
-                   and z[end] >= reset_z):
+            while (
+                end < T
+                and end - t0 < max_span
+                and valid[end]
+                and hr[end] <= hr[t0] + entropy_rise
+                and z[end] >= reset_z
+            ):
                 if spike[end]:
                     peak = max(peak, z[end])
                 end += 1
@@ -169,12 +180,15 @@ def _random_case(seed, B=6, T=400):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("params", [
-    DEFAULTS,
-    dict(DEFAULTS, max_span=5, entropy_rise=0.1),
-    dict(DEFAULTS, spike_z=1.0, reset_z=0.0, saturation_z=2.0, max_span=64),
-    dict(DEFAULTS, spike_z=3.0, reset_z=-3.0, entropy_rise=2.0, max_span=1000),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        DEFAULTS,
+        dict(DEFAULTS, max_span=5, entropy_rise=0.1),
+        dict(DEFAULTS, spike_z=1.0, reset_z=0.0, saturation_z=2.0, max_span=64),
+        dict(DEFAULTS, spike_z=3.0, reset_z=-3.0, entropy_rise=2.0, max_span=1000),
+    ],
+)
 def test_matches_naive_reference(seed, params):
     d, h, m = _random_case(seed)
     s = credit_saliency(d, h, m, **params)

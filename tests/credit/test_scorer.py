@@ -54,8 +54,17 @@ def make_batch(pad=2, seed=0, prompt_lens=(5, 9, 3), completion_lens=(7, 4, 6), 
 
 
 def _args(batch):
-    return [batch[k] for k in ("student_input_ids", "student_attention_mask", "teacher_input_ids",
-                               "teacher_attention_mask", "completion_ids", "completion_mask")]
+    return [
+        batch[k]
+        for k in (
+            "student_input_ids",
+            "student_attention_mask",
+            "teacher_input_ids",
+            "teacher_attention_mask",
+            "completion_ids",
+            "completion_mask",
+        )
+    ]
 
 
 def naive_scores(model, batch, *, top_k, divergence="reverse_kl", temperature=TEMPERATURE):
@@ -87,7 +96,8 @@ def _assert_scores_close(scores, ref):
 def test_matches_naive_full_logits(model, divergence):
     batch = make_batch()
     scores = DenseDivergenceScorer(top_k=8, divergence=divergence, chunk_size=5, temperature=TEMPERATURE).score(
-        model, *_args(batch))
+        model, *_args(batch)
+    )
     ref = naive_scores(model, batch, top_k=8, divergence=divergence)
     assert isinstance(scores, DenseScores)
     assert scores.divergence.dtype == torch.float32 and scores.divergence.shape == batch["completion_ids"].shape
@@ -103,20 +113,27 @@ def test_chunked_equals_unchunked_and_microbatched(model):
     n_tokens = int(batch["completion_mask"].sum())
     outs = [
         DenseDivergenceScorer(top_k=4, chunk_size=c, temperature=TEMPERATURE, batch_size=b).score(
-            model, *_args(batch), return_teacher_topk=True)
+            model, *_args(batch), return_teacher_topk=True
+        )
         for c, b in ((1, None), (7, None), (n_tokens + 10, None), (3, 1), (7, 2))
     ]
     for other in outs[1:]:
-        for field in ("divergence", "teacher_entropy", "student_logprobs", "teacher_logprobs",
-                      "teacher_topk_logprobs"):
+        for field in (
+            "divergence",
+            "teacher_entropy",
+            "student_logprobs",
+            "teacher_logprobs",
+            "teacher_topk_logprobs",
+        ):
             torch.testing.assert_close(getattr(other, field), getattr(outs[0], field), atol=1e-6, rtol=1e-5)
         assert torch.equal(other.teacher_topk_ids, outs[0].teacher_topk_ids)
 
 
 def test_teacher_topk_matches_full_logits(model):
     batch = make_batch(seed=2)
-    scores = DenseDivergenceScorer(top_k=5, temperature=TEMPERATURE).score(model, *_args(batch),
-                                                                           return_teacher_topk=True)
+    scores = DenseDivergenceScorer(top_k=5, temperature=TEMPERATURE).score(
+        model, *_args(batch), return_teacher_topk=True
+    )
     T = batch["completion_ids"].size(1)
     with torch.no_grad():
         t = model(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
@@ -234,8 +251,10 @@ def test_min_batches_pads_forwards(model):
         assert none.teacher_topk_ids.shape == (0, batch["completion_ids"].size(1), 4)
         calls.clear()
         # A rank with no row to score: the spliced teacher batch can be (0, 0); it still pads the forwards.
-        empty.update(teacher_input_ids=torch.zeros(0, 0, dtype=torch.long),
-                     teacher_attention_mask=torch.zeros(0, 0, dtype=torch.long))
+        empty.update(
+            teacher_input_ids=torch.zeros(0, 0, dtype=torch.long),
+            teacher_attention_mask=torch.zeros(0, 0, dtype=torch.long),
+        )
         assert scorer.score(model, *_args(empty), min_batches=2).num_forwards == len(calls) == 4
     finally:
         hook.remove()
@@ -277,20 +296,40 @@ def test_layout_errors(model):
     with pytest.raises(ValueError, match="completion_mask"):
         scorer.score(model, *_args(dict(batch, completion_mask=batch["completion_mask"][:, :-1])))
     with pytest.raises(ValueError, match="student_input_ids"):
-        scorer.score(model, *_args(dict(batch, student_input_ids=batch["completion_ids"],
-                                        student_attention_mask=batch["completion_mask"])))
-    for kwargs, name in (({"top_k": 0}, "top_k"), ({"divergence": "x"}, "divergence"), ({"chunk_size": 0}, "chunk_size"),
-                         ({"temperature": 0.0}, "temperature"), ({"batch_size": 0}, "batch_size")):
+        scorer.score(
+            model,
+            *_args(
+                dict(batch, student_input_ids=batch["completion_ids"], student_attention_mask=batch["completion_mask"])
+            ),
+        )
+    for kwargs, name in (
+        ({"top_k": 0}, "top_k"),
+        ({"divergence": "x"}, "divergence"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"batch_size": 0}, "batch_size"),
+    ):
         with pytest.raises(ValueError, match=name):
             DenseDivergenceScorer(**kwargs)
 
 
 def test_from_config():
-    args = types.SimpleNamespace(credit_top_k=7, credit_divergence="jsd", credit_chunk_size=9, temperature=0.9,
-                                 credit_scoring_batch_size=None, per_device_train_batch_size=4)
+    args = types.SimpleNamespace(
+        credit_top_k=7,
+        credit_divergence="jsd",
+        credit_chunk_size=9,
+        temperature=0.9,
+        credit_scoring_batch_size=None,
+        per_device_train_batch_size=4,
+    )
     scorer = DenseDivergenceScorer.from_config(args)
     assert (scorer.top_k, scorer.divergence, scorer.chunk_size, scorer.temperature, scorer.batch_size) == (
-        7, "jsd", 9, 0.9, 4)
+        7,
+        "jsd",
+        9,
+        0.9,
+        4,
+    )
     args.credit_scoring_batch_size = 2
     assert DenseDivergenceScorer.from_config(args).batch_size == 2
 
@@ -300,12 +339,25 @@ def test_from_sgcd_config(tmp_path):
     from trl_sgcd.credit import divergence
 
     assert divergence.DIVERGENCES == DIVERGENCES
-    config = SGCDConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, num_generations=4,
-                        credit_top_k=7, credit_chunk_size=9, credit_divergence="forward_kl", temperature=0.8,
-                        report_to=[])
+    config = SGCDConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        credit_top_k=7,
+        credit_chunk_size=9,
+        credit_divergence="forward_kl",
+        temperature=0.8,
+        report_to=[],
+    )
     scorer = DenseDivergenceScorer.from_config(config)
     assert (scorer.top_k, scorer.divergence, scorer.chunk_size, scorer.temperature, scorer.batch_size) == (
-        7, "forward_kl", 9, 0.8, 4)
+        7,
+        "forward_kl",
+        9,
+        0.8,
+        4,
+    )
 
 
 # ------------------------------------------------------------------------------------------- teacher_matching_loss
@@ -326,17 +378,24 @@ def naive_teacher_matching_loss(model, batch, topk_ids, topk_logprobs, temperatu
 
 def test_teacher_matching_loss_matches_naive_with_gradient(model):
     batch = make_batch(seed=9)
-    scores = DenseDivergenceScorer(top_k=6, temperature=TEMPERATURE).score(model, *_args(batch),
-                                                                           return_teacher_topk=True)
+    scores = DenseDivergenceScorer(top_k=6, temperature=TEMPERATURE).score(
+        model, *_args(batch), return_teacher_topk=True
+    )
     model.zero_grad()
     loss = teacher_matching_loss(
-        model, batch["student_input_ids"], batch["student_attention_mask"], batch["completion_mask"],
-        scores.teacher_topk_ids, scores.teacher_topk_logprobs, temperature=TEMPERATURE, chunk_size=4)
+        model,
+        batch["student_input_ids"],
+        batch["student_attention_mask"],
+        batch["completion_mask"],
+        scores.teacher_topk_ids,
+        scores.teacher_topk_logprobs,
+        temperature=TEMPERATURE,
+        chunk_size=4,
+    )
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    ref = naive_teacher_matching_loss(model, batch, scores.teacher_topk_ids, scores.teacher_topk_logprobs,
-                                      TEMPERATURE)
+    ref = naive_teacher_matching_loss(model, batch, scores.teacher_topk_ids, scores.teacher_topk_logprobs, TEMPERATURE)
     ref.backward()
     assert loss.item() > 1e-3
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-4)
@@ -351,20 +410,34 @@ def test_teacher_matching_loss_zero_when_teacher_is_student(model):
     batch = make_batch(seed=10, same=True)
     scores = DenseDivergenceScorer(top_k=6).score(model, *_args(batch), return_teacher_topk=True)
     loss = teacher_matching_loss(
-        model, batch["student_input_ids"], batch["student_attention_mask"], batch["completion_mask"],
-        scores.teacher_topk_ids, scores.teacher_topk_logprobs, temperature=1.0, chunk_size=5)
+        model,
+        batch["student_input_ids"],
+        batch["student_attention_mask"],
+        batch["completion_mask"],
+        scores.teacher_topk_ids,
+        scores.teacher_topk_logprobs,
+        temperature=1.0,
+        chunk_size=5,
+    )
     assert loss.requires_grad and abs(loss.item()) < 1e-5
     empty_mask = torch.zeros_like(batch["completion_mask"])
     zero = teacher_matching_loss(
-        model, batch["student_input_ids"], batch["student_attention_mask"], empty_mask,
-        scores.teacher_topk_ids, scores.teacher_topk_logprobs, temperature=1.0, chunk_size=5)
+        model,
+        batch["student_input_ids"],
+        batch["student_attention_mask"],
+        empty_mask,
+        scores.teacher_topk_ids,
+        scores.teacher_topk_logprobs,
+        temperature=1.0,
+        chunk_size=5,
+    )
     zero.backward()  # an all-masked batch still backpropagates (every rank runs the same graph)
     assert zero.item() == 0.0
     model.zero_grad(set_to_none=True)
 
 
 # ------------------------------------------------------------------------------------------------ ZeRO-3, 2 processes
-ZERO3_WORKER = '''
+ZERO3_WORKER = """
 import datetime, sys
 import torch, torch.distributed as dist
 from accelerate import Accelerator, InitProcessGroupKwargs
@@ -412,7 +485,7 @@ for step in range(2):  # a broken partitioned head would fail the second backwar
 moved = scorer.score(engine, *_args(batch), min_batches=int(n))
 assert not torch.allclose(moved.divergence, out.divergence)  # the steps trained the model
 print("ZERO3-OK", rank, flush=True)
-'''
+"""
 
 ZERO3_ACCELERATE_CONFIG = """compute_environment: LOCAL_MACHINE
 distributed_type: DEEPSPEED
@@ -442,10 +515,21 @@ def test_zero3_two_ranks_unequal_rows(tmp_path, tiny_model_path):
     (tmp_path / "worker.py").write_text(ZERO3_WORKER)
     (tmp_path / "zero3.yaml").write_text(ZERO3_ACCELERATE_CONFIG)
     root = str(Path(__file__).resolve().parents[2])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "zero3.yaml"),
-           "--main_process_port", "0", str(tmp_path / "worker.py"), root, tiny_model_path]
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(tmp_path / "zero3.yaml"),
+        "--main_process_port",
+        "0",
+        str(tmp_path / "worker.py"),
+        root,
+        tiny_model_path,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         log, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

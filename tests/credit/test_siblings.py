@@ -53,8 +53,9 @@ def test_is_mixed():
 def test_build_sibling_groups_cuts_rows_in_order():
     rewards = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     prompts, completions, rows = _batch(rewards, 2)
-    groups = build_sibling_groups(prompts, completions, torch.tensor(rewards), rows, num_generations=2,
-                                  success_threshold=1.0)
+    groups = build_sibling_groups(
+        prompts, completions, torch.tensor(rewards), rows, num_generations=2, success_threshold=1.0
+    )
     assert [g.group_index for g in groups] == [0, 1, 2]
     assert [[r.index for r in g.rollouts] for g in groups] == [[0, 1], [2, 3], [4, 5]]
     assert [g.is_mixed for g in groups] == [True, False, False]
@@ -114,10 +115,13 @@ def test_cross_rank_round_trip():
     rewards = gather_for_groups(per_rank_rewards)
     assert rewards == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     prompts, completions, rows = _batch(rewards, num_generations)
-    groups = build_sibling_groups(prompts, completions, rewards, rows, num_generations=num_generations,
-                                  success_threshold=1.0)
-    owned = [[g.group_index for g in groups if owner_of_group(g.group_index, num_processes) == rank]
-             for rank in range(num_processes)]
+    groups = build_sibling_groups(
+        prompts, completions, rewards, rows, num_generations=num_generations, success_threshold=1.0
+    )
+    owned = [
+        [g.group_index for g in groups if owner_of_group(g.group_index, num_processes) == rank]
+        for rank in range(num_processes)
+    ]
     assert sorted(gather_for_groups(owned)) == [0, 1, 2]  # every group is built exactly once
     # Per-row values computed on the gathered batch slice back to each rank.
     per_row = [g.group_index for g in groups for _ in g.rollouts]

@@ -39,13 +39,16 @@ def test_splice_keeps_completion_ids_exact():
 
 def test_teacher_prompt_ids_fall_back_to_a_token_prefix_when_rendering_differs(tokenizer):
     def render(prompts):
-        return [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)[
-            "input_ids"] for p in prompts]
+        return [
+            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+            for p in prompts
+        ]
 
     prompts = [[{"role": "system", "content": "s"}, {"role": "user", "content": f"task {i}"}] for i in range(3)]
     student = render(prompts)
-    ids, fallback = teacher_prompt_ids(prompts, {0: "ref a", 2: "ref c"}, [student[0], student[2]], render=render,
-                                       tokenizer=tokenizer)
+    ids, fallback = teacher_prompt_ids(
+        prompts, {0: "ref a", 2: "ref c"}, [student[0], student[2]], render=render, tokenizer=tokenizer
+    )
     assert fallback == 0 and "ref a" in tokenizer.decode(ids[0]) and "task 0" in tokenizer.decode(ids[0])
     custom = [student[0], [11, 12, 13]]  # a rollout_func rendered row 2 itself
     ids, fallback = teacher_prompt_ids(prompts, {0: "ref a", 2: "ref c"}, custom, render=render, tokenizer=tokenizer)

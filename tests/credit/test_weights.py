@@ -19,8 +19,12 @@ def _saliency(seed=0, B=5, T=60):
 def test_formula_bounds_and_mask(gamma, cap):
     s, mask = _saliency()
     w = credit_weights(s, gamma=gamma, cap=cap, eligible_mask=mask)
-    naive = torch.tensor([[min(max(1 + gamma * x, 1.0), cap) if e else 1.0 for x, e in zip(rs, rm)]
-                          for rs, rm in zip(s.tolist(), mask.tolist())])
+    naive = torch.tensor(
+        [
+            [min(max(1 + gamma * x, 1.0), cap) if e else 1.0 for x, e in zip(rs, rm)]
+            for rs, rm in zip(s.tolist(), mask.tolist())
+        ]
+    )
     torch.testing.assert_close(w, naive)
     assert w.dtype == torch.float32 and (w >= 1).all() and (w <= cap).all() and (w[~mask] == 1).all()
 

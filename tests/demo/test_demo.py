@@ -10,10 +10,37 @@ from trl_sgcd.demo.plots import plot_demo, weight_histogram
 from trl_sgcd.demo.run import FULL, QUICK, _parser, format_table, main, settings_from_args
 
 # A complete demo with the tiny random model: 1 SFT step on 1 conversation, 2 test tasks, 1 RL step of 4 rollouts.
-SMOKE = ["--model", "tiny", "--sft-tasks", "1", "--sft-steps", "1", "--sft-batch-size", "1", "--sft-max-length", "1400",
-         "--eval-tasks", "2", "--eval-max-turns", "1", "--eval-max-new-tokens", "8", "--steps", "1",
-         "--rollouts-per-step", "4", "--num-generations", "2", "--max-completion-length", "16", "--max-tool-calls", "1",
-         "--learning-rate", "1e-3", "--no-progress"]  # fmt: skip
+SMOKE = [
+    "--model",
+    "tiny",
+    "--sft-tasks",
+    "1",
+    "--sft-steps",
+    "1",
+    "--sft-batch-size",
+    "1",
+    "--sft-max-length",
+    "1400",
+    "--eval-tasks",
+    "2",
+    "--eval-max-turns",
+    "1",
+    "--eval-max-new-tokens",
+    "8",
+    "--steps",
+    "1",
+    "--rollouts-per-step",
+    "4",
+    "--num-generations",
+    "2",
+    "--max-completion-length",
+    "16",
+    "--max-tool-calls",
+    "1",
+    "--learning-rate",
+    "1e-3",
+    "--no-progress",
+]
 
 
 def _settings(argv):
@@ -23,9 +50,24 @@ def _settings(argv):
 def test_profiles_and_overrides():
     assert _settings([]) == FULL and _settings(["--quick"]) == QUICK
     assert QUICK.steps < FULL.steps and QUICK.eval_tasks <= FULL.eval_tasks
-    assert FULL.eval_tasks == 20 and FULL.credit_mode == "sgcd" and FULL.temperature == 0.8 and FULL.precision == "auto"
-    s = _settings(["--quick", "--steps", "5", "--seed", "3", "--num-generations", "2", "--sft-learning-rate", "1e-4",
-                   "--credit-mode", "off"])  # fmt: skip
+    assert (
+        FULL.eval_tasks == 20 and FULL.credit_mode == "sgcd" and FULL.temperature == 0.8 and FULL.precision == "auto"
+    )
+    s = _settings(
+        [
+            "--quick",
+            "--steps",
+            "5",
+            "--seed",
+            "3",
+            "--num-generations",
+            "2",
+            "--sft-learning-rate",
+            "1e-4",
+            "--credit-mode",
+            "off",
+        ]
+    )
     assert (s.steps, s.seed, s.num_generations, s.sft_learning_rate, s.credit_mode) == (5, 3, 2, 1e-4, "off")
     assert s.eval_tasks == QUICK.eval_tasks
     with pytest.raises(UsageError, match="multiple"):
@@ -45,18 +87,31 @@ def test_cli_dispatches_demo(capsys):
 
 
 def _fake_eval(pass1, action):
-    return {"pass@1": pass1, "pass^k": pass1, "k": 1, "num_tasks": 3,
-            "per_category": {"action": {"pass@1": action, "pass^k": action, "num_tasks": 2},
-                             "no_action": {"pass@1": 1.0, "pass^k": 1.0, "num_tasks": 1}},
-            "audit": {"zero_tool_success_share": 0.0, "tools_per_success": 1.5, "tool_failure_rate": 0.25}}  # fmt: skip
+    return {
+        "pass@1": pass1,
+        "pass^k": pass1,
+        "k": 1,
+        "num_tasks": 3,
+        "per_category": {
+            "action": {"pass@1": action, "pass^k": action, "num_tasks": 2},
+            "no_action": {"pass@1": 1.0, "pass^k": 1.0, "num_tasks": 1},
+        },
+        "audit": {"zero_tool_success_share": 0.0, "tools_per_success": 1.5, "tool_failure_rate": 0.25},
+    }
 
 
 def _fake_metrics():
-    log = [{"step": i, "reward": 0.25 * i, "sgcd/mixed_group_fraction": 0.5, "sgcd/credit_token_fraction": 0.1}
-           for i in (1, 2)]  # fmt: skip
-    return {"config": {"rl_steps": 2, "credit_mode": "sgcd"}, "before": _fake_eval(1 / 3, 0.0),
-            "after": _fake_eval(2 / 3, 0.5), "training": {"log_history": log},
-            "wall_s": {"model": 1.0, "warm_start": 2.0, "rl": 3.0, "total": 6.0}}  # fmt: skip
+    log = [
+        {"step": i, "reward": 0.25 * i, "sgcd/mixed_group_fraction": 0.5, "sgcd/credit_token_fraction": 0.1}
+        for i in (1, 2)
+    ]
+    return {
+        "config": {"rl_steps": 2, "credit_mode": "sgcd"},
+        "before": _fake_eval(1 / 3, 0.0),
+        "after": _fake_eval(2 / 3, 0.5),
+        "training": {"log_history": log},
+        "wall_s": {"model": 1.0, "warm_start": 2.0, "rl": 3.0, "total": 6.0},
+    }
 
 
 def test_table_lists_before_after_categories_and_audit():

@@ -72,8 +72,11 @@ def test_wrong_state_change_earns_zero():
     assert twice.tool_failures == 0 and score_episode(twice, task["expert_answer"]) == 0.0
     cancel_task = _first("action", "cancel")
     target = cancel_task["gold_actions"][-1]["arguments"]["reservation_id"]
-    wrong = next(r for r in build_database(0)["reservations"].values() if r["reservation_id"] != target
-                 and cancellation_allowed(r)[0])  # fmt: skip
+    wrong = next(
+        r
+        for r in build_database(0)["reservations"].values()
+        if r["reservation_id"] != target and cancellation_allowed(r)[0]
+    )
     env = _replay(
         cancel_task, [{"name": "cancel_reservation", "arguments": {"reservation_id": wrong["reservation_id"]}}]
     )
@@ -92,10 +95,17 @@ def test_information_needs_the_facts():
     task = next(t for t in infos if t["kind"] == "gift_card_balance")
     assert score_episode(_replay(task, []), task["expert_answer"]) == 1.0
     card = next(p for p in build_database(0)["users"][task["user_id"]]["payment_methods"] if "credit" in p)
-    flight = next(f for f in build_database(0)["flights"].values() if f["status"] != "cancelled"
-                  and f["available_seats"]["economy"] > 0)  # fmt: skip
-    booking = {"user_id": task["user_id"], "flight_numbers": [flight["flight_number"]], "cabin": "economy",
-               "payment_id": card}  # fmt: skip
+    flight = next(
+        f
+        for f in build_database(0)["flights"].values()
+        if f["status"] != "cancelled" and f["available_seats"]["economy"] > 0
+    )
+    booking = {
+        "user_id": task["user_id"],
+        "flight_numbers": [flight["flight_number"]],
+        "cabin": "economy",
+        "payment_id": card,
+    }
     env = _replay(task, task["gold_actions"] + [{"name": "book_reservation", "arguments": booking}])
     assert env.tool_failures == 0 and score_episode(env, task["expert_answer"]) == 0.0
 
@@ -157,8 +167,10 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert build_database(0) == build_database(0)
     assert airline_tasks("test", seed=0) == airline_tasks("test", seed=0)
     task = airline_tasks("test")[0]
-    observations = [[getattr(env, a["name"])(**a["arguments"]) for a in task["gold_actions"]] for env in
-                    (_start(task), _start(task))]  # fmt: skip
+    observations = [
+        [getattr(env, a["name"])(**a["arguments"]) for a in task["gold_actions"]]
+        for env in (_start(task), _start(task))
+    ]
     assert observations[0] == observations[1]
     assert build_database(1) != build_database(0)
     assert [t["instruction"] for t in airline_tasks("test", seed=1)] != [
@@ -218,16 +230,16 @@ def test_bad_arguments_return_error_observations():
             flight_numbers=change["flight_numbers"],
             cabin="first",
             payment_id=change["payment_id"],
-        ),  # fmt: skip
+        ),
         lambda: env.book_reservation(
             user_id=task["user_id"],
             flight_numbers=change["flight_numbers"],
             cabin="economy",
             payment_id="gift_card_0000000",
-        ),  # fmt: skip
+        ),
         lambda: env.update_reservation_flights(
             reservation_id=change["reservation_id"], flight_numbers=[], payment_id=change["payment_id"]
-        ),  # fmt: skip
+        ),
         lambda: env.cancel_reservation(reservation_id=None),
     ]
     before = build_database(task["seed"])
@@ -274,9 +286,14 @@ def test_every_tool_has_a_json_schema():
     env = AirlineEnv()
     names = tool_names()
     assert set(names) == {
-        "get_user_details", "get_reservation_details", "search_direct_flight", "book_reservation",
-        "cancel_reservation", "update_reservation_flights", "transfer_to_human_agents",
-    }  # fmt: skip
+        "get_user_details",
+        "get_reservation_details",
+        "search_direct_flight",
+        "book_reservation",
+        "cancel_reservation",
+        "update_reservation_flights",
+        "transfer_to_human_agents",
+    }
     for name in names:
         schema = get_json_schema(getattr(env, name))
         assert schema["function"]["name"] == name and "self" not in schema["function"]["parameters"]["properties"]
@@ -309,8 +326,16 @@ def test_grpo_trainer_accepts_the_environment(tiny_model_path, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_steps=1,
-                      max_completion_length=16, use_cpu=True, report_to=[], save_strategy="no")  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=1,
+        max_completion_length=16,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+    )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
@@ -328,9 +353,18 @@ def test_grpo_step_with_the_environment(tiny_model_path, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_steps=1,
-                      max_completion_length=24, max_tool_calling_iterations=2, use_cpu=True, report_to=[],
-                      save_strategy="no", logging_steps=1)  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_steps=1,
+        max_completion_length=24,
+        max_tool_calling_iterations=2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+    )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
         processing_class=AutoTokenizer.from_pretrained(tiny_model_path),

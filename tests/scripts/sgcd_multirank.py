@@ -32,8 +32,13 @@ import math
 import os
 import sys
 
-for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
-                    ("TOKENIZERS_PARALLELISM", "false"), ("WANDB_MODE", "disabled")):
+for name, value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_DATASETS_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+    ("WANDB_MODE", "disabled"),
+):
     os.environ.setdefault(name, value)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -86,8 +91,9 @@ def scripted(layout: str, per_device: int):
 
     class Scripted(SGCDTrainer):
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-            ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                          has_tool_images)
+            ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
             if self._scripting_done or not self.model.training:
                 return ids, logprobs
             self._scripting_done = True
@@ -108,9 +114,15 @@ def scripted(layout: str, per_device: int):
 def build_trainer(a: argparse.Namespace):
     per_device = 6 if a.layout == "span" else a.num_generations
     overrides = dict(
-        per_device_train_batch_size=per_device, num_generations=a.num_generations, max_steps=a.steps,
-        max_completion_length=a.max_completion_length, max_tool_calling_iterations=1, temperature=a.temperature,
-        ddp_timeout=a.ddp_timeout, credit_scoring_batch_size=a.scoring_batch_size, credit_strict=False,
+        per_device_train_batch_size=per_device,
+        num_generations=a.num_generations,
+        max_steps=a.steps,
+        max_completion_length=a.max_completion_length,
+        max_tool_calling_iterations=1,
+        temperature=a.temperature,
+        ddp_timeout=a.ddp_timeout,
+        credit_scoring_batch_size=a.scoring_batch_size,
+        credit_strict=False,
         shuffle_dataset=False,  # prompts 0, 1, 2, ... in order: each rank left-pads its prompts to its own width
     )
     if a.deepspeed:
@@ -121,8 +133,11 @@ def build_trainer(a: argparse.Namespace):
 
         peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     return scripted(a.layout, per_device)(
-        model=tiny_model_dir(), reward_funcs=toy_reward, train_dataset=dataset(8),
-        args=tiny_args(os.path.join(a.out, "run"), **overrides), environment_factory=ToyLookupEnv,
+        model=tiny_model_dir(),
+        reward_funcs=toy_reward,
+        train_dataset=dataset(8),
+        args=tiny_args(os.path.join(a.out, "run"), **overrides),
+        environment_factory=ToyLookupEnv,
         peft_config=peft_config,
     )
 
@@ -147,8 +162,14 @@ def count_references_and_forwards(trainer, record: dict) -> None:
             result = score(model, s_ids, *args, min_batches=min_batches, **kwargs)
         finally:
             hooked["on"] = False
-        record["score_calls"].append({"n_rows": int(s_ids.size(0)), "min_batches": min_batches,
-                                      "num_forwards": result.num_forwards, "hooked_forwards": hooked["n"]})
+        record["score_calls"].append(
+            {
+                "n_rows": int(s_ids.size(0)),
+                "min_batches": min_batches,
+                "num_forwards": result.num_forwards,
+                "hooked_forwards": hooked["n"],
+            }
+        )
         return result
 
     trainer.reference_builder.build, trainer.credit_scorer.score = counted_build, counted_score
@@ -162,9 +183,12 @@ def dump_credit(trainer, out: str) -> None:
     def recorded_score_rows(output, batch, local_refs, rows, *args, **kwargs):
         result = score_rows(output, batch, local_refs, rows, *args, **kwargs)
         scores, eligible = result[0], result[1]
-        scored.update(rows=list(rows), divergence=None if scores is None else scores.divergence.cpu(),
-                      entropy=None if scores is None else scores.teacher_entropy.cpu(),
-                      eligible=None if eligible is None else eligible.cpu())  # (R, T) each
+        scored.update(
+            rows=list(rows),
+            divergence=None if scores is None else scores.divergence.cpu(),
+            entropy=None if scores is None else scores.teacher_entropy.cpu(),
+            eligible=None if eligible is None else eligible.cpu(),
+        )  # (R, T) each
         return result
 
     def dumped_apply_credit(output, batch, *args, **kwargs):
@@ -174,10 +198,17 @@ def dump_credit(trainer, out: str) -> None:
         scored.clear()
         result = apply_credit(output, batch, *args, **kwargs)
         last = trainer._credit_last_batch
-        torch.save({"output": before, "batch": credit_batch, "scored": dict(scored),
-                    "weights": last["weights"].clone(), "advantages_after": result["advantages"].detach().cpu(),
-                    "references": [None if r is None else r.text for r in last["references"]]},
-                   os.path.join(out, f"rank{rank}_step{len(calls)}.pt"))
+        torch.save(
+            {
+                "output": before,
+                "batch": credit_batch,
+                "scored": dict(scored),
+                "weights": last["weights"].clone(),
+                "advantages_after": result["advantages"].detach().cpu(),
+                "references": [None if r is None else r.text for r in last["references"]],
+            },
+            os.path.join(out, f"rank{rank}_step{len(calls)}.pt"),
+        )
         calls.append(1)
         return result
 
@@ -210,9 +241,13 @@ def main() -> None:
     deltas = [(after[n] - before[n]).abs().max().item() for n in before]
     logged = [h for h in trainer.state.log_history if "loss" in h]
     record.update(
-        training_loss=out.training_loss, losses=[h["loss"] for h in logged], global_step=trainer.state.global_step,
-        mixed_fraction=[h.get("sgcd/mixed_group_fraction") for h in logged], num_trainable=len(before),
-        max_param_delta=max(deltas, default=0.0), params_finite=all(math.isfinite(d) for d in deltas),
+        training_loss=out.training_loss,
+        losses=[h["loss"] for h in logged],
+        global_step=trainer.state.global_step,
+        mixed_fraction=[h.get("sgcd/mixed_group_fraction") for h in logged],
+        num_trainable=len(before),
+        max_param_delta=max(deltas, default=0.0),
+        params_finite=all(math.isfinite(d) for d in deltas),
     )
     with open(os.path.join(a.out, f"rank{rank}.json"), "w") as f:
         json.dump(record, f, indent=1)

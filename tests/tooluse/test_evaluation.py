@@ -29,12 +29,23 @@ def _in_unit_interval(value):
 def test_expert_policy_through_the_real_loop_scores_one(parsing_tokenizer):
     dataset = make_airline_dataset("test")
     conversations = expert_conversations(dataset)
-    result = evaluate(None, parsing_tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
-                      k=2, generate_fn=_scripted(parsing_tokenizer, conversations), progress=False)  # fmt: skip
+    result = evaluate(
+        None,
+        parsing_tokenizer,
+        dataset,
+        environment_factory=AirlineEnv,
+        reward_func=airline_reward,
+        k=2,
+        generate_fn=_scripted(parsing_tokenizer, conversations),
+        progress=False,
+    )
     assert result["pass@1"] == 1.0 and result["pass^k"] == 1.0 and result["k"] == 2
     assert {c: v["num_tasks"] for c, v in result["per_category"].items()} == {
-        "action": 13, "information": 4, "transfer": 1, "no_action": 2,
-    }  # fmt: skip
+        "action": 13,
+        "information": 4,
+        "transfer": 1,
+        "no_action": 2,
+    }
     assert all(v["pass@1"] == 1.0 for v in result["per_category"].values())
     assert result["audit"]["zero_tool_success_share"] == 0.0 and result["audit"]["tool_failure_rate"] == 0.0
     for record, conversation in zip(result["records"], conversations):
@@ -50,8 +61,15 @@ def test_zero_tool_policy_is_caught_by_the_audit(parsing_tokenizer):
     def lazy(do_sample, seed):
         return lambda prompt_ids: [list(answer) for _ in prompt_ids]
 
-    result = evaluate(None, parsing_tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
-                      generate_fn=lazy, progress=False)  # fmt: skip
+    result = evaluate(
+        None,
+        parsing_tokenizer,
+        dataset,
+        environment_factory=AirlineEnv,
+        reward_func=airline_reward,
+        generate_fn=lazy,
+        progress=False,
+    )
     assert result["pass@1"] == pytest.approx(2 / 20)  # only the no-action tasks: refusing changes nothing
     assert result["per_category"]["no_action"]["pass@1"] == 1.0 and result["per_category"]["action"]["pass@1"] == 0.0
     assert result["audit"]["zero_tool_success_share"] == 1.0 and result["audit"]["tools_per_success"] == 0.0
@@ -62,8 +80,14 @@ def test_max_turns_stops_the_loop_without_running_the_last_calls(parsing_tokeniz
     rows = list(make_airline_dataset("test", n=2))
     call = '<tool_call>\n{"name": "transfer_to_human_agents", "arguments": {"summary": "s"}}\n</tool_call><|im_end|>'
     ids = parsing_tokenizer(call, add_special_tokens=False)["input_ids"]
-    episodes = run_episodes(rows, tokenizer=parsing_tokenizer, generate_fn=lambda p: [list(ids) for _ in p],
-                            environment_factory=AirlineEnv, max_turns=3, batch_size=1)  # fmt: skip
+    episodes = run_episodes(
+        rows,
+        tokenizer=parsing_tokenizer,
+        generate_fn=lambda p: [list(ids) for _ in p],
+        environment_factory=AirlineEnv,
+        max_turns=3,
+        batch_size=1,
+    )
     for episode in episodes:
         assert episode["num_turns"] == 3 and episode["env"].tool_calls == 2
         assert [m["role"] for m in episode["completion"]] == ["assistant", "tool"] * 2 + ["assistant"]
@@ -98,8 +122,18 @@ def test_tiny_model_evaluation_is_well_formed(tiny_model_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     dataset = make_airline_dataset("test", n=2)
     rng_state = torch.get_rng_state()
-    result = evaluate(model, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward, k=2,
-                      max_turns=2, max_new_tokens=8, batch_size=2, progress=False)  # fmt: skip
+    result = evaluate(
+        model,
+        tokenizer,
+        dataset,
+        environment_factory=AirlineEnv,
+        reward_func=airline_reward,
+        k=2,
+        max_turns=2,
+        max_new_tokens=8,
+        batch_size=2,
+        progress=False,
+    )
     assert torch.equal(torch.get_rng_state(), rng_state)  # sampling is seeded without touching the global RNG
     assert not model.training
     assert _in_unit_interval(result["pass@1"]) and _in_unit_interval(result["pass^k"])
@@ -112,8 +146,17 @@ def test_tiny_model_evaluation_is_well_formed(tiny_model_path):
     for record in result["records"]:
         assert len(record["sample_rewards"]) == 2 and 1 <= record["num_turns"] <= 2
         assert record["completion"][0]["role"] == "assistant"
-    again = evaluate(model, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
-                     max_turns=2, max_new_tokens=8, batch_size=2, progress=False)  # fmt: skip
+    again = evaluate(
+        model,
+        tokenizer,
+        dataset,
+        environment_factory=AirlineEnv,
+        reward_func=airline_reward,
+        max_turns=2,
+        max_new_tokens=8,
+        batch_size=2,
+        progress=False,
+    )
     assert [r["completion"] for r in again["records"]] == [r["completion"] for r in result["records"]]  # greedy
 
 
@@ -121,16 +164,33 @@ def test_evaluate_rejects_bad_arguments(parsing_tokenizer):
     with pytest.raises(ValueError):
         evaluate(None, parsing_tokenizer, [], environment_factory=AirlineEnv, reward_func=airline_reward)
     with pytest.raises(ValueError):
-        evaluate(None, parsing_tokenizer, make_airline_dataset("test", n=1), environment_factory=AirlineEnv,
-                 reward_func=airline_reward, k=0)  # fmt: skip
+        evaluate(
+            None,
+            parsing_tokenizer,
+            make_airline_dataset("test", n=1),
+            environment_factory=AirlineEnv,
+            reward_func=airline_reward,
+            k=0,
+        )
 
 
 def test_eval_command_writes_metrics(tiny_model_path, tmp_path, capsys):
     from trl_sgcd.tooluse.evaluation import main
 
     output = tmp_path / "eval.json"
-    argv = ["--model", tiny_model_path, "--n", "1", "--max_new_tokens", "4", "--max_turns", "1", "--no_progress",
-            "--output", str(output)]  # fmt: skip
+    argv = [
+        "--model",
+        tiny_model_path,
+        "--n",
+        "1",
+        "--max_new_tokens",
+        "4",
+        "--max_turns",
+        "1",
+        "--no_progress",
+        "--output",
+        str(output),
+    ]
     assert main(argv) == 0
     assert "pass@1" in capsys.readouterr().out
     result = json.loads(output.read_text())

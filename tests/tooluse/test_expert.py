@@ -41,8 +41,11 @@ def test_conversation_structure(train_conversations):
         assert roles == ["system", "user"] + ["assistant", "tool"] * len(task["gold_actions"]) + ["assistant"]
         calls = [m for m in conversation if m.get("tool_calls")]
         assert all(len(m["tool_calls"]) == 1 and m["content"] == "" for m in calls)
-        assert all(not json.loads(m["content"]).get("error") for m in conversation if m["role"] == "tool"
-                   and m["content"].startswith("{"))  # fmt: skip
+        assert all(
+            not json.loads(m["content"]).get("error")
+            for m in conversation
+            if m["role"] == "tool" and m["content"].startswith("{")
+        )
         final = conversation[-1]["content"]
         assert all(fact in final for fact in task["answer_facts"])
         if task["category"] == "no_action":
@@ -85,11 +88,23 @@ def test_sft_trainer_accepts_the_dataset(tiny_model_path, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     dataset = expert_sft_dataset("train").select(range(4))
-    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, use_cpu=True, report_to=[],
-                     save_strategy="no", max_length=4096)  # fmt: skip
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_path), processing_class=tokenizer,
-                         args=args, train_dataset=dataset)  # fmt: skip
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        max_length=4096,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        processing_class=tokenizer,
+        args=args,
+        train_dataset=dataset,
+    )
     ids = trainer.train_dataset[0]["input_ids"]
-    expected = tokenizer.apply_chat_template(dataset[0]["messages"], tools=json.loads(dataset[0]["tools"]),
-                                             tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
+    expected = tokenizer.apply_chat_template(
+        dataset[0]["messages"], tools=json.loads(dataset[0]["tools"]), tokenize=True, return_dict=True
+    )["input_ids"]
     assert list(ids) == list(expected)  # the trainer renders the tools and tool calls like the rollout loop

@@ -14,8 +14,16 @@ from trl_sgcd.tooluse.warmstart import (
 
 # One optimizer step on one conversation, truncated (the prompt with tool schemas is ~1.1k tokens, so assistant tokens
 # remain): the cheapest real SFTTrainer run.
-TINY = dict(epochs=1, max_length=1400, learning_rate=1e-3, n_tasks=1, batch_size=1, max_steps=1,
-            model_name_or_path="tiny", progress=False)  # fmt: skip
+TINY = dict(
+    epochs=1,
+    max_length=1400,
+    learning_rate=1e-3,
+    n_tasks=1,
+    batch_size=1,
+    max_steps=1,
+    model_name_or_path="tiny",
+    progress=False,
+)
 
 
 def _settings(**overrides):
@@ -35,8 +43,14 @@ def test_settings_key_every_choice():
     base = _settings()
     assert base["model"] == "tiny" and base["n_tasks"] == 1 and base["precision"] in ("fp32", "bf16")
     assert _settings() == base  # deterministic, including the data hash
-    for change in ({"learning_rate": 2e-3}, {"max_steps": 2}, {"n_tasks": 2}, {"seed": 1}, {"precision": "fp32"},
-                   {"max_length": 1500}):  # fmt: skip
+    for change in (
+        {"learning_rate": 2e-3},
+        {"max_steps": 2},
+        {"n_tasks": 2},
+        {"seed": 1},
+        {"precision": "fp32"},
+        {"max_length": 1500},
+    ):
         other = _settings(**change)
         if other == base:  # precision "fp32" equals "auto" on a CPU without bf16 units
             assert change == {"precision": "fp32"}

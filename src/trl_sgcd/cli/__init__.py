@@ -21,7 +21,10 @@ import sys
 # sub-command -> (module with `main(argv) -> int | None`, one-line help)
 COMMANDS = {
     "train": ("trl_sgcd.cli.train", "Train with SGCD (or a GRPO baseline) from a YAML recipe."),
-    "eval": ("trl_sgcd.tooluse.evaluation", "Evaluate a checkpoint on held-out tasks (pass@1 per category, tool audit)."),
+    "eval": (
+        "trl_sgcd.tooluse.evaluation",
+        "Evaluate a checkpoint on held-out tasks (pass@1 per category, tool audit).",
+    ),
     "demo": ("trl_sgcd.demo.run", "Run the bundled CPU demo end to end."),
 }
 
@@ -78,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = load_command(name)
     if command is None:
-        print(f"trl-sgcd {name}: not available in this install: `{COMMANDS[name][0]}:main` does not exist.",
-              file=sys.stderr)
+        print(
+            f"trl-sgcd {name}: not available in this install: `{COMMANDS[name][0]}:main` does not exist.",
+            file=sys.stderr,
+        )
         return 2
     from trl_sgcd.cli.utils import UsageError
 

@@ -74,11 +74,15 @@ class SGCDScriptArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Local .json/.jsonl/.csv/.parquet file, local folder, Hub dataset name, or 'builtin:airline'."},
+        metadata={
+            "help": "Local .json/.jsonl/.csv/.parquet file, local folder, Hub dataset name, or 'builtin:airline'."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on (when eval_strategy != 'no')."})
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split to evaluate on (when eval_strategy != 'no')."}
+    )
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
     environment_factory: str | None = field(
         default=None, metadata={"help": "Import path 'package.module:Name' of the environment factory."}
@@ -162,15 +166,19 @@ def check_unknown_fields(parser, argv: list[str]) -> None:
         path = args[i + 1]
         config = read_config_file(path)
         if config.get("credit_mode") is False:
-            raise UsageError(f'credit_mode is false in --config {path!r}: write credit_mode: "off" (quoted; YAML '
-                             "reads a bare off as false).")
+            raise UsageError(
+                f'credit_mode is false in --config {path!r}: write credit_mode: "off" (quoted; YAML '
+                "reads a bare off as false)."
+            )
         yaml_keys = [str(k) for k in config if k != "env"]  # `env:` sets environment variables
         _raise_unknown([k for k in yaml_keys if k not in known], known, f"in --config {path!r}")
         del args[i : i + 2]
     _, remaining = parser.parse_known_args(args)
     names = [s[2:].split("=", 1)[0] for s in remaining if s.startswith("--")]
     if not names and remaining:
-        raise UsageError(f"Unexpected value(s) {remaining} on the command line; flags look like '--learning_rate 5e-7'.")
+        raise UsageError(
+            f"Unexpected value(s) {remaining} on the command line; flags look like '--learning_rate 5e-7'."
+        )
     _raise_unknown(names, known, "on the command line")
 
 
@@ -210,8 +218,10 @@ def check_dependencies(training_args, model_args) -> None:
             raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
         key_env = training_args.credit_reference_api_key_env
         if key_env and not os.environ.get(key_env):
-            raise UsageError(f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set: export it, or "
-                             "train with the offline reference (--credit_reference_backend contrast).")
+            raise UsageError(
+                f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set: export it, or "
+                "train with the offline reference (--credit_reference_backend contrast)."
+            )
 
 
 def resolve_callables(script_args) -> tuple[list[Callable], Callable | None, list[Callable]]:
@@ -225,8 +235,9 @@ def resolve_callables(script_args) -> tuple[list[Callable], Callable | None, lis
     if not reward_funcs and script_args.dataset_name == BUILTIN_AIRLINE and not env_owns_reward:
         reward_funcs = [load_callable(AIRLINE_REWARD, what="reward function")]
     if not reward_funcs and env_factory is None:
-        raise UsageError("No reward source: set reward_funcs, or an environment_factory whose environment defines "
-                         "get_reward().")
+        raise UsageError(
+            "No reward source: set reward_funcs, or an environment_factory whose environment defines get_reward()."
+        )
     return reward_funcs, env_factory, tools
 
 
@@ -242,14 +253,18 @@ def resolve_datasets(script_args, training_args):
             raise UsageError("max_steps must be > 0 when the environment provides the prompts (no dataset_name).")
         return None, None
     splits = load_dataset_dict(name, script_args.dataset_config)
-    columns = dict(prompt_column=script_args.prompt_column, private_columns=training_args.credit_private_columns,
-                   dataset_name=name)
+    columns = dict(
+        prompt_column=script_args.prompt_column,
+        private_columns=training_args.credit_private_columns,
+        dataset_name=name,
+    )
     train = get_split(splits, script_args.dataset_train_split, field_name="dataset_train_split", dataset_name=name)
     train = check_columns(train, **columns)
     evaluation = None
     if training_args.eval_strategy != "no":
-        evaluation = get_split(splits, script_args.dataset_test_split, field_name="dataset_test_split",
-                               dataset_name=name)
+        evaluation = get_split(
+            splits, script_args.dataset_test_split, field_name="dataset_test_split", dataset_name=name
+        )
         evaluation = check_columns(evaluation, **columns)
     return train, evaluation
 
@@ -269,9 +284,11 @@ def describe(plan: TrainPlan, training_args) -> str:
     size = "environment-provided prompts" if plan.train_dataset is None else f"{len(plan.train_dataset)} prompts"
     rewards, tools = ([getattr(f, "__name__", repr(f)) for f in fs] for fs in (plan.reward_funcs, plan.tools))
     env = getattr(plan.environment_factory, "__name__", None)
-    return (f"model={plan.model_name} | train: {size} | environment={env} | reward_funcs={rewards} | "
-            f"tools={tools} | credit_mode={training_args.credit_mode} | "
-            f"credit_private_columns={training_args.credit_private_columns} | output_dir={training_args.output_dir}")
+    return (
+        f"model={plan.model_name} | train: {size} | environment={env} | reward_funcs={rewards} | "
+        f"tools={tools} | credit_mode={training_args.credit_mode} | "
+        f"credit_private_columns={training_args.credit_private_columns} | output_dir={training_args.output_dir}"
+    )
 
 
 def build_trainer(plan: TrainPlan, training_args, model_args):
@@ -292,8 +309,11 @@ def build_trainer(plan: TrainPlan, training_args, model_args):
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
     tokenizer = AutoTokenizer.from_pretrained(
-        model_path, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-        padding_side="left", truncation_side="left",
+        model_path,
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        padding_side="left",
+        truncation_side="left",
     )
     return SGCDTrainer(
         model=model_path,

@@ -57,7 +57,9 @@ def load_object(path: str, *, what: str = "object"):
         raise UsageError(f"Cannot import {what} {path!r}: importing module {module_name!r} failed ({e}).") from e
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
-            raise UsageError(f"Cannot import {what} {path!r}: {getattr(obj, '__name__', obj)!r} has no attribute {attr!r}.")
+            raise UsageError(
+                f"Cannot import {what} {path!r}: {getattr(obj, '__name__', obj)!r} has no attribute {attr!r}."
+            )
         obj = getattr(obj, attr)
     return obj
 
@@ -76,11 +78,14 @@ def resolve_model_name(name: str | None) -> str:
     [`builtin_model_dir`], because building them takes time).
     """
     if not name:
-        raise UsageError("model_name_or_path is required (a Hub id, a local folder, or one of "
-                         f"{sorted(BUILTIN_MODELS)}).")
+        raise UsageError(
+            f"model_name_or_path is required (a Hub id, a local folder, or one of {sorted(BUILTIN_MODELS)})."
+        )
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
-            raise UsageError(f"model_name_or_path={name!r} is not a builtin model; choose one of {sorted(BUILTIN_MODELS)}.")
+            raise UsageError(
+                f"model_name_or_path={name!r} is not a builtin model; choose one of {sorted(BUILTIN_MODELS)}."
+            )
         return name
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # a Hub id is "org/name"
     if looks_local and not os.path.isdir(os.path.expanduser(name)):
@@ -117,8 +122,9 @@ def load_dataset_dict(name: str, config: str | None = None):
     try:
         if os.path.isfile(path):
             if ext not in DATA_FILE_BUILDERS:
-                raise UsageError(f"dataset_name={name!r}: unsupported file type {ext!r}; use one of "
-                                 f"{sorted(DATA_FILE_BUILDERS)}.")
+                raise UsageError(
+                    f"dataset_name={name!r}: unsupported file type {ext!r}; use one of {sorted(DATA_FILE_BUILDERS)}."
+                )
             return load_dataset(DATA_FILE_BUILDERS[ext], data_files=path)
         if os.path.isdir(path) and _is_saved_to_disk(path):
             loaded = load_from_disk(path)
@@ -159,8 +165,10 @@ class _AirlineSplits:
 def get_split(dataset_dict, split: str, *, field_name: str, dataset_name: str):
     """`dataset_dict[split]`, or a [`UsageError`] naming the split, the field that asked for it and the splits there."""
     if split not in dataset_dict:
-        raise UsageError(f"{field_name}={split!r} is not a split of dataset_name={dataset_name!r}; available splits: "
-                         f"{list(dataset_dict.keys())}.")
+        raise UsageError(
+            f"{field_name}={split!r} is not a split of dataset_name={dataset_name!r}; available splits: "
+            f"{list(dataset_dict.keys())}."
+        )
     try:
         return dataset_dict[split]
     except UsageError as e:
@@ -176,15 +184,20 @@ def check_columns(dataset, *, prompt_column: str, private_columns: list[str], da
     """
     columns = list(dataset.column_names or [])
     if prompt_column not in columns:
-        raise UsageError(f"prompt_column={prompt_column!r} is not a column of dataset_name={dataset_name!r}; "
-                         f"columns: {columns}.")
+        raise UsageError(
+            f"prompt_column={prompt_column!r} is not a column of dataset_name={dataset_name!r}; columns: {columns}."
+        )
     missing = [c for c in private_columns if c not in columns]
     if missing:
-        raise UsageError(f"credit_private_columns entries {missing} are not columns of dataset_name={dataset_name!r}; "
-                         f"columns: {columns}.")
+        raise UsageError(
+            f"credit_private_columns entries {missing} are not columns of dataset_name={dataset_name!r}; "
+            f"columns: {columns}."
+        )
     if prompt_column != "prompt":
         if "prompt" in columns:
-            raise UsageError(f"prompt_column={prompt_column!r} but the dataset also has a 'prompt' column; rename one.")
+            raise UsageError(
+                f"prompt_column={prompt_column!r} but the dataset also has a 'prompt' column; rename one."
+            )
         dataset = dataset.rename_column(prompt_column, "prompt")
     return dataset
 

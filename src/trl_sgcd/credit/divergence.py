@@ -334,8 +334,14 @@ class DenseDivergenceScorer:
         and the teacher prompt may differ in length. No gradient; dropout off; the model's train/eval modes are
         restored. `min_batches` pads with dummy forwards so that every rank runs the same number (ZeRO-3).
         """
-        _check_layout(student_input_ids, student_attention_mask, teacher_input_ids, teacher_attention_mask,
-                      completion_ids, completion_mask)
+        _check_layout(
+            student_input_ids,
+            student_attention_mask,
+            teacher_input_ids,
+            teacher_attention_mask,
+            completion_ids,
+            completion_mask,
+        )
         n_rows = completion_ids.size(0)
         step = self.batch_size or max(n_rows, 1)
         modes = {module: module.training for module in model.modules()}  # restored one by one afterwards
@@ -347,11 +353,19 @@ class DenseDivergenceScorer:
                 backbone, head = _backbone(base), _LMHead(base, self.temperature)
                 for start in range(0, n_rows, step):
                     rows = slice(start, start + step)
-                    parts.append(self._score_rows(
-                        backbone, head, student_input_ids[rows], student_attention_mask[rows],
-                        teacher_input_ids[rows], teacher_attention_mask[rows], completion_ids[rows],
-                        completion_mask[rows], return_teacher_topk,
-                    ))
+                    parts.append(
+                        self._score_rows(
+                            backbone,
+                            head,
+                            student_input_ids[rows],
+                            student_attention_mask[rows],
+                            teacher_input_ids[rows],
+                            teacher_attention_mask[rows],
+                            completion_ids[rows],
+                            completion_mask[rows],
+                            return_teacher_topk,
+                        )
+                    )
                     forwards += 2
                 for _ in range(max(0, min_batches - self.num_batches(n_rows))):
                     self._dummy_batch(backbone, head, completion_ids.device)
@@ -383,8 +397,9 @@ class DenseDivergenceScorer:
                 support = self._teacher_pass(head, h_teacher, observed)
                 del h_teacher
             for part in _chunks(observed.numel(), self.chunk_size):
-                div, ent, student_lp = _student_scores(head.logits(h_student[part]), support[part],
-                                                       divergence=self.divergence)
+                div, ent, student_lp = _student_scores(
+                    head.logits(h_student[part]), support[part], divergence=self.divergence
+                )
                 flat["divergence"][part], flat["teacher_entropy"][part] = div, ent
                 flat["student_logprobs"][part] = student_lp
         flat["teacher_logprobs"] = support.log_q[:, -1]
@@ -396,8 +411,10 @@ class DenseDivergenceScorer:
         return dense
 
     def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
-        parts = [_teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
-                 for part in _chunks(observed.numel(), self.chunk_size)]
+        parts = [
+            _teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
+            for part in _chunks(observed.numel(), self.chunk_size)
+        ]
         if not parts:
             k = min(self.top_k, head.vocab_size) + 1
             empty = observed.new_zeros((0, k))

@@ -30,8 +30,17 @@ from trl_sgcd.credit.prompt import TraceStep, format_steps, render_task, render_
 from trl_sgcd.credit.siblings import SiblingGroup
 
 __all__ = [
-    "Evidence", "SanitizedText", "Sanitizer", "TraceStep", "build_evidence", "render_sanitized_trace", "render_task",
-    "render_trace", "sanitize", "select_siblings", "trace_steps",
+    "Evidence",
+    "SanitizedText",
+    "Sanitizer",
+    "TraceStep",
+    "build_evidence",
+    "render_sanitized_trace",
+    "render_task",
+    "render_trace",
+    "sanitize",
+    "select_siblings",
+    "trace_steps",
 ]
 
 PLACEHOLDERS = ("SECRET", "CARD", "IBAN", "ACCOUNT", "EMAIL", "PHONE", "EVALUATOR", "PRIVATE")
@@ -42,12 +51,16 @@ TRACE_OVERHEAD_TOKENS = 16  # per-sibling header
 MIN_OBSERVATION_CHARS = 64
 
 # --- patterns ----------------------------------------------------------------------------------------------------------
-_EVAL_KEYS = (r"(?:evaluator|oracle|grader|judge|verifier)(?:[ _-]?(?:report|output|result|feedback|verdict|notes?))?"
-              r"|gold(?:[ _-]?(?:answer|actions?|label|output|solution|reference|response))?"
-              r"|expected[ _-]?(?:answer|output|actions?|result)|ground[ _-]?truth|reward(?:[ _-]?(?:report|info))?")
-_SECRET_KEYS = (r"password|passwd|pwd|passphrase|passcode|client[ _-]?secret|secret(?:[ _-]?(?:access[ _-]?)?key)?"
-                r"|api[ _-]?key|apikey|access[ _-]?key(?:[ _-]?id)?|private[ _-]?key"
-                r"|(?:access|auth|refresh|api|bearer|session|id)[ _-]?token|token|pin|cvv|cvc|security[ _-]?code")
+_EVAL_KEYS = (
+    r"(?:evaluator|oracle|grader|judge|verifier)(?:[ _-]?(?:report|output|result|feedback|verdict|notes?))?"
+    r"|gold(?:[ _-]?(?:answer|actions?|label|output|solution|reference|response))?"
+    r"|expected[ _-]?(?:answer|output|actions?|result)|ground[ _-]?truth|reward(?:[ _-]?(?:report|info))?"
+)
+_SECRET_KEYS = (
+    r"password|passwd|pwd|passphrase|passcode|client[ _-]?secret|secret(?:[ _-]?(?:access[ _-]?)?key)?"
+    r"|api[ _-]?key|apikey|access[ _-]?key(?:[ _-]?id)?|private[ _-]?key"
+    r"|(?:access|auth|refresh|api|bearer|session|id)[ _-]?token|token|pin|cvv|cvc|security[ _-]?code"
+)
 _QUOTED_KEY_RE = {
     "EVALUATOR": re.compile(r"(?i)([\"'])(?:" + _EVAL_KEYS + r")\1\s*:\s*"),
     "SECRET": re.compile(r"(?i)([\"'])(?:" + _SECRET_KEYS + r")\1\s*:\s*"),
@@ -61,7 +74,9 @@ _TOKEN_RE = re.compile(
     r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
 )
 _BEARER_RE = re.compile(r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9\-._~+/]{8,}=*)")
-_CARD_RE = re.compile(r"(?<![\w-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5}|\d{13,19})(?![\w-])")
+_CARD_RE = re.compile(
+    r"(?<![\w-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5}|\d{13,19})(?![\w-])"
+)
 _IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _ACCOUNT_RE = re.compile(
     r"(?i)\b(?:bank[ _-]?)?(?:account|acct|routing|sort[ _-]?code|aba)(?:[ _-]?(?:number|no|num|nr|id))?\.?[\"']?"
@@ -72,8 +87,10 @@ _PHONE_RE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
     r"|\(\d{3}\)[ .-]?\d{3}[ .-]?\d{4}|\d{3}([.-])\d{3}\1\d{4}|\d{3} \d{3} \d{4})(?![\w-])"
 )
-_PHONE_KV_RE = re.compile(r"(?i)\b(?:phone|tel|telephone|mobile|cell)(?:[ _-]?(?:number|no))?[\"']?[ \t]*[:=]?[ \t]*"
-                          r"[\"']?(?P<v>\d{7,15})(?!\w)")
+_PHONE_KV_RE = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|mobile|cell)(?:[ _-]?(?:number|no))?[\"']?[ \t]*[:=]?[ \t]*"
+    r"[\"']?(?P<v>\d{7,15})(?!\w)"
+)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -169,7 +186,11 @@ class Sanitizer:
         self.keep = {k.lower() for k in keep}
         values = {v for raw in private_values for v in flatten_values(raw)}
         self.private_values = sorted(
-            (v for v in values if len(v) >= MIN_PRIVATE_CHARS and v.lower() not in self.keep and not _is_placeholder(v)),
+            (
+                v
+                for v in values
+                if len(v) >= MIN_PRIVATE_CHARS and v.lower() not in self.keep and not _is_placeholder(v)
+            ),
             key=lambda v: (-len(v), v),
         )
         self._private_re = None
@@ -242,7 +263,7 @@ def _sub(pattern: re.Pattern, text: str, label: str, masked: list[str], *, group
                 value = value[:verdict]
         masked.append(value)
         start = match.start(group) - match.start()
-        return whole[:start] + f"[{label}]" + whole[end - match.start():]
+        return whole[:start] + f"[{label}]" + whole[end - match.start() :]
 
     return pattern.sub(replace, text)
 
@@ -278,7 +299,9 @@ def sanitize_steps(steps: list[TraceStep], sanitizer: Sanitizer) -> tuple[list[T
     return out, masked
 
 
-def render_sanitized_trace(completion: Any, *, sanitizer: Sanitizer, max_observation_chars: int | None) -> SanitizedText:
+def render_sanitized_trace(
+    completion: Any, *, sanitizer: Sanitizer, max_observation_chars: int | None
+) -> SanitizedText:
     """[`render_trace`] with every step sanitized before observations are truncated (tool names stay readable)."""
     names = {s.name for s in trace_steps(completion) if s.kind == "call"}
     steps, masked = sanitize_steps(trace_steps(completion), sanitizer.keeping(names))

@@ -26,8 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-_RETRYABLE_NAMES = ("RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError", "Timeout",
-                    "APITimeoutError", "BadGatewayError")
+_RETRYABLE_NAMES = (
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "APIConnectionError",
+    "Timeout",
+    "APITimeoutError",
+    "BadGatewayError",
+)
 
 
 @dataclass
@@ -190,7 +197,9 @@ class LiteLLMClient:
         backoff_max: float = 8.0,
     ):
         if deadline <= 0 or retries < 0 or concurrency < 1:
-            raise ValueError(f"Need deadline > 0, retries >= 0, concurrency >= 1; got {deadline}, {retries}, {concurrency}.")
+            raise ValueError(
+                f"Need deadline > 0, retries >= 0, concurrency >= 1; got {deadline}, {retries}, {concurrency}."
+            )
         self.model = route_model(model, api_base)
         self.api_base = api_base
         self.api_key = api_key if api_key is not None else ("EMPTY" if api_base else None)
@@ -237,7 +246,9 @@ class LiteLLMClient:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:  # called from a coroutine on our own loop: a fresh loop in a worker thread avoids a deadlock
+        if (
+            running is loop
+        ):  # called from a coroutine on our own loop: a fresh loop in a worker thread avoids a deadlock
             with ThreadPoolExecutor(max_workers=1) as pool:
                 return pool.submit(asyncio.run, self.acomplete_many(requests)).result()
         future = asyncio.run_coroutine_threadsafe(self.acomplete_many(requests), loop)
@@ -310,8 +321,13 @@ class LiteLLMClient:
         cost = self._cost(response)
         latency = time.perf_counter() - start
         if text.strip():
-            record = {"text": text, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "cost_usd": cost, "latency_s": latency}
+            record = {
+                "text": text,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost_usd": cost,
+                "latency_s": latency,
+            }
             self.cache.put(self.model, key, record)
         return LLMResult(text, None, latency, prompt_tokens, completion_tokens, cost, cached=False, attempts=attempts)
 

@@ -104,7 +104,7 @@ def split_sections(text: str) -> dict[str, str]:
     canonical = {t.lower(): t for t in SECTION_TITLES}
     for match, following in zip(matches, [*matches[1:], None]):
         title = canonical[match.group("title").lower()]
-        body = text[match.end(): following.start() if following else len(text)].strip()
+        body = text[match.end() : following.start() if following else len(text)].strip()
         if body and not sections[title]:
             sections[title] = body
     return sections
@@ -137,7 +137,9 @@ def format_reference(sections: dict[str, str]) -> str:
 
 
 # --- traces ------------------------------------------------------------------------------------------------------------
-_ERROR_RE = re.compile(r"""(?is)^\s*(?:error\b|\{\s*['"](?:error|exception)['"]\s*:|exception\b|traceback\b|failed\b)""")
+_ERROR_RE = re.compile(
+    r"""(?is)^\s*(?:error\b|\{\s*['"](?:error|exception)['"]\s*:|exception\b|traceback\b|failed\b)"""
+)
 
 
 @dataclass
@@ -223,5 +225,3 @@ def render_task(prompt: Any) -> str:
     if not isinstance(prompt, list):
         return _content_text(prompt)
     return "\n\n".join(f"{m.get('role', 'user')}: {_content_text(m.get('content'))}" for m in prompt)
-
-

@@ -82,8 +82,20 @@ class CreditReference:
 
 
 def _empty_stats() -> dict:
-    counters = ("groups", "requests", "attempts", "llm", "contrast", "fallback", "none", "errors", "timeouts",
-                "cache_hits", "prompt_tokens", "completion_tokens")
+    counters = (
+        "groups",
+        "requests",
+        "attempts",
+        "llm",
+        "contrast",
+        "fallback",
+        "none",
+        "errors",
+        "timeouts",
+        "cache_hits",
+        "prompt_tokens",
+        "completion_tokens",
+    )
     return {**dict.fromkeys(counters, 0), "latency_s": 0.0, "cost_usd": 0.0}
 
 
@@ -137,8 +149,10 @@ def _deviation(failed: list[TraceStep], success: list[TraceStep]) -> str:
         return f"step {k + 1}: called {f_names[k]} after the successful branch was already complete"
     for j, (fc, sc) in enumerate(zip(f_calls, s_calls)):
         if fc.arg_keys != sc.arg_keys:
-            return (f"step {j + 1}: called {fc.name} with arguments ({', '.join(fc.arg_keys)}) where successes used "
-                    f"({', '.join(sc.arg_keys)})")
+            return (
+                f"step {j + 1}: called {fc.name} with arguments ({', '.join(fc.arg_keys)}) where successes used "
+                f"({', '.join(sc.arg_keys)})"
+            )
     return "same tool sequence as the successful branch; the difference lies in argument values or the final answer"
 
 
@@ -170,7 +184,9 @@ def contrast_sections(evidence: Evidence) -> dict[str, str]:
         why = "; ".join(errors) if errors else "no tool error was visible; the verifier rejected the outcome"
         failed.setdefault(f"{_branch(steps[i])}. Why: {why}", []).append(i + 1)
         names = [c.name for c in _calls(steps[i])]
-        closest = max(successes, key=lambda s: (_common_prefix(names, [c.name for c in _calls(steps[s])]), s == best, -s))
+        closest = max(
+            successes, key=lambda s: (_common_prefix(names, [c.name for c in _calls(steps[s])]), s == best, -s)
+        )
         deviations.setdefault(_deviation(steps[i], steps[closest]), []).append(i + 1)
     sections[SECTION_TITLES[2]] = _by_siblings(failed)
     sections[SECTION_TITLES[3]] = _by_siblings(deviations)
@@ -192,7 +208,10 @@ def _state_checks(steps: list[list[TraceStep]], successes: list[int], best: int)
     for shape in dict.fromkeys(_shape(c) for c in called_by_all if _is_read(c.name)):
         before = f" before {first_write}" if first_write else ""
         lines.append(f"- Every successful sibling checks state with {shape}{before}.")
-    return "\n".join(lines) or f"- Successful siblings act without a prior lookup; their first call is {_shape(branch[0])}."
+    return (
+        "\n".join(lines)
+        or f"- Successful siblings act without a prior lookup; their first call is {_shape(branch[0])}."
+    )
 
 
 def _masked_summary(evidence: Evidence) -> str:
@@ -200,7 +219,10 @@ def _masked_summary(evidence: Evidence) -> str:
     counts = Counter(_PLACEHOLDER_COUNT_RE.findall(text))
     if not counts:
         return "- No literal was masked in this evidence; do not reward copying task-specific values."
-    lines = [f"- {n} value(s) shown as [{label}] stay masked; never reconstruct them." for label, n in sorted(counts.items())]
+    lines = [
+        f"- {n} value(s) shown as [{label}] stay masked; never reconstruct them."
+        for label, n in sorted(counts.items())
+    ]
     return "\n".join(lines)
 
 
@@ -256,8 +278,16 @@ class SiblingReferenceBuilder:
         if backend == "litellm" and llm_client is None:
             if not model:
                 raise ValueError("backend='litellm' needs a model (credit_reference_model).")
-            llm_client = LiteLLMClient(model, api_base=api_base, api_key=api_key, deadline=deadline, retries=retries,
-                                       concurrency=concurrency, max_tokens=max_reference_tokens, cache_dir=cache_dir)
+            llm_client = LiteLLMClient(
+                model,
+                api_base=api_base,
+                api_key=api_key,
+                deadline=deadline,
+                retries=retries,
+                concurrency=concurrency,
+                max_tokens=max_reference_tokens,
+                cache_dir=cache_dir,
+            )
         self.backend = backend
         self.fallback = fallback
         self.max_input_tokens = max_input_tokens
@@ -277,10 +307,12 @@ class SiblingReferenceBuilder:
         if args.credit_reference_api_key_env:
             api_key = os.environ.get(args.credit_reference_api_key_env)
             if api_key is None:
-                logger.warning("credit_reference_api_key_env=%r is not set in the environment.",
-                               args.credit_reference_api_key_env)
+                logger.warning(
+                    "credit_reference_api_key_env=%r is not set in the environment.", args.credit_reference_api_key_env
+                )
         count_tokens = truncate_tokens = None
         if tokenizer is not None:
+
             def count_tokens(text: str) -> int:
                 return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -289,13 +321,21 @@ class SiblingReferenceBuilder:
                 return text if len(ids) <= n else tokenizer.decode(ids[:n], skip_special_tokens=True)
 
         return cls(
-            args.credit_reference_backend, model=args.credit_reference_model,
-            api_base=args.credit_reference_api_base, api_key=api_key, deadline=args.credit_reference_deadline,
-            retries=args.credit_reference_retries, concurrency=args.credit_reference_concurrency,
+            args.credit_reference_backend,
+            model=args.credit_reference_model,
+            api_base=args.credit_reference_api_base,
+            api_key=api_key,
+            deadline=args.credit_reference_deadline,
+            retries=args.credit_reference_retries,
+            concurrency=args.credit_reference_concurrency,
             max_input_tokens=args.credit_reference_max_input_tokens,
-            max_reference_tokens=args.credit_reference_max_tokens, cache_dir=args.credit_reference_cache_dir,
-            fallback=args.credit_reference_fallback, observation_max_chars=args.credit_observation_max_chars,
-            private_columns=args.credit_private_columns, count_tokens=count_tokens, truncate_tokens=truncate_tokens,
+            max_reference_tokens=args.credit_reference_max_tokens,
+            cache_dir=args.credit_reference_cache_dir,
+            fallback=args.credit_reference_fallback,
+            observation_max_chars=args.credit_observation_max_chars,
+            private_columns=args.credit_private_columns,
+            count_tokens=count_tokens,
+            truncate_tokens=truncate_tokens,
         )
 
     # public API
@@ -339,8 +379,11 @@ class SiblingReferenceBuilder:
 
     def _evidence(self, group: SiblingGroup) -> Evidence:
         return build_evidence(
-            group, sanitizer=Sanitizer(self._private_values(group)), max_input_tokens=self.max_input_tokens,
-            max_observation_chars=self.observation_max_chars, count_tokens=self.count_tokens,
+            group,
+            sanitizer=Sanitizer(self._private_values(group)),
+            max_input_tokens=self.max_input_tokens,
+            max_observation_chars=self.observation_max_chars,
+            count_tokens=self.count_tokens,
         )
 
     def _cap(self, text: str) -> str:
@@ -361,8 +404,14 @@ class SiblingReferenceBuilder:
     def _finish(self, group, evidence, sections, source, extra_masked=(), **llm) -> CreditReference:
         text = self._cap(format_reference(sections))
         masked = list(dict.fromkeys([*evidence.masked_literals, *extra_masked]))
-        return CreditReference(text=text, sections=split_sections(text), masked_literals=masked, source=source,
-                               group_index=group.group_index, **llm)
+        return CreditReference(
+            text=text,
+            sections=split_sections(text),
+            masked_literals=masked,
+            source=source,
+            group_index=group.group_index,
+            **llm,
+        )
 
     def _contrast(self, group, evidence, *, source, **llm) -> CreditReference:
         start = time.perf_counter()
@@ -372,13 +421,24 @@ class SiblingReferenceBuilder:
         return ref
 
     def _none(self, group, masked_literals, **llm) -> CreditReference:
-        return CreditReference(text="", sections={}, masked_literals=list(masked_literals), source="none",
-                               group_index=group.group_index, **llm)
+        return CreditReference(
+            text="",
+            sections={},
+            masked_literals=list(masked_literals),
+            source="none",
+            group_index=group.group_index,
+            **llm,
+        )
 
     def _llm_references(self, groups, evidences, refs, stats) -> None:
         order = list(evidences)
-        requests = [(f"{evidences[i].digest}|prompt={PROMPT_VERSION}|max_tokens={self.max_reference_tokens}",
-                     render_reference_messages(evidences[i])) for i in order]
+        requests = [
+            (
+                f"{evidences[i].digest}|prompt={PROMPT_VERSION}|max_tokens={self.max_reference_tokens}",
+                render_reference_messages(evidences[i]),
+            )
+            for i in order
+        ]
         try:
             complete = getattr(self.llm_client, "complete_many", self.llm_client)
             results = list(complete(requests))
@@ -392,8 +452,12 @@ class SiblingReferenceBuilder:
 
     def _from_result(self, group, evidence, result: LLMResult, stats) -> CreditReference:
         self._account(result, stats)
-        llm = {"latency_s": result.latency_s, "cost_usd": result.cost_usd, "prompt_tokens": result.prompt_tokens,
-               "completion_tokens": result.completion_tokens}
+        llm = {
+            "latency_s": result.latency_s,
+            "cost_usd": result.cost_usd,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        }
         sections = parse_reference_sections(result.text) if result.error is None else None
         if sections is not None:
             names = visible_tool_names(group)

@@ -62,8 +62,15 @@ def credit_saliency(
         `torch.Tensor`: float32 saliency of shape `(B, T)`, on the device of `divergence`.
     """
     rows, starts, ends, peaks, shape = _segment(
-        divergence, teacher_entropy, eligible_mask, spike_z=spike_z, saturation_z=saturation_z, reset_z=reset_z,
-        entropy_rise=entropy_rise, max_span=max_span, min_divergence=min_divergence,
+        divergence,
+        teacher_entropy,
+        eligible_mask,
+        spike_z=spike_z,
+        saturation_z=saturation_z,
+        reset_z=reset_z,
+        entropy_rise=entropy_rise,
+        max_span=max_span,
+        min_divergence=min_divergence,
     )
     n_rows, length = shape
     lengths = ends - starts  # (S,)
@@ -91,8 +98,15 @@ def credit_spans(
     Same arguments as [`credit_saliency`].
     """
     rows, starts, ends, peaks, shape = _segment(
-        divergence, teacher_entropy, eligible_mask, spike_z=spike_z, saturation_z=saturation_z, reset_z=reset_z,
-        entropy_rise=entropy_rise, max_span=max_span, min_divergence=min_divergence,
+        divergence,
+        teacher_entropy,
+        eligible_mask,
+        spike_z=spike_z,
+        saturation_z=saturation_z,
+        reset_z=reset_z,
+        entropy_rise=entropy_rise,
+        max_span=max_span,
+        min_divergence=min_divergence,
     )
     spans: list[list[tuple[int, int, float]]] = [[] for _ in range(shape[0])]
     for row, start, end, peak in zip(rows.tolist(), starts.tolist(), ends.tolist(), peaks.tolist()):
@@ -113,8 +127,18 @@ def _zscores(d: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return z
 
 
-def _segment(divergence, teacher_entropy, eligible_mask, *, spike_z, saturation_z, reset_z, entropy_rise, max_span,
-             min_divergence):
+def _segment(
+    divergence,
+    teacher_entropy,
+    eligible_mask,
+    *,
+    spike_z,
+    saturation_z,
+    reset_z,
+    entropy_rise,
+    max_span,
+    min_divergence,
+):
     """Spans of every row as flat arrays: (row, start, end_exclusive, peak_saliency) plus the (B, T) shape."""
     _check(divergence, teacher_entropy, eligible_mask, saturation_z=saturation_z, max_span=max_span)
     d, h = _as_numpy(divergence), _as_numpy(teacher_entropy)  # (B, T)

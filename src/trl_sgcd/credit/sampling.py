@@ -113,8 +113,13 @@ def resample_sampler(*, num_generations: int, generation_batch_size: int, seed: 
     from trl.trainer.utils import RepeatSampler
 
     def make(dataset):
-        return RepeatSampler(data_source=dataset, mini_repeat_count=num_generations,
-                             batch_size=generation_batch_size // num_generations, repeat_count=1, shuffle=True,
-                             seed=seed)
+        return RepeatSampler(
+            data_source=dataset,
+            mini_repeat_count=num_generations,
+            batch_size=generation_batch_size // num_generations,
+            repeat_count=1,
+            shuffle=True,
+            seed=seed,
+        )
 
     return make

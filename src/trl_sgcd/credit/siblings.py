@@ -138,7 +138,12 @@ def build_sibling_groups(
         raise ValueError(f"num_generations={num_generations} must be >= 1.")
     reward_list = _to_floats(rewards)
     rows = list(rows) if rows is not None else [{} for _ in prompts]
-    lengths = {"prompts": len(prompts), "completions": len(completions), "rewards": len(reward_list), "rows": len(rows)}
+    lengths = {
+        "prompts": len(prompts),
+        "completions": len(completions),
+        "rewards": len(reward_list),
+        "rows": len(rows),
+    }
     if len(set(lengths.values())) != 1:
         raise ValueError(f"build_sibling_groups needs one entry per rollout in every input; got lengths {lengths}.")
     total = len(reward_list)

@@ -44,8 +44,17 @@ class CreditStats:
     sums: dict[str, float] = field(default_factory=dict)
     maxima: dict[str, float] = field(default_factory=dict)
 
-    SUM_KEYS = ("rows_scored", "scored_tokens", "credit_tokens", "spans", "divergence", "entropy", "weight",
-                "weight_at_cap", "tool_tokens_in_mask")
+    SUM_KEYS = (
+        "rows_scored",
+        "scored_tokens",
+        "credit_tokens",
+        "spans",
+        "divergence",
+        "entropy",
+        "weight",
+        "weight_at_cap",
+        "tool_tokens_in_mask",
+    )
     MAX_KEYS = ("divergence_max", "entropy_max", "weight_max", "scoring_time_s", "peak_memory_gb")
 
     def vectors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,8 +112,17 @@ def local_credit_stats(
     return stats
 
 
-def credit_metrics(stats: CreditStats, *, num_groups: int, num_mixed: int, sources: dict[str, int],
-                   latency_s: float, cost_usd: float | None, resample_rounds: int, fallback_prefix: int) -> dict:
+def credit_metrics(
+    stats: CreditStats,
+    *,
+    num_groups: int,
+    num_mixed: int,
+    sources: dict[str, int],
+    latency_s: float,
+    cost_usd: float | None,
+    resample_rounds: int,
+    fallback_prefix: int,
+) -> dict:
     """The `sgcd/` metrics of one generation batch, from globally reduced statistics."""
     s, m = stats.sums, stats.maxima
     tokens = max(s["scored_tokens"], 1.0)
@@ -157,8 +175,9 @@ def direct_sd_targets(shape, top_k: int, rows: list[int], scores, eligible_rows,
     return {"credit_teacher_topk_ids": ids, "credit_teacher_topk_logprobs": logps, "credit_sd_mask": mask}
 
 
-def validity_problems(stats: CreditStats, *, mode: str, num_mixed: int, weights_require_grad: bool, inert_steps: int,
-                      inert_limit: int) -> tuple[list[str], int]:
+def validity_problems(
+    stats: CreditStats, *, mode: str, num_mixed: int, weights_require_grad: bool, inert_steps: int, inert_limit: int
+) -> tuple[list[str], int]:
     """The paper's run-validity checks on one batch; returns the problems and the updated inert-step counter."""
     s, m = stats.sums, stats.maxima
     problems = []
@@ -171,8 +190,9 @@ def validity_problems(stats: CreditStats, *, mode: str, num_mixed: int, weights_
     if num_mixed > 0 and mode in ("sgcd", "no_reference", "uniform"):
         inert_steps = 0 if s["credit_tokens"] > 0 else inert_steps + 1
         if inert_steps >= inert_limit:
-            problems.append(f"the credit weights were inert (no credit token) for {inert_steps} batches while mixed "
-                            "groups existed")
+            problems.append(
+                f"the credit weights were inert (no credit token) for {inert_steps} batches while mixed groups existed"
+            )
     return problems, inert_steps
 
 

@@ -60,8 +60,9 @@ def weight_color(weight: float, *, cap: float) -> tuple[int, int, int]:
     return tuple(round(255 + (c - 255) * t) for c in _STRONG_RGB)
 
 
-def render_weighted_html(tokens: Sequence[str], weights: Sequence[float], eligible: Sequence[bool], *,
-                         cap: float) -> str:
+def render_weighted_html(
+    tokens: Sequence[str], weights: Sequence[float], eligible: Sequence[bool], *, cap: float
+) -> str:
     r"""
     One completion as self-contained HTML: every token a `<span>` shaded by its credit weight.
 
@@ -82,8 +83,9 @@ def render_weighted_html(tokens: Sequence[str], weights: Sequence[float], eligib
         HTML-escaped, newlines are kept (`white-space: pre-wrap`), and each span's `title` gives its weight.
     """
     if not len(tokens) == len(weights) == len(eligible):
-        raise ValueError(f"tokens, weights and eligible differ in length: {len(tokens)}, {len(weights)}, "
-                         f"{len(eligible)}.")
+        raise ValueError(
+            f"tokens, weights and eligible differ in length: {len(tokens)}, {len(weights)}, {len(eligible)}."
+        )
     parts = [f'<div class="sgcd-credit" style="{_BOX_STYLE}">']
     for token, weight, ok in zip(tokens, weights, eligible):
         text = html.escape(token, quote=True)
@@ -172,9 +174,15 @@ def credit_table_rows(
         `weight_max` are over eligible tokens (1.0 when there is none); `credit_html` is [`render_weighted_html`].
     """
     n = len(prompts)
-    for name, seq in (("completion_token_strs", completion_token_strs), ("weights", weights), ("eligible", eligible),
-                      ("rewards", rewards), ("advantages", advantages), ("references", references),
-                      ("group_indices", group_indices)):
+    for name, seq in (
+        ("completion_token_strs", completion_token_strs),
+        ("weights", weights),
+        ("eligible", eligible),
+        ("rewards", rewards),
+        ("advantages", advantages),
+        ("references", references),
+        ("group_indices", group_indices),
+    ):
         if len(seq) != n:
             raise ValueError(f"{name} has {len(seq)} entries for {n} prompts.")
     rewards, advantages = _floats(rewards), _floats(advantages)
@@ -188,20 +196,22 @@ def credit_table_rows(
         w, ok = w[:L], ok[:L]
         credited = [x for x, e in zip(w, ok) if e]
         ref_text, ref_source = _reference_fields(references[i])
-        rows.append({
-            "step": int(step),
-            "group": int(group_indices[i]),
-            "prompt": prompt_text(prompts[i]),
-            "reference": ref_text,
-            "reference_source": ref_source,
-            "reward": rewards[i],
-            "advantage": advantages[i],
-            "credit_tokens": sum(x > 1.0 + _EPS for x in credited),
-            "weight_mean": sum(credited) / len(credited) if credited else 1.0,
-            "weight_max": max(credited) if credited else 1.0,
-            "completion": "".join(tokens),
-            "credit_html": render_weighted_html(tokens, w, ok, cap=cap),
-        })
+        rows.append(
+            {
+                "step": int(step),
+                "group": int(group_indices[i]),
+                "prompt": prompt_text(prompts[i]),
+                "reference": ref_text,
+                "reference_source": ref_source,
+                "reward": rewards[i],
+                "advantage": advantages[i],
+                "credit_tokens": sum(x > 1.0 + _EPS for x in credited),
+                "weight_mean": sum(credited) / len(credited) if credited else 1.0,
+                "weight_max": max(credited) if credited else 1.0,
+                "completion": "".join(tokens),
+                "credit_html": render_weighted_html(tokens, w, ok, cap=cap),
+            }
+        )
     return rows
 
 
@@ -216,7 +226,7 @@ def decode_token_strings(tokenizer, ids: Sequence[int], *, context: int = 4) -> 
     ids = [int(i) for i in ids]
     if not ids:
         return []
-    windows = [ids[max(0, i - context):i] for i in range(len(ids))]
+    windows = [ids[max(0, i - context) : i] for i in range(len(ids))]
     kwargs = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
     before = tokenizer.batch_decode(windows, **kwargs)
     after = tokenizer.batch_decode([w + [t] for w, t in zip(windows, ids)], **kwargs)
@@ -247,28 +257,37 @@ def credit_html_page(rows: Sequence[dict], *, title: str = "SGCD credit table", 
     legend = ""
     if cap is not None:
         stops = [1.0 + (cap - 1.0) * k / 4 for k in range(5)]
-        cells = "".join(
-            f'<span style="background:rgb{weight_color(w, cap=cap)}">W={w:.2f}</span>' for w in stops
-        )
-        legend = (f'<p class="legend">Weight: {cells} <span style="{_INELIGIBLE_STYLE}">not eligible</span></p>')
+        cells = "".join(f'<span style="background:rgb{weight_color(w, cap=cap)}">W={w:.2f}</span>' for w in stops)
+        legend = f'<p class="legend">Weight: {cells} <span style="{_INELIGIBLE_STYLE}">not eligible</span></p>'
     cards = []
     for row in rows:
         e = html.escape
-        meta = (f"step <b>{row['step']}</b> &middot; group <b>{row['group']}</b> &middot; reward "
-                f"<b>{row['reward']:.3f}</b> &middot; advantage <b>{row['advantage']:+.3f}</b> &middot; credit tokens "
-                f"<b>{row['credit_tokens']}</b> &middot; W mean <b>{row['weight_mean']:.3f}</b> / max "
-                f"<b>{row['weight_max']:.3f}</b> &middot; reference: <b>{e(row['reference_source'])}</b>")
-        reference = (f"<details><summary>reference</summary><pre>{e(row['reference'])}</pre></details>"
-                     if row["reference"] else "")
-        cards.append(f'<div class="row"><div class="meta">{meta}</div><div class="prompt">{e(row["prompt"])}</div>'
-                     f"{reference}{row['credit_html']}</div>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>{legend}\n"
-            + "\n".join(cards) + "\n</body></html>\n")
+        meta = (
+            f"step <b>{row['step']}</b> &middot; group <b>{row['group']}</b> &middot; reward "
+            f"<b>{row['reward']:.3f}</b> &middot; advantage <b>{row['advantage']:+.3f}</b> &middot; credit tokens "
+            f"<b>{row['credit_tokens']}</b> &middot; W mean <b>{row['weight_mean']:.3f}</b> / max "
+            f"<b>{row['weight_max']:.3f}</b> &middot; reference: <b>{e(row['reference_source'])}</b>"
+        )
+        reference = (
+            f"<details><summary>reference</summary><pre>{e(row['reference'])}</pre></details>"
+            if row["reference"]
+            else ""
+        )
+        cards.append(
+            f'<div class="row"><div class="meta">{meta}</div><div class="prompt">{e(row["prompt"])}</div>'
+            f"{reference}{row['credit_html']}</div>"
+        )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>{legend}\n"
+        + "\n".join(cards)
+        + "\n</body></html>\n"
+    )
 
 
-def save_credit_html(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "SGCD credit table",
-                     cap: float | None = None) -> str:
+def save_credit_html(
+    rows: Sequence[dict], path: str | os.PathLike, *, title: str = "SGCD credit table", cap: float | None = None
+) -> str:
     """Write [`credit_html_page`] of `rows` to `path` (parent folders created); returns the path."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -292,8 +311,9 @@ def _supports_incremental(wandb) -> bool:
     return "log_mode" in inspect.signature(wandb.Table.__init__).parameters
 
 
-def log_credit_table(rows: Sequence[dict], *, step: int, key: str = CREDIT_TABLE_KEY,
-                     per_step_keys: bool = False) -> bool:
+def log_credit_table(
+    rows: Sequence[dict], *, step: int, key: str = CREDIT_TABLE_KEY, per_step_keys: bool = False
+) -> bool:
     """
     Append `rows` to the W&B credit table of the active run; a no-op when wandb is absent or no run is active.
 
@@ -361,8 +381,17 @@ class CreditTableRecorder:
             Also write `credit_{step:05d}.html` there each batch.
     """
 
-    def __init__(self, tokenizer, *, cap: float, num_generations: int, max_groups: int = 2,
-                 key: str = CREDIT_TABLE_KEY, log_to_wandb: bool = True, html_dir: str | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        cap: float,
+        num_generations: int,
+        max_groups: int = 2,
+        key: str = CREDIT_TABLE_KEY,
+        log_to_wandb: bool = True,
+        html_dir: str | None = None,
+    ):
         if max_groups < 1:
             raise ValueError(f"max_groups={max_groups!r} must be >= 1.")
         weight_color(1.0, cap=cap)  # validates cap
@@ -374,12 +403,24 @@ class CreditTableRecorder:
         """Local rows of the first `max_groups` groups, groups with a non-empty reference first."""
         order: list[int] = list(dict.fromkeys(group_indices))
         credited = {g for g, ref in zip(group_indices, references) if _reference_fields(ref)[0]}
-        keep = set(([g for g in order if g in credited] + [g for g in order if g not in credited])[:self.max_groups])
+        keep = set(([g for g in order if g in credited] + [g for g in order if g not in credited])[: self.max_groups])
         return [i for i, g in enumerate(group_indices) if g in keep]
 
-    def record(self, *, step: int, prompts: Sequence[Any], completion_ids, completion_mask, weights,
-               rewards: Sequence[float], advantages: Sequence[float], references: Sequence[Any], row_offset: int = 0,
-               tool_mask=None, eligible=None) -> list[dict]:
+    def record(
+        self,
+        *,
+        step: int,
+        prompts: Sequence[Any],
+        completion_ids,
+        completion_mask,
+        weights,
+        rewards: Sequence[float],
+        advantages: Sequence[float],
+        references: Sequence[Any],
+        row_offset: int = 0,
+        tool_mask=None,
+        eligible=None,
+    ) -> list[dict]:
         """
         Rows of this batch's selected groups; logged to W&B and/or written as HTML as configured.
 
@@ -408,21 +449,32 @@ class CreditTableRecorder:
         rewards, advantages = _floats(rewards), _floats(advantages)
         tokens = []
         for i in keep:
-            tokens.append(decode_token_strings(self.tokenizer, ids[i, :self._length(ids[i], completion_mask[i])].tolist()))
+            tokens.append(
+                decode_token_strings(self.tokenizer, ids[i, : self._length(ids[i], completion_mask[i])].tolist())
+            )
         rows = credit_table_rows(
-            step=step, prompts=[prompts[i] for i in keep], completion_token_strs=tokens,
-            weights=[weights[i] for i in keep], eligible=[eligible[i] for i in keep],
-            rewards=[rewards[i] for i in keep], advantages=[advantages[i] for i in keep],
-            references=[references[i] for i in keep], group_indices=[groups[i] for i in keep], cap=self.cap,
+            step=step,
+            prompts=[prompts[i] for i in keep],
+            completion_token_strs=tokens,
+            weights=[weights[i] for i in keep],
+            eligible=[eligible[i] for i in keep],
+            rewards=[rewards[i] for i in keep],
+            advantages=[advantages[i] for i in keep],
+            references=[references[i] for i in keep],
+            group_indices=[groups[i] for i in keep],
+            cap=self.cap,
         )
         if self.log_to_wandb:
             log_credit_table(rows, step=step, key=self.key)
         if self.html_dir is not None:
-            save_credit_html(rows, os.path.join(self.html_dir, f"credit_{int(step):05d}.html"), cap=self.cap,
-                             title=f"SGCD credit table, step {step}")
+            save_credit_html(
+                rows,
+                os.path.join(self.html_dir, f"credit_{int(step):05d}.html"),
+                cap=self.cap,
+                title=f"SGCD credit table, step {step}",
+            )
         self.last_rows = rows
         return rows
-
 
     def _length(self, ids, mask) -> int:
         """Tokens of a right-padded completion: up to its last masked-in token (tool tokens included) or, for a

@@ -194,8 +194,13 @@ def sibling_context_reference(group, *, private_columns, observation_max_chars: 
     private_values = [r.row.get(c) for r in group.rollouts for c in private_columns if r.row.get(c) is not None]
     sanitizer = Sanitizer(private_values)
     # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
-    traces = [(render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars),
-               r.index) for r in successes]
+    traces = [
+        (
+            render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars),
+            r.index,
+        )
+        for r in successes
+    ]
     clean, _ = min(traces, key=lambda t: (len(t[0].text), t[1]))
     return CreditReference(
         text="A successful attempt at this same task:\n" + clean.text,

@@ -26,8 +26,12 @@ def weight_histogram(weights: Sequence[float], cap: float, bins: int = 20) -> di
     for w in weights:
         i = int((min(max(float(w), 1.0), cap) - 1.0) / (cap - 1.0) * bins) if cap > 1.0 else 0
         counts[min(i, bins - 1)] += 1
-    return {"edges": edges, "counts": counts, "num_tokens": len(weights),
-            "share_above_1": sum(float(w) > 1.0 + 1e-6 for w in weights) / max(len(weights), 1)}  # fmt: skip
+    return {
+        "edges": edges,
+        "counts": counts,
+        "num_tokens": len(weights),
+        "share_above_1": sum(float(w) > 1.0 + 1e-6 for w in weights) / max(len(weights), 1),
+    }
 
 
 def plot_demo(metrics: dict, path: str, *, weights: Sequence[float] | None = None, cap: float = 2.0) -> str:
@@ -75,8 +79,9 @@ def plot_demo(metrics: dict, path: str, *, weights: Sequence[float] | None = Non
             b = before["per_category"][category]
             a = after.get("per_category", {}).get(category, {})
             if "pass@1" in a:
-                ax_p.plot(xs, [b["pass@1"], a["pass@1"]], marker=".", alpha=0.7,
-                          label=f"{category} (n={b['num_tasks']})")  # fmt: skip
+                ax_p.plot(
+                    xs, [b["pass@1"], a["pass@1"]], marker=".", alpha=0.7, label=f"{category} (n={b['num_tasks']})"
+                )
     ax_p.set_ylim(-0.05, 1.05)
     ax_p.set_xticks(xs)
     ax_p.set_xlabel("RL step")
@@ -88,14 +93,20 @@ def plot_demo(metrics: dict, path: str, *, weights: Sequence[float] | None = Non
     if weights is not None and len(weights):
         hist = weight_histogram(weights, cap)
         edges, counts = hist["edges"], hist["counts"]
-        ax_w.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
-                 edgecolor="black", linewidth=0.5)  # fmt: skip
+        ax_w.bar(
+            edges[:-1],
+            counts,
+            width=[b - a for a, b in zip(edges[:-1], edges[1:])],
+            align="edge",
+            edgecolor="black",
+            linewidth=0.5,
+        )
         ax_w.set_yscale("log")
-        ax_w.set_title(f"credit weights, last batches ({hist['num_tokens']} tokens, "
-                       f"{100 * hist['share_above_1']:.1f}% > 1)")  # fmt: skip
+        ax_w.set_title(
+            f"credit weights, last batches ({hist['num_tokens']} tokens, {100 * hist['share_above_1']:.1f}% > 1)"
+        )
     else:
-        ax_w.text(0.5, 0.5, "no scored rollouts\n(no mixed group)", ha="center", va="center",
-                  transform=ax_w.transAxes)  # fmt: skip
+        ax_w.text(0.5, 0.5, "no scored rollouts\n(no mixed group)", ha="center", va="center", transform=ax_w.transAxes)
         ax_w.set_title("credit weights")
     ax_w.set_xlim(1.0 - 0.02 * (cap - 1.0), cap + 0.02 * (cap - 1.0))
     ax_w.set_xlabel("W")

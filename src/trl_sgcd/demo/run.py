@@ -78,21 +78,52 @@ def _parser() -> argparse.ArgumentParser:
         "a plot and a table. Everything is offline.",
     )
     p.add_argument("--quick", action="store_true", help="Smaller run (fewer eval tasks and RL steps).")
-    p.add_argument("--output-dir", default=None, help="Where to write checkpoint/, metrics.json, demo.png "
-                   "(default: outputs/sgcd_demo, or outputs/sgcd_demo_quick with --quick).")  # fmt: skip
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="Where to write checkpoint/, metrics.json, demo.png "
+        "(default: outputs/sgcd_demo, or outputs/sgcd_demo_quick with --quick).",
+    )
     p.add_argument("--steps", type=int, default=None, help="SGCD training steps.")
     p.add_argument("--seed", type=int, default=None, help="Seed of the tasks, the warm start and SGCD (default 0).")
-    p.add_argument("--model", default=None, help='"bundled" (SmolLM2-135M-Instruct, default), "tiny" (random test '
-                   "model) or a folder with a tool-ready tokenizer.")  # fmt: skip
-    p.add_argument("--warm-start-dir", default=None, help="Folder of the warm start (default: a cache folder keyed "
-                   "by its settings, under $TRL_SGCD_CACHE or ~/.cache/trl_sgcd).")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default=None,
+        help='"bundled" (SmolLM2-135M-Instruct, default), "tiny" (random test '
+        "model) or a folder with a tool-ready tokenizer.",
+    )
+    p.add_argument(
+        "--warm-start-dir",
+        default=None,
+        help="Folder of the warm start (default: a cache folder keyed "
+        "by its settings, under $TRL_SGCD_CACHE or ~/.cache/trl_sgcd).",
+    )
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     sizes = p.add_argument_group("sizes (override the profile)")
     types = {f.name: f.type for f in fields(DemoSettings)}
-    for name in ("precision", "sft_tasks", "sft_epochs", "sft_steps", "sft_learning_rate", "sft_batch_size", "sft_max_length",
-                 "eval_tasks", "eval_max_turns", "eval_max_new_tokens", "eval_batch_size", "rollouts_per_step",
-                 "num_generations", "max_completion_length", "max_tool_calls", "learning_rate", "temperature",
-                 "top_p", "credit_mode", "train_success_k", "train_success_tasks"):  # fmt: skip
+    for name in (
+        "precision",
+        "sft_tasks",
+        "sft_epochs",
+        "sft_steps",
+        "sft_learning_rate",
+        "sft_batch_size",
+        "sft_max_length",
+        "eval_tasks",
+        "eval_max_turns",
+        "eval_max_new_tokens",
+        "eval_batch_size",
+        "rollouts_per_step",
+        "num_generations",
+        "max_completion_length",
+        "max_tool_calls",
+        "learning_rate",
+        "temperature",
+        "top_p",
+        "credit_mode",
+        "train_success_k",
+        "train_success_tasks",
+    ):
         kind = {"int": int, "float": float, "str": str, "int | None": int}[types[name]]
         sizes.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     return p
@@ -100,8 +131,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     base = QUICK if args.quick else FULL
-    overrides = {f.name: getattr(args, f.name) for f in fields(DemoSettings)
-                 if getattr(args, f.name, None) is not None}  # fmt: skip
+    overrides = {
+        f.name: getattr(args, f.name) for f in fields(DemoSettings) if getattr(args, f.name, None) is not None
+    }
     if args.steps is not None:
         overrides["steps"] = args.steps
     from trl_sgcd.cli.utils import UsageError
@@ -110,8 +142,10 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     if settings.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {settings.precision!r}")
     if settings.rollouts_per_step % settings.num_generations:
-        raise UsageError(f"--rollouts-per-step ({settings.rollouts_per_step}) must be a multiple of "
-                         f"--num-generations ({settings.num_generations})")  # fmt: skip
+        raise UsageError(
+            f"--rollouts-per-step ({settings.rollouts_per_step}) must be a multiple of "
+            f"--num-generations ({settings.num_generations})"
+        )
     return settings
 
 
@@ -141,14 +175,18 @@ def _recording_trainer_class():
                 mask = output["completion_mask"].bool()
                 if output.get("tool_mask") is not None:
                     mask = mask & output["tool_mask"].bool()
-                rows = [i for i, ref in enumerate(last["references"])
-                        if ref is not None and ref.source != "none" and ref.text]  # fmt: skip
+                rows = [
+                    i
+                    for i, ref in enumerate(last["references"])
+                    if ref is not None and ref.source != "none" and ref.text
+                ]
                 weights = last["weights"]
                 values = [float(w) for i in rows for w in weights[i][mask[i].cpu()].tolist()]
                 if not hasattr(self, "credit_weight_log"):
                     self.credit_weight_log = []
-                self.credit_weight_log.append({"step": self.state.global_step + 1, "rows": len(rows),
-                                               "weights": values})  # fmt: skip
+                self.credit_weight_log.append(
+                    {"step": self.state.global_step + 1, "rows": len(rows), "weights": values}
+                )
             return output
 
     return RecordingSGCDTrainer
@@ -205,9 +243,17 @@ def run_demo(
     base_dir = clock.run("model", _model_dir, s.model)
 
     # 2. warm start
-    ws_kwargs = dict(epochs=s.sft_epochs, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate,
-                     precision=s.precision, seed=s.seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
-                     model_name_or_path=base_dir if s.model not in ("bundled", "tiny") else s.model)  # fmt: skip
+    ws_kwargs = dict(
+        epochs=s.sft_epochs,
+        max_length=s.sft_max_length,
+        learning_rate=s.sft_learning_rate,
+        precision=s.precision,
+        seed=s.seed,
+        n_tasks=s.sft_tasks,
+        batch_size=s.sft_batch_size,
+        max_steps=s.sft_steps,
+        model_name_or_path=base_dir if s.model not in ("bundled", "tiny") else s.model,
+    )
     ws_settings = warm_start_settings(**ws_kwargs)
     bf16 = ws_settings["precision"] == "bf16"
     cached = is_warm_started(warm_start_folder(ws_settings, output_dir=warm_start_dir), ws_settings)
@@ -221,8 +267,9 @@ def run_demo(
     prefix = shared_prefix(tokenizer, test_set)
 
     def run_eval(policy):  # a fresh prefix cache per call: the weights change between the two evaluations
-        generate_fn = prefix_cached_generate_fn(policy, tokenizer, prefix, max_new_tokens=s.eval_max_new_tokens,
-                                                bf16=bf16)  # fmt: skip
+        generate_fn = prefix_cached_generate_fn(
+            policy, tokenizer, prefix, max_new_tokens=s.eval_max_new_tokens, bf16=bf16
+        )
         return evaluate(
             policy,
             tokenizer,
@@ -264,8 +311,11 @@ def run_demo(
     before = clock.run("eval_before", run_eval, model)
 
     # 4. SGCD
-    _say(progress, f"[demo] 3/4 {s.credit_mode} training: {s.steps} steps x {s.rollouts_per_step} rollouts "
-                   f"({s.rollouts_per_step // s.num_generations} tasks x {s.num_generations})")  # fmt: skip
+    _say(
+        progress,
+        f"[demo] 3/4 {s.credit_mode} training: {s.steps} steps x {s.rollouts_per_step} rollouts "
+        f"({s.rollouts_per_step // s.num_generations} tasks x {s.num_generations})",
+    )
     rl_dir = os.path.join(output_dir, "rl")
     args = SGCDConfig(
         output_dir=rl_dir,
@@ -298,9 +348,14 @@ def run_demo(
     trainer_cls = _recording_trainer_class()
 
     def train():
-        trainer = trainer_cls(model=model, reward_funcs=airline_reward, args=args, train_dataset=train_set,
-                              processing_class=AutoTokenizer.from_pretrained(ws_dir),
-                              environment_factory=AirlineEnv)  # fmt: skip
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=airline_reward,
+            args=args,
+            train_dataset=train_set,
+            processing_class=AutoTokenizer.from_pretrained(ws_dir),
+            environment_factory=AirlineEnv,
+        )
         trainer.train()
         return trainer
 
@@ -337,7 +392,7 @@ def run_demo(
             "settings": ws_settings,
             "train_s": marker.get("train_s"),
             "log_history": marker.get("log_history", []),
-        },  # fmt: skip
+        },
         "train_success": train_success_result,
         "before": _eval_summary(before),
         "after": _eval_summary(after),
@@ -375,26 +430,35 @@ def format_table(metrics: dict) -> str:
         a = after["per_category"].get(category, {})
         label = f"  {category} (n={b['num_tasks']})"
         lines.append(f"{label:<34}{b['pass@1']:>11.3f}{a.get('pass@1', float('nan')):>11.3f}")
-    audit_rows = (("zero-tool success share", "zero_tool_success_share", ".3f"),
-                  ("tools per success", "tools_per_success", ".2f"),
-                  ("tool failure rate", "tool_failure_rate", ".3f"))  # fmt: skip
+    audit_rows = (
+        ("zero-tool success share", "zero_tool_success_share", ".3f"),
+        ("tools per success", "tools_per_success", ".2f"),
+        ("tool failure rate", "tool_failure_rate", ".3f"),
+    )
     lines.append("audit")
     for label, key, fmt in audit_rows:
         b, a = before["audit"].get(key), after["audit"].get(key)
-        lines.append(f"{'  ' + label:<34}{format(b, fmt) if b is not None else 'n/a':>11}"
-                     f"{format(a, fmt) if a is not None else 'n/a':>11}")  # fmt: skip
+        lines.append(
+            f"{'  ' + label:<34}{format(b, fmt) if b is not None else 'n/a':>11}"
+            f"{format(a, fmt) if a is not None else 'n/a':>11}"
+        )
     log = metrics["training"]["log_history"]
     rewards = [e["reward"] for e in log if "reward" in e]
     mixed = [e["sgcd/mixed_group_fraction"] for e in log if "sgcd/mixed_group_fraction" in e]
     credit = [e["sgcd/credit_token_fraction"] for e in log if "sgcd/credit_token_fraction" in e]
     if rewards:
-        lines.append(f"training: {len(rewards)} steps, train reward {rewards[0]:.2f} (first) -> "
-                     f"{sum(rewards) / len(rewards):.2f} (mean)"
-                     + (f", mixed groups {sum(mixed) / len(mixed):.2f}" if mixed else "")
-                     + (f", credit tokens {sum(credit) / len(credit):.3f}" if credit else ""))  # fmt: skip
+        lines.append(
+            f"training: {len(rewards)} steps, train reward {rewards[0]:.2f} (first) -> "
+            f"{sum(rewards) / len(rewards):.2f} (mean)"
+            + (f", mixed groups {sum(mixed) / len(mixed):.2f}" if mixed else "")
+            + (f", credit tokens {sum(credit) / len(credit):.3f}" if credit else "")
+        )
     wall = metrics["wall_s"]
-    lines.append("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items() if k != "total")
-                 + f" | total {wall['total']:.0f} s ({wall['total'] / 60:.1f} min)")  # fmt: skip
+    lines.append(
+        "wall time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items() if k != "total")
+        + f" | total {wall['total']:.0f} s ({wall['total'] / 60:.1f} min)"
+    )
     return "\n".join(lines)
 
 

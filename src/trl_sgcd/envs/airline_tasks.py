@@ -75,8 +75,10 @@ def _bookable(flight: dict, cabin: str, seats: int = 1) -> bool:
 
 def _cheapest(db: dict, origin: str, destination: str, date: str, cabin: str) -> dict | None:
     """The unique cheapest bookable direct flight, or None when there is none or a tie."""
-    options = sorted((f for f in search_direct(db, origin, destination, date) if _bookable(f, cabin)),
-                     key=lambda f: f["prices"][cabin])  # fmt: skip
+    options = sorted(
+        (f for f in search_direct(db, origin, destination, date) if _bookable(f, cabin)),
+        key=lambda f: f["prices"][cabin],
+    )
     if not options or (len(options) > 1 and options[0]["prices"][cabin] == options[1]["prices"][cabin]):
         return None
     return options[0]
@@ -89,10 +91,13 @@ def _random_flight(rng: random.Random, db: dict, cabin: str) -> dict | None:
 
 def _alternative(rng: random.Random, db: dict, reservation: dict) -> dict | None:
     leg = reservation["flights"][0]
-    options = [f for d in sorted({f["date"] for f in db["flights"].values()})
-               for f in search_direct(db, leg["origin"], leg["destination"], d)
-               if f["flight_number"] != leg["flight_number"]
-               and _bookable(f, reservation["cabin"], len(reservation["passengers"]))]  # fmt: skip
+    options = [
+        f
+        for d in sorted({f["date"] for f in db["flights"].values()})
+        for f in search_direct(db, leg["origin"], leg["destination"], d)
+        if f["flight_number"] != leg["flight_number"]
+        and _bookable(f, reservation["cabin"], len(reservation["passengers"]))
+    ]
     return rng.choice(options) if options else None
 
 
@@ -134,8 +139,13 @@ def _book(rng, db, user, *, search=False, gift_card=False):
     insurance = not gift_card and rng.random() < 0.3
     what = f"the cheapest {cabin} direct flight" if search else f"flight {flight['flight_number']}"
     extra = " Please add travel insurance." if insurance else ""
-    booking = _call("book_reservation", user_id=user["user_id"], flight_numbers=[flight["flight_number"]],
-                    cabin=cabin, payment_id=pid)  # fmt: skip
+    booking = _call(
+        "book_reservation",
+        user_id=user["user_id"],
+        flight_numbers=[flight["flight_number"]],
+        cabin=cabin,
+        payment_id=pid,
+    )
     if insurance:
         booking["arguments"]["insurance"] = True
     lookup = []

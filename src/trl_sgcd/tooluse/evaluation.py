@@ -137,10 +137,14 @@ def generation_settings(model, tokenizer, *, do_sample: bool, temperature: float
     model_eos = model.generation_config.eos_token_id
     eos_ids |= set(model_eos) if isinstance(model_eos, list) else ({model_eos} if model_eos is not None else set())
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
-        top_p=top_p if do_sample else None, top_k=0 if do_sample else None, pad_token_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        top_k=0 if do_sample else None,
+        pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids),
-    )  # fmt: skip
+    )
     return config, pad_id, eos_ids
 
 
@@ -159,8 +163,9 @@ def hf_generate_fn(
     import torch
 
     device = next(model.parameters()).device
-    config, pad_id, eos_ids = generation_settings(model, tokenizer, do_sample=do_sample, temperature=temperature,
-                                                  top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
+    config, pad_id, eos_ids = generation_settings(
+        model, tokenizer, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
+    )
     calls = itertools.count()
 
     def generate(prompt_ids: list[list[int]]) -> list[list[int]]:
@@ -232,8 +237,13 @@ def _summarise(rows, primary: list[dict], primary_rewards, samples: list[list[fl
         )
     completions = [e["completion"] for e in primary]
     audit = tool_use_audit(completions, primary_rewards, categories, success_threshold=threshold)
-    return {"pass@1": _mean(pass1), "pass^k": _mean(all_k), "per_category": per_category, "audit": audit,
-            "records": records}  # fmt: skip
+    return {
+        "pass@1": _mean(pass1),
+        "pass^k": _mean(all_k),
+        "per_category": per_category,
+        "audit": audit,
+        "records": records,
+    }
 
 
 def evaluate(
@@ -311,8 +321,15 @@ def evaluate(
     def make_fn(do_sample: bool, run_seed: int) -> GenerateFn:
         if generate_fn is not None:
             return generate_fn(do_sample=do_sample, seed=run_seed)
-        return hf_generate_fn(model, tokenizer, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                              max_new_tokens=max_new_tokens, seed=run_seed)  # fmt: skip
+        return hf_generate_fn(
+            model,
+            tokenizer,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=run_seed,
+        )
 
     was_training = getattr(model, "training", False)
     if model is not None:
@@ -321,9 +338,15 @@ def evaluate(
     results = []
     try:
         for _, do_sample, run_seed in runs:
-            episodes = run_episodes(rows, tokenizer=tokenizer, generate_fn=make_fn(do_sample, run_seed),
-                                    environment_factory=environment_factory, max_turns=max_turns,
-                                    batch_size=batch_size, progress_bar=bar)  # fmt: skip
+            episodes = run_episodes(
+                rows,
+                tokenizer=tokenizer,
+                generate_fn=make_fn(do_sample, run_seed),
+                environment_factory=environment_factory,
+                max_turns=max_turns,
+                batch_size=batch_size,
+                progress_bar=bar,
+            )
             results.append((episodes, _score(episodes, reward_func)))
     finally:
         bar.close()
@@ -377,16 +400,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = AutoModelForCausalLM.from_pretrained(path)
     dataset = make_airline_dataset(args.split, seed=args.seed, n=args.n)
-    result = evaluate(model, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
-                      k=args.k, temperature=args.temperature, top_p=args.top_p, greedy=not args.no_greedy,
-                      max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    result = evaluate(
+        model,
+        tokenizer,
+        dataset,
+        environment_factory=AirlineEnv,
+        reward_func=airline_reward,
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        greedy=not args.no_greedy,
+        max_turns=args.max_turns,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(f"pass@1 {result['pass@1']:.3f}   pass^{args.k} {result['pass^k']:.3f}   ({result['num_tasks']} tasks)")
     for category, m in result["per_category"].items():
         print(f"  {category:<12} pass@1 {m['pass@1']:.3f}   pass^k {m['pass^k']:.3f}   n={m['num_tasks']}")
     audit = result["audit"]
-    print(f"  zero-tool success share {audit['zero_tool_success_share']:.3f}   tools/success "
-          f"{audit['tools_per_success']:.2f}   tool failure rate {audit['tool_failure_rate']:.3f}")  # fmt: skip
+    print(
+        f"  zero-tool success share {audit['zero_tool_success_share']:.3f}   tools/success "
+        f"{audit['tools_per_success']:.2f}   tool failure rate {audit['tool_failure_rate']:.3f}"
+    )
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=1, default=str)

@@ -103,8 +103,9 @@ def expert_turn_ids(
     for j, message in enumerate(conversation):
         if message["role"] != "assistant":
             continue
-        prefix = tokenizer.apply_chat_template(conversation[:j], tools=tools, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]  # fmt: skip
+        prefix = tokenizer.apply_chat_template(
+            conversation[:j], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         full = tokenizer.apply_chat_template(conversation[: j + 1], tools=tools, tokenize=True, return_dict=True)[
             "input_ids"
         ]

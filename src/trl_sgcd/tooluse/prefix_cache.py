@@ -65,8 +65,9 @@ def prefix_cached_generate_fn(
         return state["cache"]
 
     def factory(do_sample: bool, seed: int):
-        config, pad_id, eos_ids = generation_settings(model, tokenizer, do_sample=do_sample, temperature=temperature,
-                                                      top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
+        config, pad_id, eos_ids = generation_settings(
+            model, tokenizer, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens
+        )
         calls = itertools.count()
 
         def generate(prompt_ids: list[list[int]]) -> list[list[int]]:
@@ -83,8 +84,9 @@ def prefix_cached_generate_fn(
             devices = [device] if device.type == "cuda" else []
             with torch.no_grad(), autocast(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed * 1_000_003 + next(calls))
-                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                                     generation_config=config)  # fmt: skip
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, generation_config=config
+                )
             completions = []
             for row in out[:, P + width :].tolist():
                 end = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))

@@ -207,9 +207,17 @@ def warm_start(
         `str`: The folder with the fine-tuned model, its tokenizer and the marker `trl_sgcd_warm_start.json`
         (settings, wall time, training log).
     """
-    settings = warm_start_settings(epochs=epochs, max_length=max_length, learning_rate=learning_rate, seed=seed,
-                                   n_tasks=n_tasks, batch_size=batch_size, max_steps=max_steps, precision=precision,
-                                   model_name_or_path=model_name_or_path)  # fmt: skip
+    settings = warm_start_settings(
+        epochs=epochs,
+        max_length=max_length,
+        learning_rate=learning_rate,
+        seed=seed,
+        n_tasks=n_tasks,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        precision=precision,
+        model_name_or_path=model_name_or_path,
+    )
     folder = warm_start_folder(settings, output_dir=output_dir, cache_dir=cache_dir)
     if is_warm_started(folder, settings):
         if progress:
@@ -260,9 +268,12 @@ def warm_start(
             dataset_num_proc=None,
         )
         if progress:
-            print(f"[warm start] SFT on {len(dataset)} expert trajectories ({settings['precision']}, "
-                  f"lr {learning_rate:g}, batch {batch_size}, "
-                  f"{f'{max_steps} steps' if max_steps else f'{epochs:g} epochs'}) -> {folder}", flush=True)  # fmt: skip
+            print(
+                f"[warm start] SFT on {len(dataset)} expert trajectories ({settings['precision']}, "
+                f"lr {learning_rate:g}, batch {batch_size}, "
+                f"{f'{max_steps} steps' if max_steps else f'{epochs:g} epochs'}) -> {folder}",
+                flush=True,
+            )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         t_train = time.perf_counter()
         trainer.train()
@@ -275,8 +286,14 @@ def warm_start(
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(os.path.join(tmp, "trainer"), ignore_errors=True)
         log = [{k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
-        marker = {"settings": settings, "source": path, "train_s": train_s, "total_s": time.perf_counter() - t0,
-                  "global_step": trainer.state.global_step, "log_history": log}  # fmt: skip
+        marker = {
+            "settings": settings,
+            "source": path,
+            "train_s": train_s,
+            "total_s": time.perf_counter() - t0,
+            "global_step": trainer.state.global_step,
+            "log_history": log,
+        }
         with open(os.path.join(tmp, WARM_START_MARKER), "w") as f:  # written last: marks the folder complete
             json.dump(marker, f, indent=1)
         if os.path.isdir(folder):
@@ -323,13 +340,32 @@ def train_success(
     from trl_sgcd.tooluse.prefix_cache import prefix_cached_generate_fn, shared_prefix
 
     dataset = make_airline_dataset("train", seed=seed, n=n_tasks)
-    generate_fn = prefix_cached_generate_fn(model_or_path, tokenizer, shared_prefix(tokenizer, dataset),
-                                            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                            bf16=_resolve_precision(precision) == "bf16")  # fmt: skip
-    result = evaluate(model_or_path, tokenizer, dataset, environment_factory=AirlineEnv, reward_func=airline_reward,
-                      k=k, temperature=temperature, top_p=top_p, greedy=False, max_turns=max_turns,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
-                      generate_fn=generate_fn)  # fmt: skip
+    generate_fn = prefix_cached_generate_fn(
+        model_or_path,
+        tokenizer,
+        shared_prefix(tokenizer, dataset),
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        bf16=_resolve_precision(precision) == "bf16",
+    )
+    result = evaluate(
+        model_or_path,
+        tokenizer,
+        dataset,
+        environment_factory=AirlineEnv,
+        reward_func=airline_reward,
+        k=k,
+        temperature=temperature,
+        top_p=top_p,
+        greedy=False,
+        max_turns=max_turns,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        generate_fn=generate_fn,
+    )
     per_task = [sum(r >= 1.0 for r in rec["sample_rewards"]) for rec in result["records"]]
     n = len(per_task)
     categories: dict[str, list[float]] = {}
