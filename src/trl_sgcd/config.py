@@ -43,6 +43,10 @@ class SGCDConfig(GRPOConfig):
             Number of completion positions whose vocabulary logits are materialised at once while scoring.
         credit_scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rollouts per scoring forward; `None` uses `per_device_train_batch_size`.
+        credit_share_prefix (`bool`, *optional*, defaults to `True`):
+            Encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system message and
+            tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to float
+            rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
 
         > Parameters that control saliency (the segmenter)
 
@@ -125,6 +129,9 @@ class SGCDConfig(GRPOConfig):
     credit_chunk_size: int = field(default=256, metadata={"help": "Completion positions per lm_head chunk."})
     credit_scoring_batch_size: int | None = field(
         default=None, metadata={"help": "Rollouts per scoring forward (default: per_device_train_batch_size)."}
+    )
+    credit_share_prefix: bool = field(
+        default=True, metadata={"help": "Encode the prompt prefix shared by the scored rollouts once (KV cache)."}
     )
     credit_spike_z: float = field(default=2.0, metadata={"help": "Robust z-score that marks a divergence spike."})
     credit_saturation_z: float = field(default=4.0, metadata={"help": "z-score at which saliency reaches 1."})
