@@ -26,10 +26,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from trl_sgcd.config import SGCDConfig
-from trl_sgcd.credit.divergence import DenseDivergenceScorer
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
 from trl_sgcd.credit.sampling import merge_batches, merge_outputs, resample_sampler, select_groups
+from trl_sgcd.credit.scorer import DenseDivergenceScorer
 from trl_sgcd.credit.siblings import build_sibling_groups, owner_of_group
 from trl_sgcd.credit.stats import (
     SIBLING_CONTEXT_MODES,
@@ -243,7 +243,7 @@ class SGCDTrainer(GRPOTrainer):
             return loss
         # The paper's failing ablation: a second, uncapped actor-gradient path that pulls the student towards the
         # reference-conditioned teacher. Every rank runs this forward, with or without targets (ZeRO-3 safety).
-        from trl_sgcd.credit.divergence import teacher_matching_loss
+        from trl_sgcd.credit.scorer import teacher_matching_loss
 
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
