@@ -79,7 +79,8 @@ def resolve_model_name(name: str | None) -> str:
     """
     if not name:
         raise UsageError(
-            f"model_name_or_path is required (a Hub id, a local folder, or one of {sorted(BUILTIN_MODELS)})."
+            "model_name_or_path is required: set it in the --config recipe or pass --model_name_or_path (a Hub id, "
+            f"a local folder, or one of {sorted(BUILTIN_MODELS)})."
         )
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
