@@ -6,7 +6,8 @@ import json
 import pytest
 
 from tests.llm_server import PLANTED, VALID_REFERENCE, sample_group
-from trl_sgcd.credit.evidence import Sanitizer, build_evidence
+from trl_sgcd.credit.evidence import build_evidence
+from trl_sgcd.credit.sanitize import Sanitizer
 from trl_sgcd.credit.llm import LLMResult
 from trl_sgcd.credit.prompt import SECTION_TITLES, parse_reference_sections, render_reference_messages
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder

@@ -1,10 +1,8 @@
 """`SiblingReferenceBuilder`: sanitized sibling evidence -> credit reference, one per mixed group.
 
-Two backends write the same five sections (see `prompts.SECTION_TITLES`):
+Two backends write the same five sections (see `prompt.SECTION_TITLES`):
 
-- `"contrast"` (offline default, no model): a deterministic contrast of the sanitized traces. It names the tools and
-  argument shapes (keys, never values) of the successful branch, the first step where each failed sibling departs
-  from it, the failed calls with their (sanitized, truncated) error observations, and what was masked.
+- `"contrast"` (offline default, no model): the deterministic contrast of the sanitized traces (`contrast.py`).
 - `"litellm"`: an external LLM (paper, Table 5), called once per batch through [`~trl_sgcd.credit.llm.LiteLLMClient`]. A
   malformed or empty answer, an error or a deadline falls back per group (`fallback="contrast"` or `"none"`), and
   the failure is counted. `build` never raises because of the LLM: training must not stop for it.
@@ -18,18 +16,11 @@ import logging
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from trl_sgcd.credit.evidence import (
-    Evidence,
-    Sanitizer,
-    TraceStep,
-    approx_token_count,
-    build_evidence,
-    visible_tool_names,
-)
+from trl_sgcd.credit.contrast import contrast_sections
+from trl_sgcd.credit.evidence import Evidence, approx_token_count, build_evidence, visible_tool_names
 from trl_sgcd.credit.llm import LiteLLMClient, LLMResult
 from trl_sgcd.credit.prompt import (
     PROMPT_VERSION,
@@ -39,6 +30,7 @@ from trl_sgcd.credit.prompt import (
     render_reference_messages,
     split_sections,
 )
+from trl_sgcd.credit.sanitize import PLACEHOLDER_RE, Sanitizer
 from trl_sgcd.credit.siblings import SiblingGroup
 
 logger = logging.getLogger(__name__)
@@ -46,9 +38,6 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("contrast", "litellm")
 FALLBACKS = ("contrast", "none")
 SOURCES = ("llm", "contrast", "fallback", "none")
-ERROR_SNIPPET_CHARS = 160
-_READ_PREFIXES = ("get", "list", "search", "find", "check", "lookup", "read", "query", "fetch", "view", "show")
-_PLACEHOLDER_COUNT_RE = re.compile(r"\[(SECRET|CARD|IBAN|ACCOUNT|EMAIL|PHONE|EVALUATOR|PRIVATE)\]")
 _QUOTED_LITERAL_RE = re.compile(r"`([^`\n]{3,80})`|\"([^\"\n]{3,80})\"")
 
 
@@ -97,133 +86,6 @@ def _empty_stats() -> dict:
         "completion_tokens",
     )
     return {**dict.fromkeys(counters, 0), "latency_s": 0.0, "cost_usd": 0.0}
-
-
-# --- contrast backend --------------------------------------------------------------------------------------------------
-def _calls(steps: list[TraceStep]) -> list[TraceStep]:
-    return [s for s in steps if s.kind == "call"]
-
-
-def _shape(step: TraceStep) -> str:
-    return f"{step.name}({', '.join(step.arg_keys)})"
-
-
-def _branch(steps: list[TraceStep]) -> str:
-    calls = _calls(steps)
-    return " -> ".join([_shape(c) for c in calls] + ["final answer"]) if calls else "no tool call, direct answer"
-
-
-def _errors(steps: list[TraceStep]) -> list[str]:
-    out = []
-    for step in steps:
-        if step.kind == "obs" and step.is_error:
-            text = " ".join(step.text.split())
-            snippet = text if len(text) <= ERROR_SNIPPET_CHARS else f"{text[:ERROR_SNIPPET_CHARS]}...[truncated]"
-            out.append(f"`{step.name}` returned {snippet}")
-    return out
-
-
-def _canonical(steps: list[list[TraceStep]], successes: list[int]) -> int:
-    """Sibling whose call sequence is the most common among successes (ties: fewer calls, then lowest index)."""
-    names = {i: tuple(c.name for c in _calls(steps[i])) for i in successes}
-    counts = Counter(names.values())
-    return min(successes, key=lambda i: (-counts[names[i]], len(names[i]), i))
-
-
-def _common_prefix(a: list[str], b: list[str]) -> int:
-    k = 0
-    while k < min(len(a), len(b)) and a[k] == b[k]:
-        k += 1
-    return k
-
-
-def _deviation(failed: list[TraceStep], success: list[TraceStep]) -> str:
-    f_calls, s_calls = _calls(failed), _calls(success)
-    f_names, s_names = [c.name for c in f_calls], [c.name for c in s_calls]
-    k = _common_prefix(f_names, s_names)
-    if k < len(f_names) and k < len(s_names):
-        return f"step {k + 1}: called {f_names[k]} where successes called {s_names[k]}"
-    if k < len(s_names):
-        return f"step {k + 1}: stopped calling tools and answered where successes called {s_names[k]}"
-    if k < len(f_names):
-        return f"step {k + 1}: called {f_names[k]} after the successful branch was already complete"
-    for j, (fc, sc) in enumerate(zip(f_calls, s_calls)):
-        if fc.arg_keys != sc.arg_keys:
-            return (
-                f"step {j + 1}: called {fc.name} with arguments ({', '.join(fc.arg_keys)}) where successes used "
-                f"({', '.join(sc.arg_keys)})"
-            )
-    return "same tool sequence as the successful branch; the difference lies in argument values or the final answer"
-
-
-def _by_siblings(lines: dict[str, list[int]]) -> str:
-    """One bullet per distinct line, naming the (1-based) siblings it applies to."""
-    out = []
-    for line, ids in lines.items():
-        who = f"Sibling {ids[0]}" if len(ids) == 1 else f"Siblings {', '.join(map(str, ids))}"
-        out.append(f"- {who}: {line}")
-    return "\n".join(out)
-
-
-def contrast_sections(evidence: Evidence) -> dict[str, str]:
-    """The five reference sections, built deterministically from the sanitized sibling steps of `evidence`."""
-    steps, success = evidence.steps, evidence.success
-    successes = [i for i, ok in enumerate(success) if ok]
-    failures = [i for i, ok in enumerate(success) if not ok]
-    best = _canonical(steps, successes)
-    sections = dict.fromkeys(SECTION_TITLES, "")
-    sections[SECTION_TITLES[0]] = _state_checks(steps, successes, best)
-    branches: dict[str, list[int]] = {}
-    for i in successes:
-        branches.setdefault(_branch(steps[i]), []).append(i + 1)
-    sections[SECTION_TITLES[1]] = _by_siblings(branches)
-    failed: dict[str, list[int]] = {}
-    deviations: dict[str, list[int]] = {}
-    for i in failures:
-        errors = _errors(steps[i])
-        why = "; ".join(errors) if errors else "no tool error was visible; the verifier rejected the outcome"
-        failed.setdefault(f"{_branch(steps[i])}. Why: {why}", []).append(i + 1)
-        names = [c.name for c in _calls(steps[i])]
-        closest = max(
-            successes, key=lambda s: (_common_prefix(names, [c.name for c in _calls(steps[s])]), s == best, -s)
-        )
-        deviations.setdefault(_deviation(steps[i], steps[closest]), []).append(i + 1)
-    sections[SECTION_TITLES[2]] = _by_siblings(failed)
-    sections[SECTION_TITLES[3]] = _by_siblings(deviations)
-    sections[SECTION_TITLES[4]] = _masked_summary(evidence)
-    return sections
-
-
-def _is_read(name: str) -> bool:
-    return name.lower().startswith(_READ_PREFIXES)
-
-
-def _state_checks(steps: list[list[TraceStep]], successes: list[int], best: int) -> str:
-    branch = _calls(steps[best])
-    if not branch:
-        return "- Successful siblings answer directly, without tool calls."
-    first_write = next((c.name for c in branch if not _is_read(c.name)), None)
-    called_by_all = [c for c in branch if all(c.name in {x.name for x in _calls(steps[i])} for i in successes)]
-    lines = []
-    for shape in dict.fromkeys(_shape(c) for c in called_by_all if _is_read(c.name)):
-        before = f" before {first_write}" if first_write else ""
-        lines.append(f"- Every successful sibling checks state with {shape}{before}.")
-    return (
-        "\n".join(lines)
-        or f"- Successful siblings act without a prior lookup; their first call is {_shape(branch[0])}."
-    )
-
-
-def _masked_summary(evidence: Evidence) -> str:
-    text = "\n".join([evidence.task] + [s.text for steps in evidence.steps for s in steps])
-    counts = Counter(_PLACEHOLDER_COUNT_RE.findall(text))
-    if not counts:
-        return "- No literal was masked in this evidence; do not reward copying task-specific values."
-    lines = [
-        f"- {n} value(s) shown as [{label}] stay masked; never reconstruct them."
-        for label, n in sorted(counts.items())
-    ]
-    return "\n".join(lines)
 
 
 # --- builder -----------------------------------------------------------------------------------------------------------
@@ -465,7 +327,7 @@ class SiblingReferenceBuilder:
             clean = Sanitizer(private, keep=names)(format_reference(sections))
             sections = split_sections(clean.text)
             literals = [a or b for a, b in _QUOTED_LITERAL_RE.findall(sections[SECTION_TITLES[4]])]
-            literals = [x for x in literals if x not in names and not _PLACEHOLDER_COUNT_RE.fullmatch(x)]
+            literals = [x for x in literals if x not in names and not PLACEHOLDER_RE.fullmatch(x)]
             return self._finish(group, evidence, sections, "llm", [*clean.masked, *literals], **llm)
         stats["errors"] += 1
         reason = result.error or "malformed reference (fewer than 3 of the 5 sections)"
