@@ -30,6 +30,7 @@ from trl_sgcd.credit.divergence import DenseDivergenceScorer
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
 from trl_sgcd.credit.sampling import merge_batches, merge_outputs, resample_sampler, select_groups
+from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.siblings import build_sibling_groups, owner_of_group
 from trl_sgcd.credit.stats import (
     SIBLING_CONTEXT_MODES,
@@ -295,7 +296,7 @@ class SGCDTrainer(GRPOTrainer):
         rewards = total_rewards(batch["rewards_per_func"], self.reward_weights)  # (N,)
 
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
-        private = [{c: row.get(c) for c in args.credit_private_columns} for row in batch["inputs"]]
+        private = [private_values(row, args.credit_private_columns) for row in batch["inputs"]]
         groups = build_sibling_groups(
             gather_object(list(batch["prompts"])),
             batch["all_completions"],

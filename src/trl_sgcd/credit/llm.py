@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 _RETRYABLE_NAMES = (
@@ -342,8 +342,3 @@ class LiteLLMClient:
         except Exception:  # noqa: BLE001 - unknown price: report None, never a made-up 0
             return None
         return float(cost) if cost is not None else None
-
-
-def result_to_dict(result: LLMResult) -> dict:
-    """Plain-dict view of an [`LLMResult`] (for logging)."""
-    return asdict(result)

@@ -30,7 +30,7 @@ from trl_sgcd.credit.prompt import (
     render_reference_messages,
     split_sections,
 )
-from trl_sgcd.credit.sanitize import PLACEHOLDER_RE, Sanitizer
+from trl_sgcd.credit.sanitize import PLACEHOLDER_RE, Sanitizer, private_values
 from trl_sgcd.credit.siblings import SiblingGroup
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class SiblingReferenceBuilder:
 
     # internals
     def _private_values(self, group: SiblingGroup) -> list:
-        return [r.row[c] for r in group.rollouts for c in self.private_columns if c in (r.row or {})]
+        return [private_values(r.row, self.private_columns) for r in group.rollouts]
 
     def _evidence(self, group: SiblingGroup) -> Evidence:
         return build_evidence(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PLACEHOLDERS", "PLACEHOLDER_RE", "SanitizedText", "Sanitizer", "flatten_values", "sanitize"]
+__all__ = ["PLACEHOLDERS", "PLACEHOLDER_RE", "SanitizedText", "Sanitizer", "flatten_values", "private_values", "sanitize"]
 
 PLACEHOLDERS = ("SECRET", "CARD", "IBAN", "ACCOUNT", "EMAIL", "PHONE", "EVALUATOR", "PRIVATE")
 PLACEHOLDER_RE = re.compile(r"\[(" + "|".join(PLACEHOLDERS) + r")\]")
@@ -131,6 +131,17 @@ def flatten_values(value: Any) -> list[str]:
         except ValueError:
             pass
     return [text]
+
+
+def private_values(row: Mapping[str, Any] | None, columns: Iterable[str]) -> dict[str, Any]:
+    """
+    The private values of one dataset row: `{column: value}` for each of `columns` the row has, `None` left out.
+
+    The one extraction rule for the trainer (which gathers these per row), the reference builder and the sibling
+    context; pass the dicts to [`Sanitizer`], which flattens them.
+    """
+    row = row or {}
+    return {c: row[c] for c in columns if row.get(c) is not None}
 
 
 @dataclass

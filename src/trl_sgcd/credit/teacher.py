@@ -185,14 +185,14 @@ def sibling_context_reference(group, *, private_columns, observation_max_chars: 
 
     The shortest successful trace is used (ties: lowest row index), so the choice is deterministic.
     """
-    from trl_sgcd.credit.evidence import Sanitizer, render_sanitized_trace
+    from trl_sgcd.credit.evidence import render_sanitized_trace
     from trl_sgcd.credit.reference import CreditReference
+    from trl_sgcd.credit.sanitize import Sanitizer, private_values
 
     successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
     if not successes:
         return CreditReference(text="", sections={}, masked_literals=[], source="none", group_index=group.group_index)
-    private_values = [r.row.get(c) for r in group.rollouts for c in private_columns if r.row.get(c) is not None]
-    sanitizer = Sanitizer(private_values)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
     # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
     traces = [
         (
