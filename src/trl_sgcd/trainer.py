@@ -27,6 +27,7 @@ from trl import GRPOTrainer
 
 from trl_sgcd.config import SGCDConfig
 from trl_sgcd.credit.divergence import DenseDivergenceScorer
+from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
 from trl_sgcd.credit.sampling import merge_batches, merge_outputs, resample_sampler, select_groups
@@ -325,7 +326,9 @@ class SGCDTrainer(GRPOTrainer):
                 for g in owned
             ]
         else:
-            built = self.reference_builder.build(owned) if owned else []
+            built = self.reference_builder.build(owned)  # every rank builds (maybe nothing): its step metrics reset
+            for name, value in merge_step_metrics(gather_object([self.reference_builder.step_metrics()])).items():
+                self._metrics["train"][name].append(value)
         references = {ref.group_index: ref for ref in gather_object(built)}
         reference_latency = time.perf_counter() - t0
 

@@ -2,11 +2,11 @@
 
 import json
 
-from tests.llm_server import PLANTED, sample_group
 from trl_sgcd.credit.evidence import build_evidence, render_sanitized_trace, select_siblings
 from trl_sgcd.credit.sanitize import Sanitizer
 from trl_sgcd.credit.siblings import Rollout, SiblingGroup
 from trl_sgcd.credit.traces import render_task, render_trace, trace_steps
+from trl_sgcd.testing.samples import PLANTED, sample_group
 
 
 def _group(completions, success, prompt="Do the task."):
@@ -191,7 +191,15 @@ ERRORS = [
     "Traceback (most recent call last):\n  File ...",
     "Exception: boom",
 ]
-NOT_ERRORS = ['{"status": "error-free"}', '{"error": null}', "Transfer successful", "[]", "{not json", "", "ok: failed=0"]
+NOT_ERRORS = [
+    '{"status": "error-free"}',
+    '{"error": null}',
+    "Transfer successful",
+    "[]",
+    "{not json",
+    "",
+    "ok: failed=0",
+]
 
 
 def test_contrast_and_audit_share_one_tool_error_predicate():

@@ -1,4 +1,4 @@
-"""Real HTTP through litellm against the local OpenAI-compatible server (tests/llm_server.py): no patched functions.
+"""Real HTTP through litellm against the local OpenAI-compatible server (`trl_sgcd.testing.llm_server`), no mocks.
 
 Deadlines, retries, concurrency, cache, fallbacks, and the leakage boundary (no planted secret reaches the server).
 """
@@ -10,10 +10,11 @@ import urllib.request
 
 import pytest
 
-from tests.llm_server import PLANTED, VALID_REFERENCE, FakeLLMServer, sample_group
 from trl_sgcd.credit.llm import LiteLLMClient
 from trl_sgcd.credit.prompt import SECTION_TITLES
 from trl_sgcd.credit.reference import SiblingReferenceBuilder
+from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
+from trl_sgcd.testing.samples import PLANTED, sample_group
 
 MODEL = "openai/test-model"
 
@@ -77,7 +78,7 @@ def test_concurrency_8_groups_in_one_latency():
         refs = builder.build(_groups(8, "conc"))
         elapsed = time.perf_counter() - start
     assert [r.source for r in refs] == ["llm"] * 8
-    assert elapsed <= 1.5, f"8 requests at 1 s latency with concurrency 8 took {elapsed:.2f} s"
+    assert elapsed < 2.0, f"8 requests at 1 s latency with concurrency 8 took {elapsed:.2f} s (one wave: < 2 s)"
 
 
 def test_concurrency_limit_is_respected():

@@ -5,13 +5,15 @@ import json
 
 import pytest
 
-from tests.llm_server import PLANTED, VALID_REFERENCE, sample_group
 from trl_sgcd.credit.evidence import build_evidence
-from trl_sgcd.credit.sanitize import Sanitizer
 from trl_sgcd.credit.llm import LLMResult
+from trl_sgcd.credit.llm_result import ANSWER_BYTES_PER_TOKEN
 from trl_sgcd.credit.prompt import SECTION_TITLES, parse_reference_sections, render_reference_messages
-from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder, cap_reference
+from trl_sgcd.credit.sanitize import Sanitizer
 from trl_sgcd.credit.siblings import Rollout, SiblingGroup
+from trl_sgcd.testing.llm_server import VALID_REFERENCE
+from trl_sgcd.testing.samples import PLANTED, sample_group
 
 
 def _call(name, **args):
@@ -24,9 +26,11 @@ class RecordingClient:
     def __init__(self, answers):
         self.answers = answers
         self.requests = []
+        self.budgets = []
 
-    def complete_many(self, requests):
+    def complete_many(self, requests, budget=None):
         self.requests.extend(requests)
+        self.budgets.append(budget)
         if isinstance(self.answers, Exception):
             raise self.answers
         return [
@@ -136,13 +140,29 @@ def test_non_mixed_group_gets_none():
     assert ref.source == "none" and ref.text == ""
 
 
-def test_reference_is_capped():
-    builder = SiblingReferenceBuilder(max_reference_tokens=40)
-    ref = builder.build([sample_group()])[0]
-    assert len(ref.text) <= 40 * 4 and ref.text.endswith("[reference truncated]")
-    seen = []
-    builder = SiblingReferenceBuilder(max_reference_tokens=7, truncate_tokens=lambda t, n: seen.append(n) or t[:n])
-    assert builder.build([sample_group()])[0].text == "## Stat" and seen == [7]
+def test_reference_is_capped(tokenizer):
+    ref = SiblingReferenceBuilder(max_reference_tokens=40).build([sample_group()])[0]
+    assert 0 < len(ref.text) <= 40 * 4  # ~4 characters per token without a tokenizer
+    ref = SiblingReferenceBuilder(max_reference_tokens=7, tokenizer=tokenizer).build([sample_group()])[0]
+    assert len(tokenizer(ref.text, add_special_tokens=False)["input_ids"]) <= 7 and ref.text.startswith("## State")
+
+
+def test_cap_reference_cuts_bytes_before_tokenizing():
+    class CountingTokenizer:
+        seen = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            self.seen = max(self.seen, len(text.encode()))
+            return {"input_ids": list(text.encode())}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode(errors="ignore")
+
+    tok = CountingTokenizer()
+    huge = "## State checks\n" + "é" * 5_000_000  # a 10 MB answer
+    capped = cap_reference(huge, tok, 16)
+    assert len(capped.encode()) <= 16 and tok.seen <= ANSWER_BYTES_PER_TOKEN * 16
+    assert cap_reference("short", tok, 16) == "short"
 
 
 # --- litellm backend with a stub client --------------------------------------------------------------------------------

@@ -14,7 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PLACEHOLDERS", "PLACEHOLDER_RE", "SanitizedText", "Sanitizer", "flatten_values", "private_values", "sanitize"]
+__all__ = [
+    "PLACEHOLDERS",
+    "PLACEHOLDER_RE",
+    "SanitizedText",
+    "Sanitizer",
+    "flatten_values",
+    "private_values",
+    "sanitize",
+]
 
 PLACEHOLDERS = ("SECRET", "CARD", "IBAN", "ACCOUNT", "EMAIL", "PHONE", "EVALUATOR", "PRIVATE")
 PLACEHOLDER_RE = re.compile(r"\[(" + "|".join(PLACEHOLDERS) + r")\]")
