@@ -8,8 +8,8 @@ agent", conditions, what to mention, reveal, insist on or test, style instructio
 the confirmation τ²'s policies require before a write, since no one is there to say "yes".
 
 Private values (`private_values` column, for `credit_private_columns`): the task user's e-mail, date of birth,
-address, payment method ids, card last-four digits, gift card and certificate ids, and the dates of birth of saved
-and travelling passengers, plus τ²'s `communicate_info` answer literals. The credit sanitizer masks them before any
+address, payment method ids, card last-four digits, gift card and certificate ids, and the dates of birth of saved,
+travelling and newly booked passengers, plus τ²'s `communicate_info` answer literals. The credit sanitizer masks them before any
 evidence reaches a reference LLM. Flight numbers, reservation and order ids, user ids and dates stay readable.
 """
 
@@ -148,6 +148,7 @@ def private_values(domain, task) -> list[str]:
                 values += _values(
                     {"p": record.get("passengers", []), "h": record.get("payment_history", [])}, _PRIVATE_KEYS
                 )
+    values += _values({"a": [a["arguments"] for a in domain.gold_actions(task.id)]}, ("dob",))  # new passengers
     criteria = task.evaluation_criteria
     values += list((criteria.communicate_info if criteria is not None else None) or [])
     return sorted(set(values))
