@@ -75,6 +75,10 @@ class SGCDConfig(GRPOConfig):
             memory; does not change the result).
         credit_scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rollouts per scoring forward; `None` uses `per_device_train_batch_size`.
+        credit_share_prefix (`bool`, *optional*, defaults to `True`):
+            Encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system message and
+            tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to float
+            rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
 
         > Parameters that control saliency (the segmenter)
 
@@ -166,6 +170,7 @@ class SGCDConfig(GRPOConfig):
     credit_scoring_batch_size: int | None = field(
         default=None, metadata={"help": _help(__doc__, "credit_scoring_batch_size")}
     )
+    credit_share_prefix: bool = field(default=True, metadata={"help": _help(__doc__, "credit_share_prefix")})
     credit_spike_z: float = field(default=2.0, metadata={"help": _help(__doc__, "credit_spike_z")})
     credit_saturation_z: float = field(default=4.0, metadata={"help": _help(__doc__, "credit_saturation_z")})
     credit_reset_z: float = field(default=-0.5, metadata={"help": _help(__doc__, "credit_reset_z")})

@@ -469,7 +469,14 @@ class SGCDTrainer(GRPOTrainer):
         elapsed = time.perf_counter() - t0
         eligible_rows = eligible[rows]
         if rows:
-            eligible_rows = eligible_rows & ~literal_token_mask(c_ids, literals, tok)
+            # Literals the student sees (in its prompt, in an earlier tool observation) stay eligible.
+            eligible_rows = eligible_rows & ~literal_token_mask(
+                c_ids,
+                literals,
+                tok,
+                prompt_ids=unpad_left(prompt_ids[rows], prompt_mask[rows]),
+                tool_mask=None if tool_mask is None else tool_mask[rows],
+            )
         return scores, eligible_rows, literals, fallback_prefix, elapsed
 
     # ------------------------------------------------------------------ logging and validity

@@ -337,8 +337,10 @@ def test_from_config():
         temperature=0.9,
         credit_scoring_batch_size=None,
         per_device_train_batch_size=4,
+        credit_share_prefix=False,
     )
     scorer = DenseDivergenceScorer.from_config(args)
+    assert not scorer.share_prefix
     assert (scorer.top_k, scorer.divergence, scorer.chunk_size, scorer.temperature, scorer.batch_size) == (
         7,
         "jsd",
@@ -346,8 +348,11 @@ def test_from_config():
         0.9,
         4,
     )
-    args.credit_scoring_batch_size = 2
-    assert DenseDivergenceScorer.from_config(args).batch_size == 2
+    args.credit_scoring_batch_size, args.credit_share_prefix = 2, True
+    assert (
+        DenseDivergenceScorer.from_config(args).batch_size == 2
+        and DenseDivergenceScorer.from_config(args).share_prefix
+    )
 
 
 def test_from_sgcd_config(tmp_path):
@@ -374,6 +379,9 @@ def test_from_sgcd_config(tmp_path):
         0.8,
         4,
     )
+    assert (
+        scorer.share_prefix and DenseDivergenceScorer().share_prefix is False
+    )  # config default on, class default off
 
 
 # ------------------------------------------------------------------------------------------- teacher_matching_loss

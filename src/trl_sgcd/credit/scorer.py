@@ -9,6 +9,8 @@ the model access and the one chunk loop over positions.
   is scored first and reduced to its support (K+1 ids and log-probabilities per position) before the student forward,
   so one context's hidden states are held at a time; under ZeRO-3 both forwards run first and the partitioned head is
   gathered once per micro-batch for both passes.
+* With `share_prefix` the prompt prefix common to a micro-batch (a group's prompt, the tool schemas) is encoded once
+  and the rest of each row on its key/value cache (`trl_sgcd.credit.hidden`), except under ZeRO-3.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from trl_sgcd.credit.divergence import (
     _Support,
     _teacher_support,
 )
+from trl_sgcd.credit.hidden import completion_hidden
 
 
 # ------------------------------------------------------------------------------------------------------ model access
@@ -102,13 +105,6 @@ class _LMHead:
             yield
 
 
-def _completion_hidden(backbone: nn.Module, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor:
-    """Backbone hidden states `(N, H)` of the positions that predict the completion tokens where `mask` `(B, T)`."""
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    length, t = hidden.size(1), mask.size(1)
-    return hidden[:, length - t - 1 : length - 1][mask.to(hidden.device)]  # (N, H)
-
-
 def _chunks(n: int, size: int) -> list[slice]:
     """Slices of at most `size` positions: the LM head never sees more at once."""
     return [slice(start, start + size) for start in range(0, n, size)]
@@ -127,7 +123,7 @@ class DenseScores:
         teacher_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log q(observed token), teacher context.
         teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)` or `None`): teacher top-K ids, when requested.
         teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)` or `None`): their teacher log-probabilities.
-        num_forwards (`int`): backbone forwards run, dummy ones included (2 per micro-batch).
+        num_forwards (`int`): backbone forwards run, dummy ones included (2 per micro-batch, 4 with a shared prefix).
     """
 
     divergence: Tensor
@@ -152,9 +148,20 @@ class DenseDivergenceScorer:
         chunk_size (`int`, *optional*, defaults to `256`): completion positions projected through the LM head at once.
         temperature (`float`, *optional*, defaults to `1.0`): sampling temperature the logits are divided by.
         batch_size (`int` or `None`, *optional*, defaults to `None`): rows per forward; `None` scores all rows at once.
+        share_prefix (`bool`, *optional*, defaults to `False`): encode the prompt prefix common to a micro-batch once
+            and score the rest on its key/value cache (`trl_sgcd.credit.hidden`); ignored under ZeRO-3.
     """
 
-    def __init__(self, *, top_k=32, divergence="reverse_kl", chunk_size=256, temperature=1.0, batch_size=None):
+    def __init__(
+        self,
+        *,
+        top_k=32,
+        divergence="reverse_kl",
+        chunk_size=256,
+        temperature=1.0,
+        batch_size=None,
+        share_prefix=False,
+    ):
         _check_top_k(top_k)
         _check_divergence(divergence)
         if chunk_size < 1:
@@ -164,17 +171,19 @@ class DenseDivergenceScorer:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be >= 1 or None.")
         self.top_k, self.divergence, self.chunk_size = top_k, divergence, chunk_size
-        self.temperature, self.batch_size = temperature, batch_size
+        self.temperature, self.batch_size, self.share_prefix = temperature, batch_size, bool(share_prefix)
 
     @classmethod
     def from_config(cls, args) -> DenseDivergenceScorer:
-        """Build from an [`SGCDConfig`] (`credit_top_k`, `credit_divergence`, `credit_chunk_size`, `temperature`)."""
+        """Build from an [`SGCDConfig`] (`credit_top_k`, `credit_divergence`, `credit_chunk_size`, `temperature`,
+        `credit_scoring_batch_size`, `credit_share_prefix`)."""
         return cls(
             top_k=args.credit_top_k,
             divergence=args.credit_divergence,
             chunk_size=args.credit_chunk_size,
             temperature=args.temperature,
             batch_size=args.credit_scoring_batch_size or args.per_device_train_batch_size,
+            share_prefix=args.credit_share_prefix,
         )
 
     def num_batches(self, n_rows: int) -> int:
@@ -221,20 +230,19 @@ class DenseDivergenceScorer:
                 backbone, head = _backbone(base), _LMHead(base, self.temperature)
                 for start in range(0, n_rows, step):
                     rows = slice(start, start + step)
-                    parts.append(
-                        self._score_rows(
-                            backbone,
-                            head,
-                            student_input_ids[rows],
-                            student_attention_mask[rows],
-                            teacher_input_ids[rows],
-                            teacher_attention_mask[rows],
-                            completion_ids[rows],
-                            completion_mask[rows],
-                            return_teacher_topk,
-                        )
+                    dense, n = self._score_rows(
+                        backbone,
+                        head,
+                        student_input_ids[rows],
+                        student_attention_mask[rows],
+                        teacher_input_ids[rows],
+                        teacher_attention_mask[rows],
+                        completion_ids[rows],
+                        completion_mask[rows],
+                        return_teacher_topk,
                     )
-                    forwards += 2
+                    parts.append(dense)
+                    forwards += n
                 for _ in range(max(0, min_batches - self.num_batches(n_rows))):
                     self._dummy_batch(backbone, head, completion_ids.device)
                     forwards += 2
@@ -246,7 +254,8 @@ class DenseDivergenceScorer:
         return DenseScores(**{name: torch.cat([p[name] for p in parts]) for name in parts[0]}, num_forwards=forwards)
 
     def _score_rows(self, backbone, head, s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask, topk):
-        """One micro-batch: two backbone forwards, one head gather, the chunk loops. Dense `(b, T, ...)` fields.
+        """One micro-batch: one backbone forward per context (two with a shared prefix), one head gather, the chunk
+        loops. Returns the dense `(b, T, ...)` fields and the number of backbone forwards.
 
         Without ZeRO-3 the teacher's positions are reduced to their support right after the teacher forward, so only
         one context's hidden states `(N, H)` are ever held; under ZeRO-3 both forwards run first and the head is
@@ -254,11 +263,12 @@ class DenseDivergenceScorer:
         """
         mask = completion_mask.bool()  # (b, T)
         observed = completion_ids[mask].to(head.weight.device)  # (N,)
-        h_teacher = _completion_hidden(backbone, t_ids, t_mask, mask)  # (N, H)
+        share = self.share_prefix and not head.zero3  # ZeRO-3: every rank must run the same forwards
+        h_teacher, n_teacher = completion_hidden(backbone, t_ids, t_mask, mask, share_prefix=share)  # (N, H)
         support = None if head.zero3 else self._teacher_pass(head, h_teacher, observed)
         if support is not None:
             del h_teacher
-        h_student = _completion_hidden(backbone, s_ids, s_mask, mask)  # (N, H)
+        h_student, n_student = completion_hidden(backbone, s_ids, s_mask, mask, share_prefix=share)  # (N, H)
         flat = self._empty((observed.numel(),), head, observed.device, topk)  # (N,) and (N, K)
         with head.gathered():
             if support is None:
@@ -276,7 +286,7 @@ class DenseDivergenceScorer:
         dense = self._empty(mask.shape, head, completion_ids.device, topk)  # (b, T) and (b, T, K)
         for name, values in flat.items():
             dense[name][mask.to(completion_ids.device)] = values.to(completion_ids.device)
-        return dense
+        return dense, n_teacher + n_student
 
     def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
         parts = [
@@ -348,7 +358,7 @@ def teacher_matching_loss(
         )
     base = _unwrap(model)
     head = _LMHead(base, temperature)
-    hidden = _completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
     ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
     log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
     total = hidden.sum() * 0.0  # connected to the graph even with no token
