@@ -112,8 +112,8 @@ def sample_rollouts(
     progress: bool = True,
 ) -> list[dict]:
     """Sample (or load) `k` rollouts of each of the first `n_tasks` train tasks; returns them in group order."""
-    from trl.chat_template_utils import add_response_schema
     from transformers.utils import get_json_schema
+    from trl.chat_template_utils import add_response_schema
 
     from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
     from trl_sgcd.tooluse.evaluation import environment_tools, run_episodes
