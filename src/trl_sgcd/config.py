@@ -76,9 +76,9 @@ class SGCDConfig(GRPOConfig):
         credit_scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rollouts per scoring forward; `None` uses `per_device_train_batch_size`.
         credit_share_prefix (`bool`, *optional*, defaults to `True`):
-            Encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system message and
-            tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to float
-            rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
+            Whether to encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system
+            message and tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to
+            float rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
 
         > Parameters that control saliency (the segmenter)
 
