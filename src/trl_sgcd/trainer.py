@@ -26,9 +26,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from trl_sgcd.config import SGCDConfig
+from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
 from trl_sgcd.credit.sampling import merge_batches, merge_outputs, resample_sampler, select_groups
+from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.scorer import DenseDivergenceScorer
 from trl_sgcd.credit.siblings import build_sibling_groups, owner_of_group
 from trl_sgcd.credit.stats import (
@@ -295,7 +297,7 @@ class SGCDTrainer(GRPOTrainer):
         rewards = total_rewards(batch["rewards_per_func"], self.reward_weights)  # (N,)
 
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
-        private = [{c: row.get(c) for c in args.credit_private_columns} for row in batch["inputs"]]
+        private = [private_values(row, args.credit_private_columns) for row in batch["inputs"]]
         groups = build_sibling_groups(
             gather_object(list(batch["prompts"])),
             batch["all_completions"],
@@ -324,7 +326,9 @@ class SGCDTrainer(GRPOTrainer):
                 for g in owned
             ]
         else:
-            built = self.reference_builder.build(owned) if owned else []
+            built = self.reference_builder.build(owned)  # every rank builds (maybe nothing): its step metrics reset
+            for name, value in merge_step_metrics(gather_object([self.reference_builder.step_metrics()])).items():
+                self._metrics["train"][name].append(value)
         references = {ref.group_index: ref for ref in gather_object(built)}
         reference_latency = time.perf_counter() - t0
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from trl_sgcd.credit.reference import cap_reference  # noqa: F401 - the one reference cap, re-exported for the trainer
+
 REFERENCE_HEADER = (
     "<credit_reference>\n"
     "Training-only notes distilled from sibling attempts at this same task (not visible at deployment):\n"
@@ -56,16 +58,6 @@ def insert_reference(prompt, reference_text: str):
             return messages
     # No user turn: add one at the end (before generation).
     return [*messages, {"role": "user", "content": block}]
-
-
-def cap_reference(text: str, tokenizer, max_tokens: int) -> str:
-    """Cap the reference at `max_tokens` tokens of `tokenizer` (the prompt itself is never cut)."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens} must be >= 1.")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text
-    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
 
 def splice_teacher_inputs(
@@ -218,14 +210,14 @@ def sibling_context_reference(group, *, private_columns, observation_max_chars: 
 
     The shortest successful trace is used (ties: lowest row index), so the choice is deterministic.
     """
-    from trl_sgcd.credit.evidence import Sanitizer, render_sanitized_trace
+    from trl_sgcd.credit.evidence import render_sanitized_trace
     from trl_sgcd.credit.reference import CreditReference
+    from trl_sgcd.credit.sanitize import Sanitizer, private_values
 
     successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
     if not successes:
         return CreditReference(text="", sections={}, masked_literals=[], source="none", group_index=group.group_index)
-    private_values = [r.row.get(c) for r in group.rollouts for c in private_columns if r.row.get(c) is not None]
-    sanitizer = Sanitizer(private_values)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
     # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
     traces = [
         (
