@@ -246,6 +246,9 @@ def main(argv=None):
     parser.add_argument("--arms", default="off,sgcd", help="comma-separated credit modes, alternated")
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 steps, 2 repeats")
     parser.add_argument(
+        "--keep-first", dest="skip", action="store_const", const=0, default=1, help="measure the first step too"
+    )
+    parser.add_argument(
         "--scripted", choices=("first", "all"), default="first", help="airline: script the first turn, or every turn"
     )
     parser.add_argument("--micro-batch", type=int, default=0, help="airline: rollouts per loss forward (0 = all)")
@@ -278,14 +281,15 @@ def main(argv=None):
         for mode in arms:  # alternate arms so drift on a noisy machine hits both
             o.seed = 42 + repeat
             times, split, n_tokens = run_arm(o.env, path, mode, o)
-            results[mode].extend(times[1:])
-            splits[mode].extend(split[1:])
+            results[mode].extend(times[o.skip :])
+            splits[mode].extend(split[o.skip :])
             tokens[mode].append(n_tokens)
             print(f"[bench_step] repeat {repeat} {mode}: steps {[round(t, 1) for t in times]} s", flush=True)
     device = torch.cuda.get_device_name() if o.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(
         f"bench_step: env={o.env} model={o.model} device={device} threads={torch.get_num_threads()} "
-        f"steps/arm={o.steps} (first dropped) repeats={o.repeats} completion_len={o.completion_len} "
+        f"steps/arm={o.steps} ({'first dropped' if o.skip else 'first kept'}) repeats={o.repeats} "
+        f"completion_len={o.completion_len} "
         f"precision={'bf16' if o.bf16 else 'fp32'} lora={o.lora or 'off'} micro_batch={o.micro_batch or 'all'} "
         f"gradient_checkpointing={o.gradient_checkpointing} share_prefix={o.share_prefix} "
         f"load_avg={os.getloadavg()[0]:.1f} wall={time.perf_counter() - t_start:.0f}s"
