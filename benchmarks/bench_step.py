@@ -13,8 +13,8 @@ rollouts (`--rollouts`); the first turn of every row is scripted without decodin
 call `get_reservation_details`, odd rows `get_user_details` of the requesting user: both return real ~300-token
 observations), the reward is whether that first call was the gold one (so every group is mixed), and every later
 turn is the model's own, up to `--completion-len` tokens and 3 tool calls (`--scripted all`: a scripted one-line
-answer instead, so no token is decoded and the step is TRL's scoring, credit and optimisation only); prompts are the real ~1.15k-token airline
-policy with its tool schemas.
+answer instead, so no token is decoded and the step is TRL's scoring, credit and optimisation only); prompts are the
+real ~1.15k-token airline policy with its tool schemas.
 
 Printed: median step time of each arm over the measured steps (the first step of each run is dropped), the ratio
 (reference latency excluded) and the SGCD split: generation (incl. tool calls), TRL's scoring (rewards, old
