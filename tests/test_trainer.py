@@ -140,14 +140,14 @@ def test_every_credit_mode_trains(tmp_path, tiny_model_path, mode):
     score, apply, build = _record(trainer)
     params_before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     trainer.train()
-    stats = trainer._last_credit_stats
+    stats = trainer.last_credit.stats
     assert stats.sums["rows_scored"] > 0 and stats.sums["scored_tokens"] > 0
     output = apply.calls[0][2]
     adv = output["advantages"]
     assert adv.dim() == 2
     if mode in ("sgcd", "no_reference", "uniform"):
         assert stats.sums["credit_tokens"] > 0
-        w = trainer._credit_last_batch["weights"]
+        w = trainer.last_credit.weights
         assert w.min() >= 1.0 and w.max() <= trainer.args.credit_cap
     if mode == "direct_sd":
         assert "credit_teacher_topk_ids" in output
@@ -164,7 +164,7 @@ def test_every_credit_mode_trains(tmp_path, tiny_model_path, mode):
 
 def _weights_one_where_no_credit(output, trainer):
     adv = output["advantages"]
-    w = trainer._credit_last_batch["weights"]
+    w = trainer.last_credit.weights
     assert torch.all(w == 1.0)
     assert torch.isfinite(adv).all()
 
@@ -181,8 +181,8 @@ def test_batch_with_mixed_and_non_mixed_groups(tmp_path, tiny_model_path):
     )
     score, apply, build = _record(trainer)
     trainer.train()
-    w = trainer._credit_last_batch["weights"]
-    assert trainer._last_credit_stats.sums["rows_scored"] == 4
+    w = trainer.last_credit.weights
+    assert trainer.last_credit.stats.sums["rows_scored"] == 4
     assert torch.all(w[4:] == 1.0) and w[:4].max() > 1.0
     assert [g.group_index for g in build.calls[0][0][0]] == [0]
 
@@ -214,7 +214,7 @@ def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_pat
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     _weights_one_where_no_credit(apply.calls[0][2], trainer)
-    assert not score.calls or trainer._last_credit_stats.sums["rows_scored"] == 0
+    assert not score.calls or trainer.last_credit.stats.sums["rows_scored"] == 0
 
 
 def test_refuses_what_it_cannot_do(tmp_path, tiny_model_path):
@@ -263,7 +263,7 @@ def test_dynamic_sampling_fills_the_batch_with_mixed_groups(tmp_path, tiny_model
     assert logged["sgcd/mixed_group_fraction"] == 1.0
     output = apply.calls[0][2]
     assert output["completion_ids"].size(0) == trainer.args.per_device_train_batch_size  # batch size unchanged
-    assert trainer._last_credit_stats.sums["credit_tokens"] > 0
+    assert trainer.last_credit.stats.sums["credit_tokens"] > 0
 
 
 def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
@@ -281,7 +281,7 @@ def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
     lora = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
     assert lora
     trainer.train()
-    assert trainer._last_credit_stats.sums["credit_tokens"] > 0
+    assert trainer.last_credit.stats.sums["credit_tokens"] > 0
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(after[k], v) for k, v in lora.items() if "lora_B" in k)
 
@@ -310,11 +310,11 @@ def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     output = apply.calls[0][2]
-    w = trainer._credit_last_batch["weights"]
+    w = trainer.last_credit.weights
     empty = output["completion_mask"].sum(dim=1) == 1
     assert empty.any()
     assert torch.all(w[empty] == 1.0)
-    assert trainer._last_credit_stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
+    assert trainer.last_credit.stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
 
 
 def test_validity_checks_warn_or_raise_when_strict(tmp_path, tiny_model_path):
@@ -324,7 +324,7 @@ def test_validity_checks_warn_or_raise_when_strict(tmp_path, tiny_model_path):
     stats.sums["tool_tokens_in_mask"] = 2.0
     for strict in (False, True):
         trainer = _tool_trainer(tmp_path / str(strict), tiny_model_path, credit_strict=strict)
-        trainer._last_credit_stats = stats
+        trainer.last_credit.stats = stats
         if strict:
             with pytest.raises(RuntimeError, match="tool-observation"):
                 trainer._check_validity(0, torch.ones(2, 3))
@@ -360,5 +360,5 @@ def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     assert next(trainer.model.parameters()).dtype == torch.float32
-    assert trainer._last_credit_stats.sums["rows_scored"] > 0
+    assert trainer.last_credit.stats.sums["rows_scored"] > 0
     assert seen and set(seen) == {torch.bfloat16}

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-CREDIT_MODES = ("sgcd", "off", "no_reference", "uniform", "direct_sd", "sdpo")
+from trl_sgcd.credit.modes import MODES
+
+CREDIT_MODES = tuple(MODES)
+SDPO_DISTILLATION_MODES = ("topk_logits", "sampled_token")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 REFERENCE_BACKENDS = ("contrast", "litellm")
 REFERENCE_FALLBACKS = ("contrast", "none")
@@ -26,8 +29,8 @@ class SGCDConfig(GRPOConfig):
             `"sgcd"`: the full method. `"off"`: no reference, no scoring, W = 1 (exactly GRPO). `"no_reference"`: the
             teacher context is a raw successful sibling instead of a credit reference. `"uniform"`: each rollout's W is
             replaced by its mean over eligible tokens (same credit mass, no localisation). `"direct_sd"`: GRPO plus an
-            uncapped teacher-matching KL with gradient (the paper's failing ablation). `"sdpo"`: pure
-            self-distillation comparator (reward replaced by the teacher/student log-ratio).
+            uncapped teacher-matching KL with gradient (the paper's failing ablation). `"sdpo"`: the SDPO comparator
+            (self-distillation from another successful sibling replaces the reward; see the `credit_sdpo_*` fields).
         credit_gamma (`float`, *optional*, defaults to `1.0`):
             Gain gamma in W = clip(1 + gamma * s, 1, c). Must be >= 0.
         credit_cap (`float`, *optional*, defaults to `2.0`):
@@ -97,11 +100,28 @@ class SGCDConfig(GRPOConfig):
         credit_direct_sd_coef (`float`, *optional*, defaults to `0.1`):
             Coefficient of the teacher-matching KL in `credit_mode="direct_sd"`.
         credit_dynamic_sampling (`bool`, *optional*, defaults to `False`):
-            Draw more prompts when too few groups of a generation batch are mixed.
-        credit_min_mixed_fraction (`float`, *optional*, defaults to `0.5`):
-            Target fraction of mixed groups for dynamic sampling.
+            Dynamic sampling (DAPO's rule), the same in every credit mode (`off` included: the matched GRPO control):
+            generate extra rounds while too few groups of a generation batch are mixed, and keep mixed groups first.
+        credit_min_mixed_fraction (`float`, *optional*, defaults to `1.0`):
+            Stop resampling once this fraction of the batch can be filled with mixed groups (1.0: only mixed groups,
+            DAPO's rule). At the round limit the rest is filled with non-mixed groups (logged).
         credit_max_resample_rounds (`int`, *optional*, defaults to `2`):
             Bound on extra generation rounds per batch for dynamic sampling.
+
+        > Parameters of the SDPO comparator (`credit_mode="sdpo"`)
+
+        credit_sdpo_distillation_mode (`str`, *optional*, defaults to `"topk_logits"`):
+            `"topk_logits"`: the paper's Table 7 SDPO, a divergence on the teacher's top-K support plus a tail bucket
+            as the loss (TRL SDPOTrainer's `distillation_mode="topk_logits"`, `distillation_add_tail=True`).
+            `"sampled_token"`: the teacher/student log-ratio of the sampled tokens is the advantage (TRL's default).
+        credit_sdpo_top_k (`int`, *optional*, defaults to `100`):
+            K of the top-K support in `"topk_logits"` (Table 7: about 100).
+        credit_sdpo_alpha (`float`, *optional*, defaults to `0.5`):
+            The divergence (TRL's `distillation_alpha`): 0 = KL(teacher || student), 1 = KL(student || teacher),
+            0.5 = symmetric JSD (Table 7).
+        credit_sdpo_distillation_weight (`float`, *optional*, defaults to `1.0`):
+            Weight w of the distillation term; GRPO's surrogate keeps 1 - w of the advantage (1.0: pure SDPO, the
+            reward replaced). TRL's `distillation_weight`.
         credit_strict (`bool`, *optional*, defaults to `False`):
             Raise instead of warn when a validity check fails (all-zero features, inert weights, a tool-observation
             token in the credit mask, weights that require grad).
@@ -173,11 +193,28 @@ class SGCDConfig(GRPOConfig):
     credit_direct_sd_coef: float = field(
         default=0.1, metadata={"help": "Coefficient of the teacher-matching KL in direct_sd mode."}
     )
-    credit_dynamic_sampling: bool = field(default=False, metadata={"help": "Resample when too few groups are mixed."})
+    credit_dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Dynamic sampling (DAPO's rule) in every credit mode: resample while too few groups are mixed."
+        },
+    )
     credit_min_mixed_fraction: float = field(
-        default=0.5, metadata={"help": "Target fraction of mixed groups for dynamic sampling."}
+        default=1.0,
+        metadata={"help": "Stop resampling once this fraction of the batch is mixed groups (1.0: only mixed, DAPO)."},
     )
     credit_max_resample_rounds: int = field(default=2, metadata={"help": "Bound on extra generation rounds."})
+    credit_sdpo_distillation_mode: str = field(
+        default="topk_logits",
+        metadata={"help": "SDPO comparator objective.", "choices": list(SDPO_DISTILLATION_MODES)},
+    )
+    credit_sdpo_top_k: int = field(default=100, metadata={"help": "Top-K support of the SDPO comparator's loss."})
+    credit_sdpo_alpha: float = field(
+        default=0.5, metadata={"help": "SDPO divergence: 0 KL(teacher||student), 1 KL(student||teacher), 0.5 JSD."}
+    )
+    credit_sdpo_distillation_weight: float = field(
+        default=1.0, metadata={"help": "Weight of SDPO's distillation term (1.0: pure SDPO, reward replaced)."}
+    )
     credit_strict: bool = field(default=False, metadata={"help": "Raise instead of warn on validity checks."})
     credit_inert_steps: int = field(default=10, metadata={"help": "Steps before the inert-weights check fires."})
     credit_log_table: bool = field(default=True, metadata={"help": "Log a per-step W&B credit table."})
@@ -195,6 +232,9 @@ class SGCDConfig(GRPOConfig):
         _check_choice("credit_divergence", self.credit_divergence, DIVERGENCES)
         _check_choice("credit_reference_backend", self.credit_reference_backend, REFERENCE_BACKENDS)
         _check_choice("credit_reference_fallback", self.credit_reference_fallback, REFERENCE_FALLBACKS)
+        _check_choice("credit_sdpo_distillation_mode", self.credit_sdpo_distillation_mode, SDPO_DISTILLATION_MODES)
+        for name in ("credit_sdpo_alpha", "credit_sdpo_distillation_weight"):
+            _check(0.0 <= getattr(self, name) <= 1.0, name, getattr(self, name), "must be in [0, 1]")
         _check(self.credit_cap > 1.0, "credit_cap", self.credit_cap, "must be > 1 (W is clipped to [1, credit_cap])")
         _check(self.credit_gamma >= 0.0, "credit_gamma", self.credit_gamma, "must be >= 0 (W must never go below 1)")
         for name in (
@@ -206,6 +246,7 @@ class SGCDConfig(GRPOConfig):
             "credit_reference_max_tokens",
             "credit_observation_max_chars",
             "credit_inert_steps",
+            "credit_sdpo_top_k",
         ):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         if self.credit_scoring_batch_size is not None:

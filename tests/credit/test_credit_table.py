@@ -425,6 +425,6 @@ def test_report_to_none_makes_no_wandb_call(tmp_path, tiny_model_path, monkeypat
     monkeypatch.setattr(wandb, "run", run)  # an active run the trainer must leave alone
     trainer = _tiny_sgcd(tmp_path, tiny_model_path, report_to="none")
     trainer.train()
-    assert trainer._last_credit_stats.sums["rows_scored"] > 0  # the credit pipeline ran
+    assert trainer.last_credit.stats.sums["rows_scored"] > 0  # the credit pipeline ran
     assert run.calls == []
-    assert getattr(trainer, "credit_table", None) is None
+    assert trainer.credit_pipeline.table is None

@@ -206,13 +206,14 @@ def apply_builtin_defaults(script_args, training_args) -> None:
 
 def check_dependencies(training_args, model_args) -> None:
     """Fail before loading anything when an option needs a package that is missing or a key that is not set."""
+    from trl_sgcd.credit.modes import credit_mode
     from trl_sgcd.import_utils import is_litellm_available, is_peft_available, is_vllm_available
 
     if training_args.use_vllm and not is_vllm_available():
         raise UsageError("use_vllm=True needs vLLM: `pip install trl-sgcd[vllm]`, or pass `--use_vllm false`.")
     if model_args.use_peft and not is_peft_available():
         raise UsageError("use_peft=True needs PEFT: `pip install peft`.")
-    uses_llm = training_args.credit_mode not in ("off", "no_reference")  # these two never call the reference LLM
+    uses_llm = credit_mode(training_args.credit_mode).uses_reference_builder  # the other modes never call the LLM
     if uses_llm and training_args.credit_reference_backend == "litellm":
         if not is_litellm_available():
             raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
