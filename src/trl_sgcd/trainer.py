@@ -1,22 +1,16 @@
 """`SGCDTrainer`: GRPO whose scalar advantage is redistributed over tokens by bounded, detached credit weights.
 
-After `super()._generate_and_score_completions` has generated, rewarded and normalised a batch, the advantages `(B,)`
-become `(B, T)` = A * W, W = clip(1 + gamma*s, 1, c) from the dense teacher/student divergence of the current policy
-scored with and without a credit reference (SGCD, arXiv 2606.12634). TRL's own clipped surrogate consumes them, so
-policy gradient stays the only actor update (only the `direct_sd` ablation and the `sdpo` comparator add a loss).
+After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)` become `(B, T)` = A * W (SGCD, arXiv
+2606.12634); TRL's own clipped surrogate consumes them. Overridden in `GRPOTrainer`, each through `super()`:
 
-What it overrides in `GRPOTrainer`, each through `super()`:
-
-* `_calculate_rewards`: logs the tool-use audit (every mode) and keeps the texts and rewards the credit stages need;
+* `_calculate_rewards`: the tool-use audit (every mode); keeps the texts and rewards the credit stages need;
 * `_generate_and_score_completions`: dynamic sampling (every mode alike, `credit/sampling.py`), then one call of the
-  credit pipeline (`credit/pipeline.py`) for the modes that score;
-* `_compute_loss`: adds the mode's extra loss, if it has one;
-* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (reference-builder counters, the
-  inert-step counter, the resampling stream), so a resumed run continues exactly.
+  credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
+* `_compute_loss`: adds the mode's extra loss, if it has one (`direct_sd`, `sdpo`);
+* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json`, so a resumed run continues exactly.
 
-What each mode does is in `credit/modes.py`. This file holds only the TRL hooks, the gathers and the rank logic:
-groups may span ranks, so texts and rewards are gathered, each group's reference is built once by its owner rank and
-broadcast, and every rank runs the same number of scoring forwards (ZeRO-3).
+Only TRL hooks, gathers and rank logic live here: groups may span ranks, each group's reference is built once by its
+owner rank and broadcast, and every rank runs the same number of scoring forwards (ZeRO-3).
 """
 
 from __future__ import annotations
@@ -26,12 +20,12 @@ import json
 import os
 import textwrap
 import time
-import warnings
 
 import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 from trl import GRPOTrainer
 
 from trl_sgcd.config import SGCDConfig
@@ -44,6 +38,7 @@ from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupport
 from trl_sgcd.credit.weights import loss_mask
 from trl_sgcd.tooluse.audit import tool_use_audit
 
+logger = logging.get_logger(__name__)
 SGCD_STATE_FILE = "sgcd_state.json"
 
 
@@ -51,7 +46,8 @@ class SGCDTrainer(GRPOTrainer):
     """Sibling-Guided Credit Distillation on top of [`~trl.GRPOTrainer`].
 
     Takes exactly `GRPOTrainer`'s arguments (tools, `environment_factory`, `rollout_func`, PEFT, vLLM, DeepSpeed all
-    pass straight through); `args` must be an [`SGCDConfig`]. With `credit_mode="off"` (and no dynamic sampling) it is GRPO, bit for bit.
+    pass straight through); `args` must be an [`SGCDConfig`]. `credit_mode="off"` without dynamic sampling is GRPO,
+    bit for bit; `trainer.last_credit` is the last generation batch's [`CreditResult`].
 
     Example:
 
@@ -107,31 +103,23 @@ class SGCDTrainer(GRPOTrainer):
         self._credit_batch, self._credit_inert_steps = None, 0
         self._credit_stream = sampling.ResampleStream(self._resample_loader)  # dynamic sampling's extra rounds
 
-    # ------------------------------------------------------------------ hooks into GRPOTrainer (via super())
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         # The tool-use audit of the paper (zero-tool collapse), logged in every mode so GRPO arms have it too.
         all_completions = gather_object(list(completions))
         categories = gather_object([row.get("category") for row in inputs])
+        categories = categories if all(c is not None for c in categories) else None
+        rewards = total_rewards(rewards_per_func, self.reward_weights).tolist()
         audit = tool_use_audit(
-            all_completions,
-            total_rewards(rewards_per_func, self.reward_weights).tolist(),
-            categories if all(c is not None for c in categories) else None,
-            success_threshold=self.args.credit_success_threshold,
+            all_completions, rewards, categories, success_threshold=self.args.credit_success_threshold
         )
         mode = "train" if self.model.training else "eval"
         for name, value in audit.items():
             if not name.startswith("num_"):
                 self._metrics[mode][f"sgcd/audit/{name}"].append(value)
         # What dynamic sampling and the credit stages need; TRL's output does not carry it.
-        self._credit_batch = {
-            "inputs": inputs,
-            "prompts": prompts,
-            "completions": completions,
-            "all_completions": all_completions,
-            "rewards_per_func": rewards_per_func,
-        }
+        self._credit_batch = dict(inputs=inputs, prompts=prompts, completions=completions)
+        self._credit_batch.update(all_completions=all_completions, rewards_per_func=rewards_per_func)
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -153,17 +141,13 @@ class SGCDTrainer(GRPOTrainer):
         self._metrics["train"][name].append(self.accelerator.gather(aux.detach()).mean().item())
         return loss + coef * aux / self.current_gradient_accumulation_steps
 
-    # ------------------------------------------------------------------ dynamic sampling (every mode alike)
-
     def _resample(self, output: dict, batch: dict):
         """Extra generation rounds while too few groups are mixed (the rule and its logs: `credit/sampling.py`)."""
         args, G, acc = self.args, self.num_generations, self.accelerator
         n_local = len(batch["prompts"])
         why_not = sampling.unavailable(n_local, G, iterable=isinstance(self.train_dataset, IterableDataset))
         if why_not:
-            if not getattr(self, "_credit_resample_warned", False):
-                warnings.warn(why_not, stacklevel=2)
-                self._credit_resample_warned = True
+            logger.warning_once(why_not)
             return output, batch
 
         def next_round():
@@ -193,29 +177,18 @@ class SGCDTrainer(GRPOTrainer):
         return merged, merged_batch
 
     def _resample_loader(self, epoch: int):
-        sampler = sampling.resample_sampler(
-            num_generations=self.num_generations,
-            generation_batch_size=self.args.generation_batch_size,
-            seed=self.args.seed + 7919 * epoch,
-        )
+        sampler = sampling.resample_sampler(self.args, num_generations=self.num_generations, epoch=epoch)
         batch_size = self._train_batch_size * self.args.steps_per_generation
-        return self._get_dataloader(
-            self.train_dataset, "SGCD resampling", batch_size, sampler_fn=sampler, is_training=True
-        )
-
-    # ------------------------------------------------------------------ the credit pipeline, across ranks
+        return self._get_dataloader(self.train_dataset, "SGCD resampling", batch_size, sampler, is_training=True)
 
     def _apply_credit(self, output: dict, batch: dict) -> dict:
         acc, pipe = self.accelerator, self.credit_pipeline
-        n_local = len(batch["prompts"])
-        offset = acc.process_index * n_local
-        rewards = total_rewards(batch["rewards_per_func"], self.reward_weights)  # (N,)
+        n_local, G = len(batch["prompts"]), self.num_generations
+        offset, rewards = acc.process_index * n_local, total_rewards(batch["rewards_per_func"], self.reward_weights)
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
         private = gather_object([{c: row.get(c) for c in self.args.credit_private_columns} for row in batch["inputs"]])
         prompts, completions = gather_object(list(batch["prompts"])), batch["all_completions"]
-        groups = pipe.sibling_groups(
-            prompts, completions, rewards.tolist(), private, num_generations=self.num_generations
-        )
+        groups = pipe.sibling_groups(prompts, completions, rewards.tolist(), private, num_generations=G)
         # References: each group is built exactly once, by its owner rank; every rank receives all of them.
         t0 = time.perf_counter()
         owned = [g for g in groups if owner_of_group(g.group_index, acc.num_processes) == acc.process_index]
@@ -243,21 +216,14 @@ class SGCDTrainer(GRPOTrainer):
             self._metrics["train"][name].append(value)
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         shown = masked_row_mean(output["advantages"], loss_mask(output["completion_mask"], output.get("tool_mask")))
-        shown, logged = acc.gather(shown).tolist(), self._logs["advantages"]  # a deque: replace its last entries
-        for _ in shown:
-            logged.pop()
-        logged.extend(shown)
-        if acc.is_main_process:  # step: the optimizer step that first trains on this batch
-            pipe.record_table(
-                self.state.global_step + 1, batch["prompts"], output, result, advantages, rewards, offset
-            )
-        num_mixed, inert = sum(g.is_mixed for g in groups), self._credit_inert_steps
-        self._credit_inert_steps = pipe.check_validity(
-            stats, num_mixed=num_mixed, weights=result.weights, inert_steps=inert
-        )
+        logged = self._logs["advantages"]  # a deque ending with this batch's GRPO advantages: replace them
+        for k, value in enumerate(acc.gather(shown).tolist(), start=len(logged) - len(shown) * acc.num_processes):
+            logged[k] = value
+        step = self.state.global_step + 1  # the optimizer step that first trains on this batch
+        if acc.is_main_process:
+            pipe.record_table(step, batch["prompts"], output, result, advantages, rewards, offset)
+        self._credit_inert_steps = pipe.check_validity(stats, groups, result.weights, self._credit_inert_steps)
         return output
-
-    # ------------------------------------------------------------------ checkpoints (resume keeps the credit state)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

@@ -91,7 +91,9 @@ def test_modes_hand_trl_what_the_mode_table_says(tmp_path, model, tokenizer):
         values = uniform.weights[row][uniform.eligible[k]]
         assert torch.allclose(values, values[0].expand_as(values)) and values[0] > 1.0  # one weight per rollout
     pipe, t, direct = _credit(tmp_path, model, tokenizer, credit_mode="direct_sd")
-    assert torch.all(direct.weights == 1.0) and torch.equal(direct.advantages, ADVANTAGES[:, None].expand_as(direct.weights))
+    assert torch.all(direct.weights == 1.0) and torch.equal(
+        direct.advantages, ADVANTAGES[:, None].expand_as(direct.weights)
+    )
     assert direct.extra_loss_inputs["credit_teacher_topk_ids"].shape[-1] == pipe.args.credit_top_k
     assert direct.extra_loss_inputs["credit_sd_mask"][3].sum() == 0
     pipe, t, sdpo = _credit(tmp_path, model, tokenizer, credit_mode="sdpo")

@@ -309,13 +309,14 @@ class CreditPipeline:
             fallback_prefix=fallback_prefix,
         )
 
-    def check_validity(self, stats: CreditStats, *, num_mixed: int, weights: Tensor, inert_steps: int) -> int:
-        """The paper's run-validity checks (warn, or raise with `credit_strict`); the updated inert-step counter."""
+    def check_validity(self, stats: CreditStats, groups, weights: Tensor, inert_steps: int) -> int:
+        """The paper's run-validity checks on a batch (`stats` reduced over ranks, all its `groups`): warn, or raise
+        with `credit_strict`. Returns the updated inert-step counter."""
         return check_validity(
             stats,
             strict=self.args.credit_strict,
             weights_carry_credit=self.mode.weights_carry_credit,
-            num_mixed=num_mixed,
+            num_mixed=sum(g.is_mixed for g in groups),
             weights_require_grad=weights.requires_grad,
             inert_steps=inert_steps,
             inert_limit=self.args.credit_inert_steps,

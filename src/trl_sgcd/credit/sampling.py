@@ -231,8 +231,10 @@ class ResampleStream:
         self.epoch, self.consumed, self._iter = int(state.get("epoch", 0)), int(state.get("consumed", 0)), None
 
 
-def resample_sampler(*, num_generations: int, generation_batch_size: int, seed: int):
-    """`sampler_fn` for the extra rounds: TRL's RepeatSampler (groups of G), one pass, its own seed."""
+def resample_sampler(args, *, num_generations: int, epoch: int):
+    """`sampler_fn` for the extra rounds of epoch `epoch` (1, 2, ...): TRL's RepeatSampler (groups of G), one pass
+    over the dataset, seeded `args.seed + 7919 * epoch` (never the main sampler's seed)."""
+    seed, generation_batch_size = args.seed + 7919 * epoch, args.generation_batch_size
     from trl.trainer.utils import RepeatSampler
 
     def make(dataset):
