@@ -209,18 +209,23 @@ class ResampleStream:
         self.make_loader, self.epoch, self.consumed, self._iter = make_loader, 0, 0, None
 
     def next(self):
-        """The next generation batch; after a resume, the one the uninterrupted run would have drawn."""
-        if self._iter is None:  # first use, or after a resume: the same epoch, the same position
-            self.epoch = max(self.epoch, 1)
-            self._iter = iter(self.make_loader(self.epoch))
-            for _ in range(self.consumed):
-                next(self._iter)
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self.epoch, self.consumed = self.epoch + 1, 0
-            self._iter = iter(self.make_loader(self.epoch))
-            batch = next(self._iter)
+        """The next generation batch; after a resume, the one the uninterrupted run would have drawn.
+
+        The global torch RNG is left untouched (a DataLoader draws its base seed from it when it starts an epoch),
+        so generation samples the same tokens whether or not the stream was just rebuilt by a resume.
+        """
+        with torch.random.fork_rng(devices=[]):
+            if self._iter is None:  # first use, or after a resume: the same epoch, the same position
+                self.epoch = max(self.epoch, 1)
+                self._iter = iter(self.make_loader(self.epoch))
+                for _ in range(self.consumed):
+                    next(self._iter)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self.epoch, self.consumed = self.epoch + 1, 0
+                self._iter = iter(self.make_loader(self.epoch))
+                batch = next(self._iter)
         self.consumed += 1
         return batch
 
