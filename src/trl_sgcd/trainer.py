@@ -10,7 +10,7 @@ After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)`
 * `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json`, so a resumed run continues exactly.
 
 Only TRL hooks, gathers and rank logic live here: groups may span ranks, each group's reference is built once by its
-owner rank and broadcast, and every rank runs the same number of scoring forwards (ZeRO-3).
+owner rank, and every rank runs the same number of scoring forwards (ZeRO-3).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from trl_sgcd.credit import sampling
 from trl_sgcd.credit.modes import credit_mode
 from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline, CreditResult
 from trl_sgcd.credit.reference import CreditReference
+from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.siblings import owner_of_group
 from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, total_rewards
 from trl_sgcd.credit.weights import loss_mask
@@ -186,13 +187,14 @@ class SGCDTrainer(GRPOTrainer):
         n_local, G = len(batch["prompts"]), self.num_generations
         offset, rewards = acc.process_index * n_local, total_rewards(batch["rewards_per_func"], self.reward_weights)
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
-        private = gather_object([{c: row.get(c) for c in self.args.credit_private_columns} for row in batch["inputs"]])
+        private = gather_object([private_values(row, self.args.credit_private_columns) for row in batch["inputs"]])
         prompts, completions = gather_object(list(batch["prompts"])), batch["all_completions"]
         groups = pipe.sibling_groups(prompts, completions, rewards.tolist(), private, num_generations=G)
         # References: each group is built exactly once, by its owner rank; every rank receives all of them.
         t0 = time.perf_counter()
         owned = [g for g in groups if owner_of_group(g.group_index, acc.num_processes) == acc.process_index]
         references = dict(gather_object(pipe.references(owned)))
+        steps = gather_object([pipe.reference_step_metrics()])  # every rank's reference-builder counters
         latency = time.perf_counter() - t0
         local_refs = [references.get(offset + i) for i in range(n_local)]
         n_batches = torch.tensor([pipe.num_score_batches(local_refs)], device=acc.device)
@@ -212,33 +214,31 @@ class SGCDTrainer(GRPOTrainer):
         stats = CreditStats.from_vectors(acc.gather(sums[None]).sum(0), acc.gather(maxima[None]).max(0).values)
         fallback = int(acc.gather(torch.tensor([float(result.fallback_prefix)], device=acc.device)).sum().item())
         self.last_credit = dataclasses.replace(result, stats=stats)
-        for name, value in pipe.metrics(stats, groups, references.values(), latency, fallback).items():
+        for name, value in pipe.metrics(stats, groups, references.values(), latency, fallback, steps).items():
             self._metrics["train"][name].append(value)
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         shown = masked_row_mean(output["advantages"], loss_mask(output["completion_mask"], output.get("tool_mask")))
         logged = self._logs["advantages"]  # a deque ending with this batch's GRPO advantages: replace them
         for k, value in enumerate(acc.gather(shown).tolist(), start=len(logged) - len(shown) * acc.num_processes):
             logged[k] = value
-        step = self.state.global_step + 1  # the optimizer step that first trains on this batch
-        if acc.is_main_process:
-            pipe.record_table(step, batch["prompts"], output, result, advantages, rewards, offset)
+        if acc.is_main_process:  # the table's step: the optimizer step that first trains on this batch
+            pipe.record_table(
+                self.state.global_step + 1, batch["prompts"], output, result, advantages, rewards, offset
+            )
         self._credit_inert_steps = pipe.check_validity(stats, groups, result.weights, self._credit_inert_steps)
         return output
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             state = {"reference_builder": self.reference_builder.state_dict(), "inert_steps": self._credit_inert_steps}
-            with open(os.path.join(folder, SGCD_STATE_FILE), "w") as f:
+            with open(os.path.join(self._get_output_dir(trial=trial), name, SGCD_STATE_FILE), "w") as f:
                 json.dump({**state, "resample": self._credit_stream.state_dict()}, f)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, SGCD_STATE_FILE) if checkpoint is not None else None
-        if path is not None and os.path.exists(path):
+        if checkpoint is not None and os.path.exists(path := os.path.join(checkpoint, SGCD_STATE_FILE)):
             with open(path) as f:
                 state = json.load(f)
             self.reference_builder.load_state_dict(state.get("reference_builder", {}))

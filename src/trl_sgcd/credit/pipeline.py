@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from trl_sgcd.credit.divergence import DenseDivergenceScorer, DenseScores, teacher_matching_loss
+from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.modes import CreditMode, credit_mode
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
+from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores, teacher_matching_loss
 from trl_sgcd.credit.siblings import SiblingGroup, build_sibling_groups, sibling_contexts
 from trl_sgcd.credit.stats import CreditStats, check_validity, credit_metrics, local_credit_stats, peak_memory_gb
 from trl_sgcd.credit.table import CreditTableRecorder
@@ -150,7 +151,7 @@ class CreditPipeline:
                     observation_max_chars=self.args.credit_observation_max_chars,
                 )
                 pairs.extend((r.index, ref) for r, ref in zip(group.rollouts, contexts) if ref is not None)
-        elif self.mode.context == "reference" and groups:
+        elif self.mode.context == "reference":  # every rank builds (maybe nothing): its step metrics reset
             for group, ref in zip(groups, self.reference_builder.build(groups)):
                 pairs.extend((r.index, ref) for r in group.rollouts)
         return pairs
@@ -199,7 +200,9 @@ class CreditPipeline:
         result = CreditResult(advantages, torch.ones(B, T, device=device), references, rows, stats)
         mask = loss_mask(completion_mask, tool_mask).bool()  # (B, T)
         if min_batches > 0:  # every rank runs the same number of scoring forwards, with rows or without
-            teacher_ids = self._teacher_inputs(result, prompt_ids, prompt_mask, completion_ids, mask, prompts, render)
+            teacher_ids = self._teacher_inputs(
+                result, prompt_ids, prompt_mask, completion_ids, tool_mask, mask, prompts, render
+            )
             c_ids, c_mask = completion_ids[rows], completion_mask[rows]  # (R, T)
             t_ids, t_mask = splice_teacher_inputs(teacher_ids, c_ids, c_mask, pad_token_id=self.tokenizer.pad_token_id)
             t0 = time.perf_counter()
@@ -223,17 +226,28 @@ class CreditPipeline:
         result.extra_loss_inputs = self._loss_inputs(result, B, T, device)
         return result
 
-    def _teacher_inputs(self, result, prompt_ids, prompt_mask, completion_ids, mask, prompts, render) -> list:
+    def _teacher_inputs(
+        self, result, prompt_ids, prompt_mask, completion_ids, tool_mask, mask, prompts, render
+    ) -> list:
         """Teacher prompt ids of the scored rows (their completions are spliced on later); sets `result.eligible`."""
         rows, tok = result.rows, self.tokenizer
         if not rows:
             return []
         texts = {i: cap_reference(result.references[i].text, tok, self.args.credit_reference_max_tokens) for i in rows}
+        student_prompts = unpad_left(prompt_ids[rows], prompt_mask[rows])
         teacher_ids, result.fallback_prefix = teacher_prompt_ids(
-            prompts, texts, unpad_left(prompt_ids[rows], prompt_mask[rows]), render=render, tokenizer=tok
+            prompts, texts, student_prompts, render=render, tokenizer=tok
         )
+        # Masked literals the student cannot see get no credit; those in its prompt or an earlier tool observation do.
         literals = [list(result.references[i].masked_literals) for i in rows]
-        result.eligible = mask[rows] & ~literal_token_mask(completion_ids[rows], literals, tok).to(mask.device)
+        hidden = literal_token_mask(
+            completion_ids[rows],
+            literals,
+            tok,
+            prompt_ids=student_prompts,
+            tool_mask=None if tool_mask is None else tool_mask[rows],
+        )
+        result.eligible = mask[rows] & ~hidden.to(mask.device)  # (R, T)
         return teacher_ids
 
     def _weigh(self, result: CreditResult, mask: Tensor) -> None:
@@ -297,10 +311,11 @@ class CreditPipeline:
         return dict(zip(TARGET_KEYS, (ids, logps, mask)))
 
     # ------------------------------------------------------------------------------------ logs and validity checks
-    def metrics(self, stats: CreditStats, groups, references, latency_s: float, fallback_prefix: int) -> dict:
-        """The `sgcd/` metrics of one batch from globally reduced `stats` (see [`credit_metrics`])."""
+    def metrics(self, stats: CreditStats, groups, references, latency_s, fallback_prefix, reference_steps) -> dict:
+        """The `sgcd/` metrics of one batch from globally reduced `stats` (see [`credit_metrics`]), with the
+        reference builder's step metrics of every rank (`reference_steps`, merged)."""
         num_mixed = sum(g.is_mixed for g in groups)
-        return credit_metrics(
+        return merge_step_metrics(reference_steps) | credit_metrics(
             stats,
             num_groups=len(groups),
             num_mixed=num_mixed,
@@ -308,6 +323,10 @@ class CreditPipeline:
             latency_s=latency_s,
             fallback_prefix=fallback_prefix,
         )
+
+    def reference_step_metrics(self) -> dict[str, float]:
+        """This rank's reference-builder counters of the last build (`{}` when the mode uses no builder)."""
+        return self.reference_builder.step_metrics() if self.mode.uses_reference_builder else {}
 
     def check_validity(self, stats: CreditStats, groups, weights: Tensor, inert_steps: int) -> int:
         """The paper's run-validity checks on a batch (`stats` reduced over ranks, all its `groups`): warn, or raise

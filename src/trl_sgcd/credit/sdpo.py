@@ -28,8 +28,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from trl_sgcd.credit.divergence import LOG_FLOOR
+from trl_sgcd.credit.hidden import completion_hidden
+
 # The scorer's model access (unwrapping, backbone, chunked LM head): the one place trl-sgcd runs the model.
-from trl_sgcd.credit.divergence import LOG_FLOOR, _backbone, _chunks, _completion_hidden, _LMHead, _unwrap
+from trl_sgcd.credit.scorer import _backbone, _chunks, _LMHead, _unwrap
 
 
 def generalized_jsd(log_p: Tensor, log_q: Tensor, alpha: float) -> Tensor:
@@ -103,7 +106,7 @@ def sdpo_distillation_loss(
         )
     base = _unwrap(model)
     head = _LMHead(base, temperature)
-    hidden = _completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
     ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
     log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
     parts = [hidden.sum(-1)[:0].float() * 0.0]  # (0,) connected to the graph even with no token

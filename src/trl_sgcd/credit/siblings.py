@@ -188,14 +188,14 @@ def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], obs
     Returns:
         `list[CreditReference | None]`: one entry per rollout of the group, in order.
     """
-    from trl_sgcd.credit.evidence import Sanitizer, render_sanitized_trace
+    from trl_sgcd.credit.evidence import render_sanitized_trace
     from trl_sgcd.credit.reference import CreditReference
+    from trl_sgcd.credit.sanitize import Sanitizer, private_values
 
     successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
     if not successes:
         return [None] * len(group.rollouts)
-    private_values = [r.row.get(c) for r in group.rollouts for c in private_columns if r.row.get(c) is not None]
-    sanitizer = Sanitizer(private_values)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
     # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
     rendered = {
         r.index: render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars)
