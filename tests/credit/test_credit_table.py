@@ -403,10 +403,10 @@ def test_without_wandb_nothing_breaks(tmp_path):
 
 
 def _trainer_wired() -> bool:
-    """Whether trainer.py builds a `CreditTableRecorder` (read from its source: no TRL import at collection)."""
+    """Whether the credit pipeline builds a `CreditTableRecorder` (read from its source: no TRL import at collection)."""
     import importlib.util
 
-    with open(importlib.util.find_spec("trl_sgcd.trainer").origin, encoding="utf-8") as f:
+    with open(importlib.util.find_spec("trl_sgcd.credit.pipeline").origin, encoding="utf-8") as f:
         return "CreditTableRecorder(" in f.read()
 
 
