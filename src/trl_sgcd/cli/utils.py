@@ -117,6 +117,8 @@ def load_dataset_dict(name: str, config: str | None = None):
 
     if name == BUILTIN_AIRLINE:
         return _AirlineSplits()
+    if name.startswith("tau2:"):  # τ²-bench: trl_sgcd.envs.tau2.resolve
+        return resolve_env_spec(name).splits
     path = os.path.expanduser(name)
     ext = os.path.splitext(path)[1].lower()
     try:
@@ -138,6 +140,17 @@ def load_dataset_dict(name: str, config: str | None = None):
         raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError...)
         raise UsageError(f"Cannot load dataset_name={name!r}: {type(e).__name__}: {e}") from e
+
+
+def resolve_env_spec(spec: str):
+    """A `"tau2:<domain>[:<user_mode>]"` spec -> its `Tau2Spec` (environment_factory, reward_funcs, private_columns,
+    splits), or a [`UsageError`] naming the spec."""
+    from trl_sgcd.envs.tau2 import resolve
+
+    try:
+        return resolve(spec)
+    except (ValueError, ImportError) as e:
+        raise UsageError(f"{spec!r}: {e}") from e
 
 
 def _is_saved_to_disk(path: str) -> bool:
