@@ -370,13 +370,21 @@ def run_experiment(
             key = run_key(arm, seed)
             if key in done:
                 continue
-            if (max_runs is not None and finished >= max_runs) or (deadline is not None and time.monotonic() >= deadline):
+            if (max_runs is not None and finished >= max_runs) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
                 print(f"[experiment] stopping before {key} (budget); rerun the same command to continue", flush=True)
                 return read_results(path)
             print(f"[experiment] {key} ...", flush=True)
             run_dir = os.path.join(output_dir, "runs", key)
             result = train_run(
-                settings, arm, seed, run_dir, warm_start_dir=record["warm_start"], bf16=record["bf16"], deadline=deadline
+                settings,
+                arm,
+                seed,
+                run_dir,
+                warm_start_dir=record["warm_start"],
+                bf16=record["bf16"],
+                deadline=deadline,
             )
             if result is None:
                 print(f"[experiment] {key} stopped by the budget; its checkpoint is in {run_dir}", flush=True)
@@ -407,7 +415,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = _parser().parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(ExperimentSettings) if getattr(args, f.name) is not None}
+    overrides = {
+        f.name: getattr(args, f.name) for f in fields(ExperimentSettings) if getattr(args, f.name) is not None
+    }
     settings = replace(PROFILES[args.profile], **overrides)
     if settings.rollouts_per_step % settings.num_generations:
         raise ValueError(f"--rollouts-per-step ({settings.rollouts_per_step}) must be a multiple of --num-generations")
