@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, fields, replace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ARMS = ("off", "sgcd", "direct_sd", "sdpo")
-RESULTS_FILE = "results.jsonl"
 EXPERIMENT_FILE = "experiment.json"
 
 
@@ -101,34 +100,7 @@ def run_key(arm: str, seed: int) -> str:
     return f"{arm}-seed{seed}"
 
 
-# ---------------------------------------------------------------------------------------------------- results file
-
-
-def read_results(path: str) -> list[dict]:
-    """Finished runs, in the order they ended. A torn last line (a process killed mid-write) is dropped: rerun."""
-    if not os.path.exists(path):
-        return []
-    results = []
-    with open(path) as f:
-        for line in f:
-            try:
-                results.append(json.loads(line))
-            except ValueError:
-                continue
-    return results
-
-
-def append_result(path: str, result: dict) -> None:
-    """Append one run as one JSON line, flushed to disk before returning."""
-    with open(path, "a+") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell():  # a torn last line must not swallow this one
-            f.seek(f.tell() - 1)
-            if f.read(1) != "\n":
-                f.write("\n")
-        f.write(json.dumps(result, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+# ---------------------------------------------------------------------------------------------------- resuming
 
 
 def check_experiment(output_dir: str, settings: ExperimentSettings) -> dict | None:
@@ -357,7 +329,7 @@ def run_experiment(
     command: str = "",
 ) -> list[dict]:
     """Run every (seed, arm) not yet in `results.jsonl`, seed by seed; returns all finished runs."""
-    from benchmarks.experiment_report import write_report
+    from benchmarks.experiment_report import RESULTS_FILE, append_result, read_results, write_report
 
     start = time.monotonic()
     deadline = None if budget_minutes is None else start + 60.0 * budget_minutes

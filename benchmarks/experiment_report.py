@@ -1,4 +1,4 @@
-"""Tables and curves of `benchmarks/experiment.py`, rebuilt from its `results.jsonl` after every run.
+"""The results file of `benchmarks/experiment.py` (one JSON line per finished run) and what is built from it.
 
     .venv/bin/python benchmarks/experiment_report.py outputs/experiment      # rebuild results.md and curves.png
 
@@ -17,7 +17,35 @@ import statistics
 import sys
 
 ARMS = ("off", "sgcd", "direct_sd", "sdpo")
+RESULTS_FILE = "results.jsonl"
 ARM_NAMES = {"off": "GRPO", "sgcd": "SGCD", "direct_sd": "direct SD", "sdpo": "SDPO"}
+
+
+def read_results(path: str) -> list[dict]:
+    """Finished runs, in the order they ended. A torn last line (a process killed mid-write) is dropped: rerun."""
+    if not os.path.exists(path):
+        return []
+    results = []
+    with open(path) as f:
+        for line in f:
+            try:
+                results.append(json.loads(line))
+            except ValueError:
+                continue
+    return results
+
+
+def append_result(path: str, result: dict) -> None:
+    """Append one run as one JSON line, flushed to disk before returning."""
+    with open(path, "a+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():  # a torn last line must not swallow this one
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                f.write("\n")
+        f.write(json.dumps(result, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _success_table(results: list[dict], arm: str) -> dict[int, dict[str, bool]]:
@@ -147,7 +175,7 @@ def write_report(output_dir: str, record: dict, results: list[dict], *, command:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.experiment import EXPERIMENT_FILE, RESULTS_FILE, read_results
+    from benchmarks.experiment import EXPERIMENT_FILE
 
     folder = sys.argv[1] if len(sys.argv) > 1 else "outputs/experiment"
     with open(os.path.join(folder, EXPERIMENT_FILE)) as f:

@@ -55,6 +55,7 @@ from trl_sgcd.credit.teacher import (
 )
 from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, uniform_credit_weights
 from trl_sgcd.tooluse.audit import tool_use_audit
+from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class SGCDTrainer(GRPOTrainer):
                 "SGCDConfig(...): it takes the same fields plus the credit_* ones."
             )
         refuse_unsupported(args)
-        super().__init__(model, reward_funcs, args, *more, **kwargs)
+        with cpu_colocate_generation(args):  # vLLM's CPU backend needs its own weight sync (see trl_sgcd.vllm_cpu)
+            super().__init__(model, reward_funcs, args, *more, **kwargs)
         if args.credit_mode != "off" and self._is_vlm:
             raise ValueError(
                 "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
