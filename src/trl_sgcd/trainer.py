@@ -38,6 +38,7 @@ from trl_sgcd.credit.siblings import owner_of_group
 from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, total_rewards
 from trl_sgcd.credit.weights import loss_mask
 from trl_sgcd.tooluse.audit import tool_use_audit
+from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
 logger = logging.get_logger(__name__)
 SGCD_STATE_FILE = "sgcd_state.json"
@@ -91,7 +92,8 @@ class SGCDTrainer(GRPOTrainer):
                 "SGCDConfig(...): it takes the same fields plus the credit_* ones."
             )
         refuse_unsupported(args)
-        super().__init__(model, reward_funcs, args, *more, **kwargs)
+        with cpu_colocate_generation(args):  # vLLM's CPU backend needs its own weight sync (see trl_sgcd.vllm_cpu)
+            super().__init__(model, reward_funcs, args, *more, **kwargs)
         self.credit_mode = credit_mode(args.credit_mode)
         if self.credit_mode.scores and self._is_vlm:
             raise ValueError(
