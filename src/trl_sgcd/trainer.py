@@ -25,6 +25,7 @@ from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from trl_sgcd.cli.utils import builtin_model_dir
 from trl_sgcd.config import SGCDConfig
 from trl_sgcd.credit.divergence import DenseDivergenceScorer
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
@@ -54,6 +55,7 @@ from trl_sgcd.credit.teacher import (
     unpad_left,
 )
 from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, uniform_credit_weights
+from trl_sgcd.modelcard import ModelCardCallback, write_model_card
 from trl_sgcd.tooluse.audit import tool_use_audit
 
 logger = logging.getLogger(__name__)
@@ -108,7 +110,10 @@ class SGCDTrainer(GRPOTrainer):
                 "SGCDConfig(...): it takes the same fields plus the credit_* ones."
             )
         refuse_unsupported(args)
+        self.base_model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
+        model = builtin_model_dir(model) if isinstance(model, str) else model  # "builtin:tiny" works as in the CLI
         super().__init__(model, reward_funcs, args, *more, **kwargs)
+        self.add_callback(ModelCardCallback(self))  # README.md at the end of every run, not only at checkpoints
         if args.credit_mode != "off" and self._is_vlm:
             raise ValueError(
                 "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
@@ -261,6 +266,17 @@ class SGCDTrainer(GRPOTrainer):
         return loss + self.args.credit_direct_sd_coef * aux / self.current_gradient_accumulation_steps
 
     # ------------------------------------------------------------------ checkpoints (resume keeps the credit state)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
+        """The SGCD card (`trl_sgcd.modelcard`): the real base model, the credit settings, the final `sgcd/` metrics."""
+        write_model_card(self, model_name=model_name, dataset_name=dataset_name)
+
+    def _issue_warnings_after_load(self, load_result):
+        # Tied weights (`lm_head.weight` of a tied-embedding model) are not saved, so a resume reports them missing
+        # although they share the loaded embedding: harmless, so not warned about.
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
+        load_result.missing_keys[:] = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(load_result)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
