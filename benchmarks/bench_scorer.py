@@ -30,7 +30,8 @@ import time
 
 import torch
 
-from trl_sgcd.credit.divergence import DenseDivergenceScorer, topk_divergence
+from trl_sgcd.credit.divergence import topk_divergence
+from trl_sgcd.credit.scorer import DenseDivergenceScorer
 
 VOCAB, HIDDEN, LAYERS = 49152, 256, 2
 PROMPT, REFERENCE = 64, 128

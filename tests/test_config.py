@@ -133,7 +133,8 @@ def test_private_columns_from_yaml_string_and_cli(tmp_path):
     assert config.credit_private_columns == ["gold_actions", "gold_answer"]
 
 
-def test_credit_fields_round_trip_through_yaml(tmp_path):
+def test_credit_fields_round_trip_through_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-test")  # a named key variable must be set (SGCDConfig checks it)
     original = make_config(
         tmp_path,
         credit_mode="uniform",

@@ -78,6 +78,10 @@ class SGCDConfig(GRPOConfig):
             memory; does not change the result).
         credit_scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rollouts per scoring forward; `None` uses `per_device_train_batch_size`.
+        credit_share_prefix (`bool`, *optional*, defaults to `True`):
+            Whether to encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system
+            message and tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to
+            float rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
 
         > Parameters that control saliency (the segmenter)
 
@@ -108,11 +112,16 @@ class SGCDConfig(GRPOConfig):
         credit_reference_api_base (`str` or `None`, *optional*, defaults to `None`):
             Base URL of an OpenAI-compatible server for the litellm backend, e.g. `"http://127.0.0.1:8000/v1"`.
         credit_reference_api_key_env (`str` or `None`, *optional*, defaults to `None`):
-            Name of the environment variable that holds the API key (the key itself never goes in a config file).
+            Name of the environment variable that holds the API key (the key itself never goes in a config file). With
+            the litellm backend, a named variable that is not set is a `ValueError`; `None` declares a server that
+            needs no key (a local one), or leaves the key to litellm's own provider variables (`OPENAI_API_KEY`).
         credit_reference_deadline (`float`, *optional*, defaults to `60.0`):
             Hard deadline in seconds for one LLM call, retries excluded; enforced with `asyncio.wait_for`.
         credit_reference_retries (`int`, *optional*, defaults to `3`):
             Retries on rate limits (429), server errors (5xx) and timeouts, with exponential backoff and jitter.
+        credit_reference_step_budget (`float`, *optional*, defaults to `60.0`):
+            Wall seconds for one step's whole reference build (evidence, every LLM request, retry, backoff and wave);
+            groups still waiting when it is spent fall back. A hung endpoint costs a step at most this.
         credit_reference_concurrency (`int`, *optional*, defaults to `8`):
             LLM calls in flight at once.
         credit_reference_max_input_tokens (`int`, *optional*, defaults to `12000`):
@@ -164,6 +173,7 @@ class SGCDConfig(GRPOConfig):
     credit_scoring_batch_size: int | None = field(
         default=None, metadata={"help": _help(__doc__, "credit_scoring_batch_size")}
     )
+    credit_share_prefix: bool = field(default=True, metadata={"help": _help(__doc__, "credit_share_prefix")})
     credit_spike_z: float = field(default=2.0, metadata={"help": _help(__doc__, "credit_spike_z")})
     credit_saturation_z: float = field(default=4.0, metadata={"help": _help(__doc__, "credit_saturation_z")})
     credit_reset_z: float = field(default=-0.5, metadata={"help": _help(__doc__, "credit_reset_z")})
@@ -190,6 +200,9 @@ class SGCDConfig(GRPOConfig):
     credit_reference_retries: int = field(default=3, metadata={"help": _help(__doc__, "credit_reference_retries")})
     credit_reference_concurrency: int = field(
         default=8, metadata={"help": _help(__doc__, "credit_reference_concurrency")}
+    )
+    credit_reference_step_budget: float = field(
+        default=60.0, metadata={"help": _help(__doc__, "credit_reference_step_budget")}
     )
     credit_reference_max_input_tokens: int = field(
         default=12000, metadata={"help": _help(__doc__, "credit_reference_max_input_tokens")}
@@ -245,6 +258,10 @@ class SGCDConfig(GRPOConfig):
                 "credit_reference_model must be set when credit_reference_backend='litellm' "
                 "(e.g. 'openai/gpt-4o-mini', or 'hosted_vllm/<name>' with credit_reference_api_base)."
             )
+        from trl_sgcd.credit.reference import check_api_key, uses_reference_llm
+
+        if uses_reference_llm(self):  # as the CLI does: a named key variable that is not set is an error now
+            check_api_key(self.credit_reference_api_key_env)
         self._resolve_device_defaults()
         super().__post_init__()
 
@@ -288,6 +305,7 @@ _RULES = [
     ("credit_gamma", lambda v: v >= 0.0, "must be >= 0 (W must never go below 1)"),
     *((name, lambda v: v >= 1, "must be >= 1") for name in _AT_LEAST_ONE),
     ("credit_reference_deadline", lambda v: v > 0, "must be > 0 seconds"),
+    ("credit_reference_step_budget", lambda v: v > 0, "must be > 0 seconds"),
     ("credit_reference_retries", lambda v: v >= 0, "must be >= 0"),
     ("credit_max_resample_rounds", lambda v: v >= 0, "must be >= 0"),
     ("credit_min_mixed_fraction", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),

@@ -27,10 +27,12 @@ from trl import GRPOTrainer
 
 from trl_sgcd.cli.utils import builtin_model_dir
 from trl_sgcd.config import SGCDConfig
-from trl_sgcd.credit.divergence import DenseDivergenceScorer
+from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
 from trl_sgcd.credit.sampling import merge_batches, merge_outputs, resample_sampler, select_groups
+from trl_sgcd.credit.sanitize import private_values
+from trl_sgcd.credit.scorer import DenseDivergenceScorer
 from trl_sgcd.credit.siblings import build_sibling_groups, owner_of_group
 from trl_sgcd.credit.stats import (
     SIBLING_CONTEXT_MODES,
@@ -248,7 +250,7 @@ class SGCDTrainer(GRPOTrainer):
             return loss
         # The paper's failing ablation: a second, uncapped actor-gradient path that pulls the student towards the
         # reference-conditioned teacher. Every rank runs this forward, with or without targets (ZeRO-3 safety).
-        from trl_sgcd.credit.divergence import teacher_matching_loss
+        from trl_sgcd.credit.scorer import teacher_matching_loss
 
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
@@ -311,7 +313,7 @@ class SGCDTrainer(GRPOTrainer):
         rewards = total_rewards(batch["rewards_per_func"], self.reward_weights)  # (N,)
 
         # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
-        private = [{c: row.get(c) for c in args.credit_private_columns} for row in batch["inputs"]]
+        private = [private_values(row, args.credit_private_columns) for row in batch["inputs"]]
         groups = build_sibling_groups(
             gather_object(list(batch["prompts"])),
             batch["all_completions"],
@@ -340,7 +342,9 @@ class SGCDTrainer(GRPOTrainer):
                 for g in owned
             ]
         else:
-            built = self.reference_builder.build(owned) if owned else []
+            built = self.reference_builder.build(owned)  # every rank builds (maybe nothing): its step metrics reset
+            for name, value in merge_step_metrics(gather_object([self.reference_builder.step_metrics()])).items():
+                self._metrics["train"][name].append(value)
         references = {ref.group_index: ref for ref in gather_object(built)}
         reference_latency = time.perf_counter() - t0
 
@@ -481,7 +485,14 @@ class SGCDTrainer(GRPOTrainer):
         elapsed = time.perf_counter() - t0
         eligible_rows = eligible[rows]
         if rows:
-            eligible_rows = eligible_rows & ~literal_token_mask(c_ids, literals, tok)
+            # Literals the student sees (in its prompt, in an earlier tool observation) stay eligible.
+            eligible_rows = eligible_rows & ~literal_token_mask(
+                c_ids,
+                literals,
+                tok,
+                prompt_ids=unpad_left(prompt_ids[rows], prompt_mask[rows]),
+                tool_mask=None if tool_mask is None else tool_mask[rows],
+            )
         return scores, eligible_rows, literals, fallback_prefix, elapsed
 
     # ------------------------------------------------------------------ logging and validity

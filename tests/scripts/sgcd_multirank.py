@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from tests.trainer_utils import ToyLookupEnv, tiny_args, tool_call_text, toy_dataset, toy_reward  # noqa: E402
 from trl_sgcd import SGCDTrainer  # noqa: E402
-from trl_sgcd.credit.divergence import _backbone, _unwrap  # noqa: E402
+from trl_sgcd.credit.scorer import _backbone, _unwrap  # noqa: E402
 from trl_sgcd.tooluse.models import tiny_model_dir  # noqa: E402
 
 KEYS = ["alpha", "beta", "gamma"]
