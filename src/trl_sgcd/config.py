@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -13,6 +14,9 @@ REFERENCE_BACKENDS = ("contrast", "litellm")
 REFERENCE_FALLBACKS = ("contrast", "none")
 
 logger = logging.getLogger(__name__)
+# transformers 5.24 renamed `is_gradient_checkpointing` to `is_activation_checkpointing`; TRL 1.16 still reads the old
+# name on every generation (trl.models.utils), so each run warned several times about code that is not the user's.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 _NOTED: list[bool] = []  # the CPU-precision line is logged once per process
 
 

@@ -73,23 +73,19 @@ def apply_builtin_defaults(script_args, training_args) -> None:
 
 
 def check_dependencies(training_args, model_args) -> None:
-    """Fail before loading anything when an option needs a package that is missing or a key that is not set."""
+    """
+    Fail before loading anything when an option needs a package that is missing. (A named API key variable that is
+    not set is `SGCDConfig`'s own `ValueError`, reported while parsing: the CLI and the Python API agree.)
+    """
+    from trl_sgcd.credit.reference import uses_reference_llm
     from trl_sgcd.import_utils import is_litellm_available, is_peft_available, is_vllm_available
 
     if training_args.use_vllm and not is_vllm_available():
         raise UsageError("use_vllm=True needs vLLM: `pip install trl-sgcd[vllm]`, or pass `--use_vllm false`.")
     if model_args.use_peft and not is_peft_available():
         raise UsageError("use_peft=True needs PEFT: `pip install peft`.")
-    uses_llm = training_args.credit_mode not in ("off", "no_reference")  # these two never call the reference LLM
-    if uses_llm and training_args.credit_reference_backend == "litellm":
-        if not is_litellm_available():
-            raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
-        key_env = training_args.credit_reference_api_key_env
-        if key_env and not os.environ.get(key_env):
-            raise UsageError(
-                f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set: export it, or "
-                "train with the offline reference (--credit_reference_backend contrast)."
-            )
+    if uses_reference_llm(training_args) and not is_litellm_available():
+        raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
 
 
 def resolve_callables(script_args) -> tuple[list[Callable], Callable | None, list[Callable]]:
