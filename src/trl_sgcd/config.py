@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-CREDIT_MODES = ("sgcd", "off", "no_reference", "uniform", "direct_sd", "sdpo")
+from trl_sgcd.credit.modes import MODES
+
+CREDIT_MODES = tuple(MODES)
+SDPO_DISTILLATION_MODES = ("topk_logits", "sampled_token")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 REFERENCE_BACKENDS = ("contrast", "litellm")
 REFERENCE_FALLBACKS = ("contrast", "none")
@@ -61,8 +64,8 @@ class SGCDConfig(GRPOConfig):
             credit reference; no LLM is called. `"uniform"`: the full pipeline, but each rollout's W is replaced by its
             mean over eligible tokens (same credit mass, no localisation). `"direct_sd"`: GRPO plus an uncapped
             teacher-matching KL auxiliary loss with gradient (the ablation the paper shows falls below GRPO).
-            `"sdpo"`: the self-distillation comparator: the advantage comes from the teacher/student divergence, with a
-            successful sibling (never the row itself) as teacher context.
+            `"sdpo"`: the SDPO comparator (paper, Table 7): self-distillation from a successful sibling (never the row
+            itself) replaces the reward; see the `credit_sdpo_*` fields. What each mode does: `trl_sgcd.credit.modes`.
         credit_gamma (`float`, *optional*, defaults to `1.0`):
             Gain gamma in W = clip(1 + gamma * s, 1, cap). Must be >= 0 (0 gives W = 1, i.e. GRPO).
         credit_cap (`float`, *optional*, defaults to `2.0`):
@@ -147,15 +150,32 @@ class SGCDConfig(GRPOConfig):
         credit_direct_sd_coef (`float`, *optional*, defaults to `0.1`):
             Coefficient of the teacher-matching KL in `credit_mode="direct_sd"`.
         credit_dynamic_sampling (`bool`, *optional*, defaults to `False`):
-            Whether to draw more prompts when too few groups of a generation batch are mixed (DAPO's rule; applies to
-            every credit mode alike).
-        credit_min_mixed_fraction (`float`, *optional*, defaults to `0.5`):
-            Target fraction of mixed groups for dynamic sampling. Must be in [0, 1].
+            Whether to run dynamic sampling (DAPO's rule), the same in every credit mode (`off` included: the matched
+            GRPO control): extra generation rounds while too few groups of a generation batch are mixed, mixed groups
+            kept first.
+        credit_min_mixed_fraction (`float`, *optional*, defaults to `1.0`):
+            Stop resampling once this fraction of the batch can be filled with mixed groups (1.0: only mixed groups,
+            DAPO's rule). At the round limit non-mixed groups fill the rest (logged). Must be in [0, 1].
         credit_max_resample_rounds (`int`, *optional*, defaults to `2`):
             Bound on extra generation rounds per batch for dynamic sampling.
+
+        > Parameters of the SDPO comparator (`credit_mode="sdpo"`)
+
+        credit_sdpo_distillation_mode (`str`, *optional*, defaults to `"topk_logits"`):
+            `"topk_logits"`: the paper's Table 7 SDPO, a divergence on the teacher's top-K support plus a tail bucket
+            as the loss (TRL SDPOTrainer's `distillation_mode="topk_logits"`, `distillation_add_tail=True`).
+            `"sampled_token"`: the teacher/student log-ratio of the sampled tokens is the advantage (TRL's default).
+        credit_sdpo_top_k (`int`, *optional*, defaults to `100`):
+            K of the top-K support in `"topk_logits"` (Table 7: about 100).
+        credit_sdpo_alpha (`float`, *optional*, defaults to `0.5`):
+            The divergence (TRL's `distillation_alpha`): 0 = KL(teacher || student), 1 = KL(student || teacher),
+            0.5 = symmetric JSD (Table 7). Must be in [0, 1].
+        credit_sdpo_distillation_weight (`float`, *optional*, defaults to `1.0`):
+            Weight w of the distillation term; GRPO's surrogate keeps 1 - w of the advantage (1.0: pure SDPO, the
+            reward replaced). TRL's `distillation_weight`. Must be in [0, 1].
         credit_strict (`bool`, *optional*, defaults to `False`):
             Whether to raise instead of warn when a validity check fails (all-zero features, inert weights, weights
-            that require grad).
+            > 1 on tokens outside TRL's loss mask, weights that require grad).
         credit_inert_steps (`int`, *optional*, defaults to `10`):
             Steps with mixed groups but no credit token before the inert-weights check fires.
         credit_log_table (`bool`, *optional*, defaults to `True`):
@@ -230,9 +250,18 @@ class SGCDConfig(GRPOConfig):
     credit_direct_sd_coef: float = field(default=0.1, metadata={"help": _help(__doc__, "credit_direct_sd_coef")})
     credit_dynamic_sampling: bool = field(default=False, metadata={"help": _help(__doc__, "credit_dynamic_sampling")})
     credit_min_mixed_fraction: float = field(
-        default=0.5, metadata={"help": _help(__doc__, "credit_min_mixed_fraction")}
+        default=1.0, metadata={"help": _help(__doc__, "credit_min_mixed_fraction")}
     )
     credit_max_resample_rounds: int = field(default=2, metadata={"help": _help(__doc__, "credit_max_resample_rounds")})
+    credit_sdpo_distillation_mode: str = field(
+        default="topk_logits",
+        metadata={"help": _help(__doc__, "credit_sdpo_distillation_mode"), "choices": list(SDPO_DISTILLATION_MODES)},
+    )
+    credit_sdpo_top_k: int = field(default=100, metadata={"help": _help(__doc__, "credit_sdpo_top_k")})
+    credit_sdpo_alpha: float = field(default=0.5, metadata={"help": _help(__doc__, "credit_sdpo_alpha")})
+    credit_sdpo_distillation_weight: float = field(
+        default=1.0, metadata={"help": _help(__doc__, "credit_sdpo_distillation_weight")}
+    )
     credit_strict: bool = field(default=False, metadata={"help": _help(__doc__, "credit_strict")})
     credit_inert_steps: int = field(default=10, metadata={"help": _help(__doc__, "credit_inert_steps")})
     credit_log_table: bool = field(default=True, metadata={"help": _help(__doc__, "credit_log_table")})
@@ -291,6 +320,7 @@ _CHOICES = {
     "credit_divergence": DIVERGENCES,
     "credit_reference_backend": REFERENCE_BACKENDS,
     "credit_reference_fallback": REFERENCE_FALLBACKS,
+    "credit_sdpo_distillation_mode": SDPO_DISTILLATION_MODES,
 }
 _AT_LEAST_ONE = (
     "credit_top_k",
@@ -301,6 +331,7 @@ _AT_LEAST_ONE = (
     "credit_reference_max_tokens",
     "credit_observation_max_chars",
     "credit_inert_steps",
+    "credit_sdpo_top_k",
     "credit_scoring_batch_size",  # None (the default) is allowed
 )
 # (field, predicate, reason): checked in this order, the first failure raises a ValueError naming the field
@@ -317,6 +348,8 @@ _RULES = [
     ("credit_entropy_rise", lambda v: v >= 0, "must be >= 0"),
     ("credit_min_divergence", lambda v: v >= 0, "must be >= 0"),
     ("credit_direct_sd_coef", lambda v: v >= 0, "must be >= 0"),
+    ("credit_sdpo_alpha", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    ("credit_sdpo_distillation_weight", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
 ]
 
 

@@ -136,6 +136,8 @@ def load_dataset_dict(name: str, config: str | None = None):
 
     if name == BUILTIN_AIRLINE:
         return _AirlineSplits()
+    if name.startswith("tau2:"):  # τ²-bench: trl_sgcd.envs.tau2.resolve
+        return resolve_env_spec(name).splits
     path = os.path.expanduser(name)
     ext = os.path.splitext(path)[1].lower()
     try:
@@ -188,6 +190,17 @@ def check_data_file(path: str, name: str) -> None:
             raise UsageError(f"dataset_name={name!r}: line {number} is not valid JSON ({e.msg}): {line[:80]!r}") from e
         if not isinstance(row, dict):
             raise UsageError(f"dataset_name={name!r}: line {number} is a {type(row).__name__}, not a JSON object.")
+
+
+def resolve_env_spec(spec: str):
+    """A `"tau2:<domain>[:<user_mode>]"` spec -> its `Tau2Spec` (environment_factory, reward_funcs, private_columns,
+    splits), or a [`UsageError`] naming the spec."""
+    from trl_sgcd.envs.tau2 import resolve
+
+    try:
+        return resolve(spec)
+    except (ValueError, ImportError) as e:
+        raise UsageError(f"{spec!r}: {e}") from e
 
 
 def _is_saved_to_disk(path: str) -> bool:

@@ -166,30 +166,23 @@ def _eval_summary(result: dict) -> dict:
 
 def _recording_trainer_class():
     """`SGCDTrainer` that keeps, per step, the credit weights of the eligible tokens of the scored rollouts."""
+    from trl_sgcd.credit.weights import loss_mask
     from trl_sgcd.trainer import SGCDTrainer
 
     class RecordingSGCDTrainer(SGCDTrainer):
         credit_weight_log: list
 
         def _generate_and_score_completions(self, inputs):
-            self._credit_last_batch = None
+            self.last_credit = None
             output = super()._generate_and_score_completions(inputs)
-            last = self._credit_last_batch
+            last = self.last_credit
             if last is not None and self.model.training:
-                mask = output["completion_mask"].bool()
-                if output.get("tool_mask") is not None:
-                    mask = mask & output["tool_mask"].bool()
-                rows = [
-                    i
-                    for i, ref in enumerate(last["references"])
-                    if ref is not None and ref.source != "none" and ref.text
-                ]
-                weights = last["weights"]
-                values = [float(w) for i in rows for w in weights[i][mask[i].cpu()].tolist()]
+                mask = loss_mask(output["completion_mask"], output.get("tool_mask")).bool()
+                values = [float(w) for i in last.rows for w in last.weights[i][mask[i]].tolist()]
                 if not hasattr(self, "credit_weight_log"):
                     self.credit_weight_log = []
                 self.credit_weight_log.append(
-                    {"step": self.state.global_step + 1, "rows": len(rows), "weights": values}
+                    {"step": self.state.global_step + 1, "rows": len(last.rows), "weights": values}
                 )
             return output
 
@@ -344,6 +337,7 @@ def run_demo(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         credit_mode=s.credit_mode,
+        credit_dynamic_sampling=True,  # DAPO's mixed-group sampling, the same for every credit mode (GRPO included)
         credit_reference_backend="contrast",
         credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
         credit_chunk_size=64,
