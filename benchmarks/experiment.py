@@ -286,16 +286,10 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
         return record
     s = settings
     ws_kwargs = dict(
-        epochs=1.0,
-        max_length=s.sft_max_length,
-        learning_rate=s.sft_learning_rate,
-        precision=s.precision,
-        seed=s.task_seed,
-        n_tasks=s.sft_tasks,
-        batch_size=s.sft_batch_size,
-        max_steps=s.sft_steps,
+        epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
+        seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
         model_name_or_path=s.model,
-    )
+    )  # fmt: skip
     t0 = time.perf_counter()
     ws_dir = warm_start(progress=False, **ws_kwargs)
     bf16 = warm_start_settings(**ws_kwargs)["precision"] == "bf16"
@@ -319,14 +313,7 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
 
 
 def run_experiment(
-    settings: ExperimentSettings,
-    output_dir: str,
-    *,
-    arms,
-    seeds,
-    budget_minutes: float | None = None,
-    max_runs: int | None = None,
-    command: str = "",
+    settings: ExperimentSettings, output_dir: str, *, arms, seeds, budget_minutes=None, max_runs=None, command=""
 ) -> list[dict]:
     """Run every (seed, arm) not yet in `results.jsonl`, seed by seed; returns all finished runs."""
     from benchmarks.experiment_report import RESULTS_FILE, append_result, read_results, write_report
