@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from credit_rollouts import rollout_key, sample_rollouts  # noqa: E402
+from credit_rollouts import literal_mask_audit, rollout_key, sample_rollouts  # noqa: E402
 from credit_scoring import PrefixScorer, common_prefix_length, dense_scores  # noqa: E402
 
 REFERENCES = ("contrast", "llm", "no_reference")
@@ -396,6 +396,7 @@ def main(argv=None) -> int:
         "llm_reference_stats": llm_stats,
         "reference_sources": {n: sorted({r.source for r in per.values()}) for n, per in refs.items()},
         "variants": variants,
+        "literal_mask_audit": literal_mask_audit(tokenizer, seed=args.seed),
         "wall_s": {
             "sampling_this_call": round(sample_s, 1),
             "scoring_forwards": round(forward_s, 1),
@@ -409,8 +410,13 @@ def main(argv=None) -> int:
         json.dump(results, f, indent=1, default=str)
     print()
     print(format_table(results))
+    audit = results["literal_mask_audit"]
     print(
-        f"\n{len(mixed)} mixed groups of {len(groups)} ({len(decisive)} rollouts); scoring {score_s:.0f} s "
+        f"\nliteral mask on the expert trajectories of {audit['rollouts']} train tasks: "
+        f"{audit['eligible_share']:.1%} of a success's {audit['decisive_tokens']} decisive tokens stay eligible"
+    )
+    print(
+        f"{len(mixed)} mixed groups of {len(groups)} ({len(decisive)} rollouts); scoring {score_s:.0f} s "
         f"({args.threads} threads), of which forwards {forward_s:.0f} s -> {args.output}"
     )
     if args.html:

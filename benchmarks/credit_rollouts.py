@@ -181,3 +181,39 @@ def sample_rollouts(
                 flush=True,
             )
     return rollouts
+
+
+def literal_mask_audit(tokenizer, *, seed: int = 0) -> dict:
+    """How much of a success's decisive tokens the literal mask leaves eligible, on the expert trajectories of every
+    train task (no model): the decisive tokens of a success are its write arguments, and those are gold values,
+    which the sanitizer masks wherever they occur in the sibling evidence (so in every mixed group)."""
+    import torch
+    from transformers.utils import get_json_schema
+
+    from trl_sgcd.credit.evidence import Sanitizer
+    from trl_sgcd.credit.teacher import literal_token_mask
+    from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset, tool_names
+    from trl_sgcd.envs.airline_tasks import get_task
+    from trl_sgcd.envs.decisive import decisive_token_mask
+    from trl_sgcd.tooluse.evaluation import environment_tools
+    from trl_sgcd.tooluse.expert import expert_conversation
+
+    schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
+    decisive_total = eligible_total = rollouts = 0
+    for row in make_airline_dataset("train", seed=seed):
+        task = get_task(row["task_id"], seed=seed)
+        conversation = expert_conversation(task)
+        _, ids, tool_mask = completion_layout(tokenizer, conversation[:2], conversation[2:], schemas)
+        decisive = decisive_token_mask(task, ids, tool_mask, tokenizer, success=True)
+        if not any(decisive):
+            continue
+        private = Sanitizer([row["gold_actions"], row["gold_answer"]], keep=tool_names()).private_values
+        literal = literal_token_mask(torch.tensor([ids]), [private], tokenizer)[0].tolist()
+        rollouts += 1
+        decisive_total += sum(decisive)
+        eligible_total += sum(d and m and not lit for d, m, lit in zip(decisive, tool_mask, literal))
+    return {
+        "rollouts": rollouts,
+        "decisive_tokens": decisive_total,
+        "eligible_share": eligible_total / max(1, decisive_total),
+    }
