@@ -1,7 +1,5 @@
 """The demo's record of its own run: the localization of each scored rollout against its decisive tokens."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -31,16 +29,21 @@ def _expert_batch(tokenizer):
 
 
 def _records(tokenizer, weights, task, ids, tool_mask, literals=()):
-    reference = SimpleNamespace(text="check first", source="contrast", masked_literals=list(literals))
+    from trl_sgcd.credit.teacher import literal_token_mask
+
+    eligible = tool_mask.bool() & ~literal_token_mask(ids, [list(literals)], tokenizer)  # (1, T)
+    prompt = f"<|im_start|>user\n{task['instruction']}<|im_end|>"
     return rollout_records(
-        inputs=[{"task_id": task["task_id"], "seed": task["seed"]}],
+        prompts=[prompt],
         completion_ids=ids,
         completion_mask=torch.ones_like(ids),
         tool_mask=tool_mask,
         weights=weights,
-        references=[reference],
+        rows=[0],
+        eligible=eligible,
         tokenizer=tokenizer,
         step=1,
+        seed=task["seed"],
     )
 
 

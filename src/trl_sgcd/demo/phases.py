@@ -136,6 +136,7 @@ def sgcd_config(s, rl_dir: str, *, bf16: bool, progress: bool):
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         credit_mode=s.credit_mode,
+        credit_dynamic_sampling=True,  # DAPO's mixed-group sampling, the same for every credit mode (GRPO included)
         credit_reference_backend="contrast",
         credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
         credit_chunk_size=64,

@@ -9,40 +9,48 @@ against the ground-truth decisive tokens of the airline task (`trl_sgcd.envs.dec
 from __future__ import annotations
 
 
-def rollout_records(
-    *, inputs, completion_ids, completion_mask, tool_mask, weights, references, tokenizer, step: int
-) -> list[dict]:
-    """Per scored row (a non-empty reference): its eligible weights and `rollout_localization` against the decisive
-    tokens of its airline task. Rows of other environments (no `task_id`) keep only their weights."""
-    import torch
+def _task_of(prompt_text: str, seed: int):
+    """The airline task whose instruction the rendered prompt holds (rows may come from resampled batches, so the
+    prompt, not the position in `inputs`, says which task a row is)."""
+    from trl_sgcd.envs.airline_tasks import airline_tasks
 
+    for split in ("train", "test"):
+        for task in airline_tasks(split, seed=seed):
+            if task["instruction"] in prompt_text:
+                return task
+    return None
+
+
+def rollout_records(
+    *, prompts, completion_ids, completion_mask, tool_mask, weights, rows, eligible, tokenizer, step: int, seed=0
+) -> list[dict]:
+    """Per scored row: its eligible weights and `rollout_localization` against the decisive tokens of its airline
+    task. Rows of other environments (no `task_id`) keep only their weights.
+
+    Args:
+        prompts (`list[str]`): the decoded prompt of every local row.
+        rows (`list[int]`): the local rows scored with a teacher (`CreditResult.rows`).
+        eligible (`torch.Tensor` of shape `(R, T)`): their credit-eligible tokens (`CreditResult.eligible`: the loss
+            mask minus masked literals).
+        weights (`torch.Tensor` of shape `(B, T)`): the credit weights of every local row.
+    """
     from trl_sgcd.credit.localization import rollout_localization
-    from trl_sgcd.credit.teacher import literal_token_mask
-    from trl_sgcd.envs.airline_tasks import get_task
     from trl_sgcd.envs.decisive import decisive_token_mask
 
     mask = completion_mask.bool().cpu()  # (B, T)
-    tools = torch.ones_like(mask) if tool_mask is None else tool_mask.bool().cpu()  # (B, T)
+    tools = mask if tool_mask is None else tool_mask.bool().cpu()  # (B, T)
     ids = completion_ids.cpu()
     records = []
-    for i, ref in enumerate(references):
-        if ref is None or ref.source == "none" or not ref.text:
-            continue
-        literal = literal_token_mask(ids[i : i + 1], [list(ref.masked_literals)], tokenizer)[0].cpu()
-        eligible = mask[i] & tools[i] & ~literal  # (T,)
+    for k, i in enumerate(rows):
+        e = eligible[k].bool().cpu()  # (T,)
         w = weights[i].float().cpu()  # (T,)
-        record = {"step": step, "weights": w[eligible].tolist(), "localization": None}
-        row = inputs[i] if i < len(inputs) else {}
-        if row.get("task_id") is not None:
-            try:
-                task = get_task(row["task_id"], seed=int(row.get("seed", 0)))
-            except KeyError:
-                task = None
-            if task is not None:
-                decisive = decisive_token_mask(
-                    task, ids[i].tolist(), tools[i].long().tolist(), tokenizer, completion_mask=mask[i].long().tolist()
-                )
-                record["localization"] = rollout_localization(w.numpy(), eligible.numpy(), decisive)
+        record = {"step": step, "weights": w[e].tolist(), "localization": None}
+        task = _task_of(prompts[i], seed)
+        if task is not None:
+            decisive = decisive_token_mask(
+                task, ids[i].tolist(), tools[i].long().tolist(), tokenizer, completion_mask=mask[i].long().tolist()
+            )
+            record["localization"] = rollout_localization(w.numpy(), e.numpy(), decisive)
         records.append(record)
     return records
 
@@ -53,21 +61,26 @@ def recording_trainer_class():
 
     class RecordingSGCDTrainer(SGCDTrainer):
         def _generate_and_score_completions(self, inputs):
-            self._credit_last_batch = None
+            self.last_credit = None
             output = super()._generate_and_score_completions(inputs)
-            last = self._credit_last_batch
+            last = self.last_credit
             if not hasattr(self, "credit_log"):
                 self.credit_log = []
-            if last is not None and self.model.training:
+            if last is not None and self.model.training and last.rows and last.eligible is not None:
+                tokenizer = getattr(self, "_tokenizer", self.processing_class)
+                ids, keep = output["prompt_ids"].cpu(), output["prompt_mask"].bool().cpu()
+                prompts = [tokenizer.decode(ids[i][keep[i]]) if i in last.rows else "" for i in range(len(ids))]
                 records = rollout_records(
-                    inputs=inputs,
+                    prompts=prompts,
                     completion_ids=output["completion_ids"],
                     completion_mask=output["completion_mask"],
                     tool_mask=output.get("tool_mask"),
-                    weights=last["weights"],
-                    references=last["references"],
-                    tokenizer=getattr(self, "_tokenizer", self.processing_class),
+                    weights=last.weights,
+                    rows=list(last.rows),
+                    eligible=last.eligible,
+                    tokenizer=tokenizer,
                     step=self.state.global_step + 1,
+                    seed=int(inputs[0].get("seed", 0)) if inputs else 0,
                 )
                 self.credit_log.append({"step": self.state.global_step + 1, "rows": records})
             return output
