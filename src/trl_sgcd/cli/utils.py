@@ -11,7 +11,11 @@ import os
 import sys
 
 BUILTIN_AIRLINE = "builtin:airline"
-BUILTIN_MODELS = {"builtin:smollm2": "bundled_model_dir", "builtin:tiny": "tiny_model_dir"}
+BUILTIN_MODELS = {
+    "builtin:smollm2": "bundled_model_dir",
+    "builtin:tiny": "tiny_model_dir",
+    "builtin:tiny-context": "tiny_context_model_dir",
+}
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
