@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trl_sgcd.config import SGCDConfig
 from trl_sgcd.modelcard import final_metrics, is_hub_id, render_model_card
@@ -66,7 +67,8 @@ def test_tiny_run_writes_the_card_and_is_quiet(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     text = (tmp_path / "README.md").read_text()
-    assert "`builtin:tiny`" in text and "huggingface.co/None" not in text and "| `sgcd/weight_mean` |" in text
+    base = yaml.safe_load((ROOT / "recipes" / "tiny_cpu.yaml").read_text())["model_name_or_path"]  # a builtin name
+    assert f"`{base}`" in text and "huggingface.co/None" not in text and "| `sgcd/weight_mean` |" in text
     output = result.stdout + result.stderr
     for noise in ("FutureWarning", "gradient_checkpointing", "experimental feature", "Setting accelerator to CPU"):
         assert noise not in output, noise
