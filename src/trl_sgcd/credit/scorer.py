@@ -4,13 +4,11 @@ The current policy is scored twice on the same completion ids: the student sees 
 prompt with the credit reference inserted. The per-position math is `trl_sgcd.credit.divergence`; this module owns
 the model access and the one chunk loop over positions.
 
-* The scorer never builds `(B, L, V)` logits: it runs the backbone once per input, keeps the hidden states of the
-  completion positions, and projects them through the LM head `chunk_size` positions at a time. The teacher context
-  is scored first and reduced to its support (K+1 ids and log-probabilities per position) before the student forward,
-  so one context's hidden states are held at a time; under ZeRO-3 both forwards run first and the partitioned head is
-  gathered once per micro-batch for both passes.
-* With `share_prefix` the prompt prefix common to a micro-batch (a group's prompt, the tool schemas) is encoded once
-  and the rest of each row on its key/value cache (`trl_sgcd.credit.hidden`), except under ZeRO-3.
+* No `(B, L, V)` logits: the backbone runs once per input (with `share_prefix`, the prompt prefix common to a
+  micro-batch is encoded once and the rest on its key/value cache, `trl_sgcd.credit.hidden`; not under ZeRO-3), the
+  completion positions' hidden states go through the LM head `chunk_size` at a time. The teacher is scored first and
+  reduced to its support (K+1 ids and log-probabilities per position) before the student forward, so one context's
+  hidden states are held at a time; under ZeRO-3 both forwards run first and the head is gathered once for both.
 """
 
 from __future__ import annotations
