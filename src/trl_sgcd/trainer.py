@@ -3,14 +3,14 @@
 After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)` become `(B, T)` = A * W (SGCD, arXiv
 2606.12634); TRL's own clipped surrogate consumes them. Overridden in `GRPOTrainer`, each through `super()`:
 
-* `_calculate_rewards`: the tool-use audit (every mode); keeps the texts and rewards the credit stages need;
+* `_calculate_rewards`: the tool-use audit (zero-tool collapse; every mode, so GRPO arms have it too); keeps the
+  texts and rewards that dynamic sampling and the credit stages need;
 * `_generate_and_score_completions`: dynamic sampling (every mode alike, `credit/sampling.py`), then one call of the
   credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
 * `_compute_loss`: adds the mode's extra loss, if it has one (`direct_sd`, `sdpo`);
-* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json`, so a resumed run continues exactly.
-
-Only TRL hooks, gathers and rank logic live here: groups may span ranks, each group's reference is built once by its
-owner rank, and every rank runs the same number of scoring forwards (ZeRO-3).
+* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json`, so a resumed run continues exactly;
+* `create_model_card`, `_issue_warnings_after_load`: the SGCD model card; no warning for tied weights on resume.
+Only TRL hooks, gathers and rank logic live here (groups span ranks; every rank runs equal scoring forwards: ZeRO-3).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline, CreditResult
 from trl_sgcd.credit.reference import CreditReference
 from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.siblings import owner_of_group
-from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, total_rewards
+from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, replace_last, total_rewards
 from trl_sgcd.credit.weights import loss_mask
 from trl_sgcd.modelcard import ModelCardCallback, write_model_card
 from trl_sgcd.tooluse.audit import tool_use_audit
@@ -59,13 +59,8 @@ class SGCDTrainer(GRPOTrainer):
     >>> from trl_sgcd import SGCDConfig, SGCDTrainer
     >>> from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
 
-    >>> trainer = SGCDTrainer(
-    ...     model="Qwen/Qwen3-4B-Instruct-2507",
-    ...     reward_funcs=airline_reward,
-    ...     args=SGCDConfig(output_dir="sgcd-airline"),
-    ...     train_dataset=make_airline_dataset("train"),
-    ...     environment_factory=AirlineEnv,
-    ... )
+    >>> trainer = SGCDTrainer("Qwen/Qwen3-4B-Instruct-2507", airline_reward, SGCDConfig(output_dir="sgcd-airline"),
+    ...                       train_dataset=make_airline_dataset("train"), environment_factory=AirlineEnv)
     >>> trainer.train()
     ```
     """
@@ -100,11 +95,7 @@ class SGCDTrainer(GRPOTrainer):
             super().__init__(model, reward_funcs, args, *more, **kwargs)
         self.add_callback(ModelCardCallback(self))  # README.md at the end of every run, not only at checkpoints
         self.credit_mode = credit_mode(args.credit_mode)
-        if self.credit_mode.scores and self._is_vlm:
-            raise ValueError(
-                "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
-                "images, so its divergence would be wrong. Use a text model, or credit_mode='off' (plain GRPO)."
-            )
+        refuse_unsupported(args, is_vlm=self._is_vlm)
         pipe = self.credit_pipeline = CreditPipeline(args, self._tokenizer, num_generations=self.num_generations)
         self.credit_scorer, self.reference_builder = pipe.scorer, pipe.reference_builder
         self.last_credit: CreditResult | None = None  # the last generation batch's credit, stats reduced over ranks
@@ -113,7 +104,6 @@ class SGCDTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        # The tool-use audit of the paper (zero-tool collapse), logged in every mode so GRPO arms have it too.
         all_completions = gather_object(list(completions))
         categories = gather_object([row.get("category") for row in inputs])
         categories = categories if all(c is not None for c in categories) else None
@@ -121,12 +111,8 @@ class SGCDTrainer(GRPOTrainer):
         audit = tool_use_audit(
             all_completions, rewards, categories, success_threshold=self.args.credit_success_threshold
         )
-        mode = "train" if self.model.training else "eval"
-        for name, value in audit.items():
-            if not name.startswith("num_"):
-                self._metrics[mode][f"sgcd/audit/{name}"].append(value)
-        # What dynamic sampling and the credit stages need; TRL's output does not carry it.
-        self._credit_batch = dict(inputs=inputs, prompts=prompts, completions=completions)
+        self._log({f"sgcd/audit/{k}": v for k, v in audit.items() if not k.startswith("num_")})
+        self._credit_batch = dict(inputs=inputs, prompts=prompts, completions=completions)  # TRL's output lacks these
         self._credit_batch.update(all_completions=all_completions, rewards_per_func=rewards_per_func)
         return rewards_per_func
 
@@ -142,8 +128,7 @@ class SGCDTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
         # Every rank runs the extra forward, with or without targets (ZeRO-3 safety): the targets are always there.
-        extra = self.credit_pipeline.extra_loss(model, inputs, temperature=self.temperature)
-        if extra is None:
+        if (extra := self.credit_pipeline.extra_loss(model, inputs, temperature=self.temperature)) is None:
             return loss
         aux, name, coef = extra
         self._metrics["train"][name].append(self.accelerator.gather(aux.detach()).mean().item())
@@ -151,10 +136,8 @@ class SGCDTrainer(GRPOTrainer):
 
     def _resample(self, output: dict, batch: dict):
         """Extra generation rounds while too few groups are mixed (the rule and its logs: `credit/sampling.py`)."""
-        args, G, acc = self.args, self.num_generations, self.accelerator
-        n_local = len(batch["prompts"])
-        why_not = sampling.unavailable(n_local, G, iterable=isinstance(self.train_dataset, IterableDataset))
-        if why_not:
+        args, G, acc, n_local = self.args, self.num_generations, self.accelerator, len(batch["prompts"])
+        if why_not := sampling.unavailable(n_local, G, iterable=isinstance(self.train_dataset, IterableDataset)):
             logger.warning_once(why_not)
             return output, batch
 
@@ -170,18 +153,16 @@ class SGCDTrainer(GRPOTrainer):
         outputs, batches, rewards, chosen, metrics = sampling.draw_rounds(
             output, batch, local, next_round, global_sum, args=args, reward_weights=self.reward_weights, group_size=G
         )
-        for name, value in metrics.items():
-            self._metrics["train"][name].append(value)
-        rounds = len(outputs) - 1
-        if rounds == 0:
+        self._log(metrics)
+        if len(outputs) == 1:  # no extra round
             return output, batch
         merged, merged_batch = sampling.merge_rounds(
             outputs, batches, rewards, chosen, group_size=G, pad_token_id=self._tokenizer.pad_token_id
         )
         merged_batch["rewards_per_func"] = acc.gather(merged_batch.pop("local_rewards_per_func"))
         merged_batch["all_completions"] = gather_object(list(merged_batch["completions"]))
-        mask = loss_mask(merged["completion_mask"], merged.get("tool_mask"))
-        merged["num_items_in_batch"] = acc.gather(mask.sum()).sum()
+        tokens = loss_mask(merged["completion_mask"], merged.get("tool_mask")).sum()
+        merged["num_items_in_batch"] = acc.gather(tokens).sum()
         return merged, merged_batch
 
     def _resample_loader(self, epoch: int):
@@ -204,14 +185,13 @@ class SGCDTrainer(GRPOTrainer):
         steps = gather_object([pipe.reference_step_metrics()])  # every rank's reference-builder counters
         latency = time.perf_counter() - t0
         local_refs = [references.get(offset + i) for i in range(n_local)]
-        n_batches = torch.tensor([pipe.num_score_batches(local_refs)], device=acc.device)
         result = pipe.compute_credit(
             model=self.model,
             **{key: output.get(key) for key in BATCH_TENSORS},
             prompts=batch["prompts"],
             references=local_refs,
             render=lambda prompts: self._tokenize_prompts(prompts)[0],
-            min_batches=int(acc.gather(n_batches).max()),
+            min_batches=int(acc.gather(torch.tensor([pipe.num_score_batches(local_refs)], device=acc.device)).max()),
             autocast=acc.autocast,  # the scorer calls the backbone past accelerate's autocast wrapper of forward
         )
         advantages, output["advantages"] = output["advantages"], result.advantages
@@ -221,13 +201,10 @@ class SGCDTrainer(GRPOTrainer):
         stats = CreditStats.from_vectors(acc.gather(sums[None]).sum(0), acc.gather(maxima[None]).max(0).values)
         fallback = int(acc.gather(torch.tensor([float(result.fallback_prefix)], device=acc.device)).sum().item())
         self.last_credit = dataclasses.replace(result, stats=stats)
-        for name, value in pipe.metrics(stats, groups, references.values(), latency, fallback, steps).items():
-            self._metrics["train"][name].append(value)
+        self._log(pipe.metrics(stats, groups, references.values(), latency, fallback, steps))
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         shown = masked_row_mean(output["advantages"], loss_mask(output["completion_mask"], output.get("tool_mask")))
-        logged = self._logs["advantages"]  # a deque ending with this batch's GRPO advantages: replace them
-        for k, value in enumerate(acc.gather(shown).tolist(), start=len(logged) - len(shown) * acc.num_processes):
-            logged[k] = value
+        replace_last(self._logs["advantages"], acc.gather(shown).tolist())  # it ends with this batch's GRPO ones
         if acc.is_main_process:  # the table's step: the optimizer step that first trains on this batch
             pipe.record_table(
                 self.state.global_step + 1, batch["prompts"], output, result, advantages, rewards, offset
@@ -245,6 +222,11 @@ class SGCDTrainer(GRPOTrainer):
         tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
         load_result.missing_keys[:] = [k for k in load_result.missing_keys if k not in tied]
         super()._issue_warnings_after_load(load_result)
+
+    def _log(self, metrics: dict) -> None:
+        """Append metrics to TRL's own buffers (averaged and logged with TRL's at the next `log`)."""
+        for name, value in metrics.items():
+            self._metrics["train" if self.model.training else "eval"][name].append(value)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
