@@ -22,9 +22,10 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.llm_server import VALID_REFERENCE, FakeLLMServer, sample_group  # noqa: E402
 from trl_sgcd.credit.llm import LiteLLMClient  # noqa: E402
 from trl_sgcd.credit.reference import SiblingReferenceBuilder  # noqa: E402
+from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer  # noqa: E402
+from trl_sgcd.testing.samples import sample_group  # noqa: E402
 
 MODEL = "openai/bench-model"
 
@@ -35,7 +36,16 @@ class ServerProcess:
     def __init__(self, latency: float):
         root = Path(__file__).resolve().parents[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.llm_server", "--latency", str(latency)],
+            [
+                sys.executable,
+                "-m",
+                "trl_sgcd.testing.llm_server",
+                "--port",
+                "0",
+                "--latency",
+                str(latency),
+                "--until-stdin-closes",
+            ],
             cwd=root,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

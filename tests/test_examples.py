@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.llm_server import VALID_REFERENCE, FakeLLMServer
+from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -121,7 +121,7 @@ def test_dispatcher_usage_and_unknown_command(capsys):
     assert cli.main(["trian"]) == 2 and "unknown command 'trian'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, module", [("eval", "trl_sgcd.tooluse.evaluation"), ("demo", "trl_sgcd.demo.run")])
+@pytest.mark.parametrize("command, module", [("eval", "trl_sgcd.cli.eval"), ("demo", "trl_sgcd.demo.run")])
 def test_eval_and_demo_dispatch_lazily(monkeypatch, command, module):
     calls = []
     monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(main=lambda argv: calls.append(argv) or 0))

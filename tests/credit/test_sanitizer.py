@@ -2,7 +2,7 @@
 
 import pytest
 
-from trl_sgcd.credit.evidence import Sanitizer, sanitize
+from trl_sgcd.credit.sanitize import Sanitizer, sanitize
 
 
 def _check(text, placeholder, literal, **kwargs):

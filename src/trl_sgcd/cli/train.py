@@ -39,6 +39,10 @@ from .utils import (
 PROG = "trl-sgcd train"
 AIRLINE_ENV = "trl_sgcd.envs.airline:AirlineEnv"
 AIRLINE_REWARD = "trl_sgcd.envs.airline:airline_reward"
+NEEDS_CONFIG_OR_MODEL = (
+    f"needs a recipe or a model: `{PROG} --config recipes/tiny_cpu.yaml`, or "
+    f"`{PROG} --model_name_or_path MODEL --dataset_name DATA ...`; `{PROG} --help` lists every field."
+)
 
 
 @dataclass
@@ -107,12 +111,73 @@ class TrainPlan:
 
 
 def make_parser(prog: str = PROG):
-    """The [`~trl.TrlParser`] over ([`SGCDScriptArguments`], [`SGCDConfig`], [`~trl.ModelConfig`])."""
+    """
+    The [`~trl.TrlParser`] over ([`SGCDScriptArguments`], [`SGCDConfig`], [`~trl.ModelConfig`]).
+
+    `--help` lists `--config` first, then the `credit_*` fields of SGCD under their own heading, then the script
+    arguments, the rest of `GRPOConfig` and the model arguments; each `--no_<flag>` of a boolean says that it turns
+    the flag off.
+    """
+    import argparse
+
     from trl import ModelConfig, TrlParser
 
     from trl_sgcd.config import SGCDConfig
 
-    return TrlParser((SGCDScriptArguments, SGCDConfig, ModelConfig), prog=prog)
+    class SGCDParser(TrlParser):
+        def _add_dataclass_arguments(self, dtype):
+            _add_grouped_arguments(self, dtype)
+
+    parser = SGCDParser(
+        (SGCDScriptArguments, SGCDConfig, ModelConfig),
+        prog=prog,
+        usage=f"{prog} [--config RECIPE.yaml] [--FIELD VALUE ...]",
+        description="Train a tool-use agent with SGCD (or its matched GRPO baseline). Values come from the dataclass "
+        "defaults, then the YAML file given with --config, then the flags (the last wins).",
+    )
+    parser.add_argument(  # consumed by TrlParser before argparse runs; listed here so that --help shows it
+        "--config",
+        metavar="RECIPE.yaml",
+        default=argparse.SUPPRESS,
+        help="YAML recipe of field: value pairs (e.g. recipes/tiny_cpu.yaml); flags given after it override it.",
+    )
+    parser._action_groups.sort(key=lambda g: GROUP_ORDER.index(g.title) if g.title in GROUP_ORDER else 99)
+    for action in parser._actions:
+        if action.option_strings and action.option_strings[0].startswith("--no_") and action.const is False:
+            action.help = f"Turn --{action.dest} off (same as --{action.dest} false)."
+            action.default = argparse.SUPPRESS  # the flag's own default stands; `(default: False)` would mislead
+    return parser
+
+
+CREDIT_GROUP = "SGCD credit settings (SGCDConfig, credit_*)"
+SCRIPT_GROUP = "data, environment, rewards and tools (SGCDScriptArguments)"
+TRAINING_GROUP = "training (GRPOConfig)"
+MODEL_GROUP = "model (ModelConfig)"
+GROUP_ORDER = ["positional arguments", "options", CREDIT_GROUP, SCRIPT_GROUP, TRAINING_GROUP, MODEL_GROUP]
+
+
+def _group_title(dtype, name: str) -> str:
+    if dtype is SGCDScriptArguments:
+        return SCRIPT_GROUP
+    if dtype.__name__ == "ModelConfig":
+        return MODEL_GROUP
+    return CREDIT_GROUP if name.startswith("credit_") else TRAINING_GROUP
+
+
+def _add_grouped_arguments(parser, dtype) -> None:
+    """Add a dataclass's fields as HfArgumentParser does, each into its `--help` group (see [`GROUP_ORDER`])."""
+    import dataclasses
+    from typing import get_type_hints
+
+    groups = {}
+    hints = get_type_hints(dtype)
+    for f in dataclasses.fields(dtype):
+        if f.init:
+            title = _group_title(dtype, f.name)
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title)
+            f.type = hints[f.name]
+            parser._parse_dataclass_field(groups[title], f)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -127,8 +192,10 @@ def parse_args(argv: list[str] | None = None):
         [`UsageError`]: for an unknown field (YAML key or flag, with a "did you mean" hint), an unreadable config file,
             or an invalid value (the `ValueError` of a dataclass `__post_init__`, which names the field).
     """
-    parser = make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        raise UsageError(NEEDS_CONFIG_OR_MODEL)
+    parser = make_parser()
     check_unknown_fields(parser, argv)
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(argv)
@@ -206,13 +273,14 @@ def apply_builtin_defaults(script_args, training_args) -> None:
 
 def check_dependencies(training_args, model_args) -> None:
     """Fail before loading anything when an option needs a package that is missing or a key that is not set."""
+    from trl_sgcd.credit.modes import credit_mode
     from trl_sgcd.import_utils import is_litellm_available, is_peft_available, is_vllm_available
 
     if training_args.use_vllm and not is_vllm_available():
         raise UsageError("use_vllm=True needs vLLM: `pip install trl-sgcd[vllm]`, or pass `--use_vllm false`.")
     if model_args.use_peft and not is_peft_available():
         raise UsageError("use_peft=True needs PEFT: `pip install peft`.")
-    uses_llm = training_args.credit_mode not in ("off", "no_reference")  # these two never call the reference LLM
+    uses_llm = credit_mode(training_args.credit_mode).uses_reference_builder  # the other modes never call the LLM
     if uses_llm and training_args.credit_reference_backend == "litellm":
         if not is_litellm_available():
             raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")

@@ -1,13 +1,17 @@
 """Batched litellm client for credit references: hard deadline, retries with backoff, bounded concurrency, disk cache.
 
-litellm's own `timeout` is not always honoured (a run hung 6.5 h, user need 9), so every attempt is wrapped in
+litellm's own `timeout` is not always honoured (a run once hung 6.5 h), so every attempt is wrapped in
 `asyncio.wait_for(..., timeout=deadline)`. Retries are ours (`num_retries=0` is passed to litellm, and the OpenAI SDK's
 own retries are off): rate limits (429), server errors (5xx), timeouts and connection errors back off exponentially
-with jitter; other 4xx answers fail at once. The client never raises: a failure is an [`LLMResult`] with `error` set,
-and the caller falls back for that request only.
+with jitter; other 4xx answers fail at once. A whole batch also gets a wall budget (`complete_many(..., budget=s)`):
+every attempt's deadline, every backoff and every request still waiting for a slot is cut to what is left of it, so a
+hung provider costs a step at most the budget, retries and waves included. The client never raises: a failure is an
+[`LLMResult`] with `error` and `error_class` set, and the caller falls back for that request only. Answers longer than
+`ANSWER_BYTES_PER_TOKEN * max_tokens` bytes are cut on arrival, before anything tokenizes or sanitizes them.
 
 litellm is imported lazily, with `LITELLM_LOCAL_MODEL_COST_MAP=True` unless the user set it, so importing this module
-never touches the network.
+never touches the network. [`~LiteLLMClient.warm`] imports it and runs one mock completion (no request is sent), so
+the first step's deadline measures the request, not the import (4-17 s on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -23,55 +27,19 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-_RETRYABLE_NAMES = (
-    "RateLimitError",
-    "InternalServerError",
-    "ServiceUnavailableError",
-    "APIConnectionError",
-    "Timeout",
-    "APITimeoutError",
-    "BadGatewayError",
+from trl_sgcd.credit.llm_result import (
+    ANSWER_BYTES_PER_TOKEN,
+    RETRYABLE_CLASSES,
+    LLMResult,
+    cut_to_bytes,
+    describe_error,
+    error_class,
+    failed_result,
 )
 
-
-@dataclass
-class LLMResult:
-    """
-    Outcome of one chat completion request.
-
-    Args:
-        text (`str` or `None`):
-            Assistant content; `None` when the request failed.
-        error (`str` or `None`):
-            Why it failed (`"timeout: ..."`, `"RateLimitError: ..."`); `None` on success.
-        latency_s (`float`):
-            Wall time of the request, retries and backoff included.
-        prompt_tokens (`int` or `None`):
-            Prompt tokens reported by the server (`None` when unknown; 0 on a cache hit).
-        completion_tokens (`int` or `None`):
-            Completion tokens reported by the server.
-        cost_usd (`float` or `None`):
-            Cost from litellm's price map; `None` when the model's price is unknown (never a made-up 0).
-        cached (`bool`):
-            Whether the answer came from the disk cache (no request was made).
-        attempts (`int`):
-            Number of HTTP attempts made.
-        timed_out (`bool`, *optional*, defaults to `False`):
-            Whether the last attempt hit the deadline.
-    """
-
-    text: str | None
-    error: str | None
-    latency_s: float
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cost_usd: float | None
-    cached: bool
-    attempts: int
-    timed_out: bool = False
+__all__ = ["LLMResult", "LiteLLMClient", "import_litellm", "route_model"]
 
 
 def import_litellm():
@@ -88,20 +56,6 @@ def route_model(model: str, api_base: str | None) -> str:
     if api_base and "/" not in model:
         return f"openai/{model}"
     return model
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionError)):
-        return True
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        return status in (408, 429) or status >= 500
-    return any(cls.__name__ in _RETRYABLE_NAMES for cls in type(exc).__mro__)
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class _DiskCache:
@@ -135,6 +89,9 @@ class _DiskCache:
         except OSError:  # a read-only or full disk must not stop training
             pass
 
+
+BUDGET_GRACE_S = 2.0
+"""Slack of the outer safety net over a batch's budget (the requests themselves stop at the budget)."""
 
 _LOOP: asyncio.AbstractEventLoop | None = None
 _LOOP_LOCK = threading.Lock()
@@ -212,35 +169,75 @@ class LiteLLMClient:
         self.backoff_max = float(backoff_max)
         self.cache = _DiskCache(cache_dir)
         self._rng = random.Random()
+        self._warm = False
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go: `api_base`, or litellm's default endpoint for the model's provider."""
+        return self.api_base or f"litellm's default endpoint for {self.model!r}"
 
     # public API
-    async def acomplete_many(self, requests: Sequence[tuple[str, list[dict]]]) -> list[LLMResult]:
+    def warm(self, timeout: float = 30.0) -> None:
+        """
+        Import litellm and run one mock completion on the background loop (no request is sent), once per client.
+
+        The first real call then pays neither the import nor litellm's lazy set-up inside its deadline. Never raises.
+        """
+        if self._warm:
+            return
+        self._warm = True
+        litellm = import_litellm()
+        kwargs = {k: v for k, v in (("api_base", self.api_base), ("api_key", self.api_key)) if v}
+        coroutine = litellm.acompletion(
+            model=self.model, messages=[{"role": "user", "content": "warm-up"}], mock_response="ok", **kwargs
+        )
+        future = asyncio.run_coroutine_threadsafe(coroutine, _background_loop())
+        try:
+            future.result(timeout=timeout)
+        except Exception:  # noqa: BLE001 - warming is an optimisation only
+            future.cancel()
+
+    async def acomplete_many(
+        self, requests: Sequence[tuple[str, list[dict]]], *, budget: float | None = None
+    ) -> list[LLMResult]:
         """
         Run all requests concurrently (at most `concurrency` in flight) and return one result per request, in order.
 
         Args:
             requests (`Sequence[tuple[str, list[dict]]]`):
                 `(cache_key, messages)` pairs; the cache key should hash the sanitized evidence.
+            budget (`float` or `None`, *optional*):
+                Wall seconds for the whole batch, retries, backoff and waves included; `None`: per-attempt deadlines
+                only.
 
         Returns:
             `list[LLMResult]`: never raises; failures carry `error`.
         """
         semaphore = asyncio.Semaphore(self.concurrency)
+        stop_at = None if budget is None else time.monotonic() + budget
 
         async def run(key: str, messages: list[dict]) -> LLMResult:
+            record = self.cache.get(self.model, key)
+            if record is not None:
+                return LLMResult(record["text"], None, 0.0, 0, 0, 0.0, cached=True, attempts=0)
             async with semaphore:
-                return await self._complete_one(key, messages)
+                return await self._complete_one(key, messages, stop_at)
 
         return list(await asyncio.gather(*(run(key, messages) for key, messages in requests)))
 
-    def complete_many(self, requests: Sequence[tuple[str, list[dict]]]) -> list[LLMResult]:
+    def complete_many(
+        self, requests: Sequence[tuple[str, list[dict]]], *, budget: float | None = None
+    ) -> list[LLMResult]:
         """
         Synchronous [`~LiteLLMClient.acomplete_many`]. Safe to call from a thread whose event loop is running: the
         coroutine always runs on one background event loop (a daemon thread), kept for the whole process because
-        litellm binds its connection pools and logging worker to the loop that first used them.
+        litellm binds its connection pools and logging worker to the loop that first used them. The budget's clock
+        starts after litellm is imported.
         """
         if not requests:
             return []
+        self.warm()
+        coroutine = self.acomplete_many(requests, budget=budget)
         loop = _background_loop()
         try:
             running = asyncio.get_running_loop()
@@ -250,14 +247,17 @@ class LiteLLMClient:
             running is loop
         ):  # called from a coroutine on our own loop: a fresh loop in a worker thread avoids a deadlock
             with ThreadPoolExecutor(max_workers=1) as pool:
-                return pool.submit(asyncio.run, self.acomplete_many(requests)).result()
-        future = asyncio.run_coroutine_threadsafe(self.acomplete_many(requests), loop)
+                return pool.submit(asyncio.run, coroutine).result()
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        bound = self._batch_bound(len(requests)) if budget is None else budget + BUDGET_GRACE_S
         try:
-            return future.result(timeout=self._batch_bound(len(requests)))
+            return future.result(timeout=bound)
         except Exception as exc:  # noqa: BLE001 - a safety net; each request already has its own deadline
             future.cancel()
-            error = f"batch failed: {_describe(exc)}"
-            return [LLMResult(None, error, 0.0, None, None, None, cached=False, attempts=0) for _ in requests]
+            cls = "budget_exhausted" if budget is not None else error_class(exc)
+            return [
+                failed_result(f"batch failed: {describe_error(exc)}", cls, budget_exhausted=True) for _ in requests
+            ]
 
     def _batch_bound(self, num_requests: int) -> float:
         waves = math.ceil(num_requests / self.concurrency)
@@ -273,28 +273,58 @@ class LiteLLMClient:
             pass
         return delay * 0.5 + self._rng.uniform(0.0, delay * 0.5)
 
-    async def _complete_one(self, key: str, messages: list[dict]) -> LLMResult:
+    async def _complete_one(self, key: str, messages: list[dict], stop_at: float | None) -> LLMResult:
         start = time.perf_counter()
-        record = self.cache.get(self.model, key)
-        if record is not None:
-            return LLMResult(record["text"], None, time.perf_counter() - start, 0, 0, 0.0, cached=True, attempts=0)
-        attempt, last_exc = 0, None
+        attempt, last_exc, classes, cut = 0, None, [], False
         while True:
+            left = math.inf if stop_at is None else stop_at - time.monotonic()
+            if left <= 0:
+                cut = True
+                break
+            timeout = min(self.deadline, left)
             attempt += 1
             try:
-                response = await asyncio.wait_for(self._acompletion(messages), timeout=self.deadline)
-                return self._success(key, response, start, attempt)
+                response = await asyncio.wait_for(self._acompletion(messages, timeout), timeout=timeout)
+                return self._success(key, response, start, attempt, tuple(classes))
             except Exception as exc:  # noqa: BLE001 - the client must never raise
                 last_exc = exc
-                if not _is_retryable(exc) or attempt > self.retries:
+                classes.append(error_class(exc))
+                cut = classes[-1] == "timeout" and timeout < self.deadline
+                if classes[-1] not in RETRYABLE_CLASSES or attempt > self.retries or cut:
                     break
-                await asyncio.sleep(self._backoff(attempt - 1, exc))
-        timed_out = isinstance(last_exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(last_exc).__name__
-        error = f"timeout: no answer within {self.deadline:g} s" if timed_out else _describe(last_exc)
+                delay = self._backoff(attempt - 1, exc)
+                if stop_at is not None and time.monotonic() + delay >= stop_at:
+                    cut = True
+                    break
+                await asyncio.sleep(delay)
         latency = time.perf_counter() - start
-        return LLMResult(None, error, latency, None, None, None, cached=False, attempts=attempt, timed_out=timed_out)
+        if last_exc is None:
+            return failed_result(
+                "budget exhausted before the request was sent", "budget_exhausted", budget_exhausted=True
+            )
+        timed_out = classes[-1] == "timeout"
+        if timed_out:
+            error = f"timeout: no answer within {timeout:g} s" + (" (step budget)" if cut else "")
+        else:
+            error = describe_error(last_exc)
+        if classes[-1] == "connection":
+            error += f" [endpoint {self.endpoint}]"
+        return LLMResult(
+            None,
+            error,
+            latency,
+            None,
+            None,
+            None,
+            cached=False,
+            attempts=attempt,
+            timed_out=timed_out,
+            error_class=classes[-1],
+            attempt_errors=tuple(classes),
+            budget_exhausted=cut,
+        )
 
-    async def _acompletion(self, messages: list[dict]):
+    async def _acompletion(self, messages: list[dict], timeout: float):
         litellm = import_litellm()
         kwargs = {}
         if self.api_base:
@@ -306,15 +336,16 @@ class LiteLLMClient:
             messages=messages,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
-            timeout=self.deadline,
+            timeout=timeout,
             num_retries=0,
             max_retries=0,
             **kwargs,
         )
 
-    def _success(self, key: str, response, start: float, attempts: int) -> LLMResult:
+    def _success(self, key: str, response, start: float, attempts: int, classes: tuple[str, ...]) -> LLMResult:
         choice = response.choices[0] if getattr(response, "choices", None) else None
         text = getattr(getattr(choice, "message", None), "content", None) or ""
+        text = cut_to_bytes(text, ANSWER_BYTES_PER_TOKEN * self.max_tokens)
         usage = getattr(response, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
@@ -329,7 +360,17 @@ class LiteLLMClient:
                 "latency_s": latency,
             }
             self.cache.put(self.model, key, record)
-        return LLMResult(text, None, latency, prompt_tokens, completion_tokens, cost, cached=False, attempts=attempts)
+        return LLMResult(
+            text,
+            None,
+            latency,
+            prompt_tokens,
+            completion_tokens,
+            cost,
+            cached=False,
+            attempts=attempts,
+            attempt_errors=classes,
+        )
 
     def _cost(self, response) -> float | None:
         hidden = getattr(response, "_hidden_params", None) or {}
@@ -342,8 +383,3 @@ class LiteLLMClient:
         except Exception:  # noqa: BLE001 - unknown price: report None, never a made-up 0
             return None
         return float(cost) if cost is not None else None
-
-
-def result_to_dict(result: LLMResult) -> dict:
-    """Plain-dict view of an [`LLMResult`] (for logging)."""
-    return asdict(result)

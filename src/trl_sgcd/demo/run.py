@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         help="Where to write checkpoint/, metrics.json, demo.png "
         "(default: outputs/sgcd_demo, or outputs/sgcd_demo_quick with --quick).",
     )
-    p.add_argument("--steps", type=int, default=None, help="SGCD training steps.")
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"SGCD training steps (full: {FULL.steps}, quick: {QUICK.steps})."
+    )
     p.add_argument("--seed", type=int, default=None, help="Seed of the tasks, the warm start and SGCD (default 0).")
     p.add_argument(
         "--model",
@@ -99,33 +101,35 @@ def _parser() -> argparse.ArgumentParser:
         "by its settings, under $TRL_SGCD_CACHE or ~/.cache/trl_sgcd).",
     )
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
-    sizes = p.add_argument_group("sizes (override the profile)")
+    sizes = p.add_argument_group("sizes (override the profile; each shows its full and --quick value)")
+    size_help = {
+        "precision": '"auto" (bf16 autocast on a CPU with AMX / AVX512-BF16, else fp32), "fp32" or "bf16".',
+        "sft_tasks": "Train tasks whose expert trajectories the warm start (SFT) learns from.",
+        "sft_epochs": "Warm-start epochs over those trajectories (ignored when --sft-steps is set).",
+        "sft_steps": "Warm-start optimizer steps (overrides --sft-epochs).",
+        "sft_learning_rate": "Warm-start learning rate.",
+        "sft_batch_size": "Warm-start batch size (trajectories per step).",
+        "sft_max_length": "Longest warm-start trajectory, in tokens (longer ones are cut).",
+        "eval_tasks": "Held-out test tasks evaluated before and after SGCD (greedy pass@1).",
+        "eval_max_turns": "Assistant turns per evaluation episode.",
+        "eval_max_new_tokens": "New tokens per assistant turn in evaluation.",
+        "eval_batch_size": "Evaluation episodes generated together.",
+        "rollouts_per_step": "Rollouts per SGCD training step (prompts = rollouts / num_generations).",
+        "num_generations": "Rollouts per prompt (the sibling group size G).",
+        "max_completion_length": "Longest rollout completion in tokens (tool observations included).",
+        "max_tool_calls": "Most tool calls per rollout.",
+        "learning_rate": "SGCD learning rate.",
+        "temperature": "Sampling temperature of the rollouts.",
+        "top_p": "Nucleus sampling top-p of the rollouts.",
+        "credit_mode": 'Credit mode of the RL phase ("off" is the matched GRPO baseline; see `trl-sgcd train --help`).',
+        "train_success_k": "Samples per train task for the optional sampled-success measurement (0 skips it).",
+        "train_success_tasks": "Train tasks of that measurement.",
+    }
     types = {f.name: f.type for f in fields(DemoSettings)}
-    for name in (
-        "precision",
-        "sft_tasks",
-        "sft_epochs",
-        "sft_steps",
-        "sft_learning_rate",
-        "sft_batch_size",
-        "sft_max_length",
-        "eval_tasks",
-        "eval_max_turns",
-        "eval_max_new_tokens",
-        "eval_batch_size",
-        "rollouts_per_step",
-        "num_generations",
-        "max_completion_length",
-        "max_tool_calls",
-        "learning_rate",
-        "temperature",
-        "top_p",
-        "credit_mode",
-        "train_success_k",
-        "train_success_tasks",
-    ):
+    for name, text in size_help.items():
         kind = {"int": int, "float": float, "str": str, "int | None": int}[types[name]]
-        sizes.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
+        shown = f"{text} (full: {getattr(FULL, name)}, quick: {getattr(QUICK, name)})"
+        sizes.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=shown)
     return p
 
 
@@ -162,30 +166,23 @@ def _eval_summary(result: dict) -> dict:
 
 def _recording_trainer_class():
     """`SGCDTrainer` that keeps, per step, the credit weights of the eligible tokens of the scored rollouts."""
+    from trl_sgcd.credit.weights import loss_mask
     from trl_sgcd.trainer import SGCDTrainer
 
     class RecordingSGCDTrainer(SGCDTrainer):
         credit_weight_log: list
 
         def _generate_and_score_completions(self, inputs):
-            self._credit_last_batch = None
+            self.last_credit = None
             output = super()._generate_and_score_completions(inputs)
-            last = self._credit_last_batch
+            last = self.last_credit
             if last is not None and self.model.training:
-                mask = output["completion_mask"].bool()
-                if output.get("tool_mask") is not None:
-                    mask = mask & output["tool_mask"].bool()
-                rows = [
-                    i
-                    for i, ref in enumerate(last["references"])
-                    if ref is not None and ref.source != "none" and ref.text
-                ]
-                weights = last["weights"]
-                values = [float(w) for i in rows for w in weights[i][mask[i].cpu()].tolist()]
+                mask = loss_mask(output["completion_mask"], output.get("tool_mask")).bool()
+                values = [float(w) for i in last.rows for w in last.weights[i][mask[i]].tolist()]
                 if not hasattr(self, "credit_weight_log"):
                     self.credit_weight_log = []
                 self.credit_weight_log.append(
-                    {"step": self.state.global_step + 1, "rows": len(rows), "weights": values}
+                    {"step": self.state.global_step + 1, "rows": len(last.rows), "weights": values}
                 )
             return output
 
@@ -340,6 +337,7 @@ def run_demo(
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         credit_mode=s.credit_mode,
+        credit_dynamic_sampling=True,  # DAPO's mixed-group sampling, the same for every credit mode (GRPO included)
         credit_reference_backend="contrast",
         credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
         credit_chunk_size=64,
