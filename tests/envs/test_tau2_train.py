@@ -41,6 +41,7 @@ def _scripted(trainer_cls):
     return Scripted
 
 
+@pytest.mark.timeout(1800)  # ~5.3k-token prompts and τ²'s evaluation (~3 s a rollout on a loaded CPU)
 def test_one_sgcd_step_on_two_tau2_airline_tasks(tmp_path, tiny_model_path):
     import torch
 
@@ -54,6 +55,8 @@ def test_one_sgcd_step_on_two_tau2_airline_tasks(tmp_path, tiny_model_path):
     args = tiny_args(
         tmp_path,
         credit_private_columns=spec.private_columns,
+        per_device_train_batch_size=4,
+        num_generations=2,
         max_completion_length=48,
         max_tool_calling_iterations=2,
     )
