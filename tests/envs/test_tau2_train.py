@@ -81,6 +81,6 @@ def test_one_sgcd_step_on_two_tau2_airline_tasks(tmp_path, tiny_model_path):
     assert set(rewards) == {0.0, 1.0}  # τ²'s evaluation scored every rollout, both outcomes present
     groups = [g for batch in seen for g in batch]
     assert any(g.is_mixed for g in groups)
-    w = trainer._credit_last_batch["weights"]
+    w = trainer.last_credit.weights
     assert torch.all(w >= 1.0) and torch.all(w <= args.credit_cap)
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
