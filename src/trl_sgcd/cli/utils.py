@@ -11,7 +11,11 @@ import os
 import sys
 
 BUILTIN_AIRLINE = "builtin:airline"
-BUILTIN_MODELS = {"builtin:smollm2": "bundled_model_dir", "builtin:tiny": "tiny_model_dir"}
+BUILTIN_MODELS = {
+    "builtin:smollm2": "bundled_model_dir",
+    "builtin:tiny": "tiny_model_dir",
+    "builtin:tiny-context": "tiny_context_model_dir",
+}
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -23,6 +27,24 @@ def log(message: str) -> None:
     """Print a `[trl-sgcd]` line on the main process only (rank 0), before accelerate is set up."""
     if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"[trl-sgcd] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_known_noise() -> None:
+    """
+    Silence, for the command's process, messages a command-line user can do nothing about: TRL's "environment_factory is
+    experimental" warning (the command's documented way to train with an environment) and DeepSpeed's "Setting
+    accelerator to CPU" line on a machine without a GPU (the right fallback, said on every run).
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="You are using 'environment_factory'", category=UserWarning)
+
+    class _NoCpuFallbackLine(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.getMessage()).startswith("Setting accelerator to CPU")
+
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackLine())
 
 
 def load_object(path: str, *, what: str = "object"):
