@@ -6,8 +6,8 @@ python -m trl_sgcd.envs.tau2.evaluate --env tau2:airline --split test --model bu
 ```
 
 The rollout loop, metrics and audit are `trl_sgcd.tooluse.evaluation.evaluate` (the loop `GRPOTrainer` runs with an
-`environment_factory`); the environment, dataset and reward come from [`~trl_sgcd.envs.tau2.resolve`], so `trl-sgcd
-eval --env tau2:airline` can use the same pieces through `trl_sgcd.cli.utils.resolve_env_spec`.
+`environment_factory`); the environment, dataset and reward come from [`~trl_sgcd.envs.tau2.resolve`], and `trl-sgcd eval
+--dataset_name tau2:airline` uses the same pieces through `trl_sgcd.cli.utils.resolve_env_spec`.
 """
 
 from __future__ import annotations
