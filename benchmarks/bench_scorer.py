@@ -15,6 +15,10 @@ The model is a 2-layer, hidden-256 random Llama with the SmolLM2 vocabulary size
     VmHWM, reset just before the call, and a 1 ms psutil sampler) above the resident size just before the call, with glibc's mmap threshold
     fixed at 64 KiB so that freed tensors leave the resident set at once. The goal is a scorer ratio
     peak(8192) / peak(1024) <= 1.1: only `chunk_size` positions of logits ever exist.
+(c) `--group-prompt P` (e.g. 1150, the airline prompt): one sibling group of `--rows` rollouts sharing a P-token prompt
+    (the teacher's: the same prompt plus a 128-token reference), `--length` completion tokens each; the scorer with
+    `share_prefix=True` (prompt encoded once per context, completions on its key/value cache) against the unshared
+    scorer, interleaved. `--model smollm2` scores with the bundled SmolLM2-135M-Instruct instead of the random model.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import time
 
 import torch
 
-from trl_sgcd.credit.divergence import DenseDivergenceScorer, topk_divergence
+from trl_sgcd.credit.divergence import topk_divergence
+from trl_sgcd.credit.scorer import DenseDivergenceScorer
 
 VOCAB, HIDDEN, LAYERS = 49152, 256, 2
 PROMPT, REFERENCE = 64, 128
@@ -160,6 +165,43 @@ def bench_time(args, dtype):
     print(f"ratio scorer / plain: {t_scorer / t_plain:.2f}")
 
 
+def bench_group(args, dtype):
+    if args.model == "smollm2":
+        from transformers import AutoModelForCausalLM
+
+        from trl_sgcd.tooluse.models import bundled_model_dir
+
+        model = AutoModelForCausalLM.from_pretrained(bundled_model_dir(), dtype=dtype).to(args.device).eval()
+    else:
+        model = build_model(args.device, dtype)
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    prompt = torch.randint(10, vocab, (1, args.group_prompt), generator=g).expand(args.rows, -1)
+    reference = torch.randint(10, vocab, (1, REFERENCE), generator=g).expand(args.rows, -1)
+    completion = torch.randint(10, vocab, (args.rows, args.length), generator=g)
+    student, teacher = torch.cat([prompt, completion], 1), torch.cat([prompt, reference, completion], 1)
+    batch = {
+        "student_input_ids": student,
+        "student_attention_mask": torch.ones_like(student),
+        "teacher_input_ids": teacher,
+        "teacher_attention_mask": torch.ones_like(teacher),
+        "completion_ids": completion,
+        "completion_mask": torch.ones_like(completion),
+    }
+    batch = {k: v.to(args.device) for k, v in batch.items()}
+    shared, plain = (DenseDivergenceScorer(top_k=32, chunk_size=64, share_prefix=s) for s in (True, False))
+    t_shared, t_plain = time_interleaved(
+        [lambda: run_scorer(model, batch, shared), lambda: run_scorer(model, batch, plain)], args.device, args.repeats
+    )
+    print(
+        f"\n(c) one group, {args.device}, model={args.model}, B={args.rows}, prompt={args.group_prompt}, "
+        f"reference={REFERENCE}, T={args.length}, median of {args.repeats}, load avg {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'scorer, shared prompt prefix':<44}{t_shared:>10.3f} s")
+    print(f"{'scorer, every row re-encodes its prompt':<44}{t_plain:>10.3f} s")
+    print(f"ratio shared / unshared: {t_shared / t_plain:.2f}")
+
+
 def _rss_bytes():
     import psutil
 
@@ -251,6 +293,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--group-prompt", type=int, default=0, help="(c) only: shared prompt length of one group")
+    parser.add_argument("--model", default="random", choices=["random", "smollm2"], help="model of (c)")
     parser.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -264,6 +308,9 @@ def main():
     args.length = args.length or (256 if args.quick else 1024)
     args.repeats = args.repeats or (3 if args.quick else 5)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}")
+    if args.group_prompt:
+        bench_group(args, dtype)
+        return
     bench_time(args, dtype)
     if not args.skip_memory:
         bench_memory(args)

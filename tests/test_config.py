@@ -1,6 +1,9 @@
 """SGCDConfig: the credit_* fields do not shadow GRPOConfig, are documented, are checked, and parse through TrlParser."""
 
 import dataclasses
+import logging
+import re
+import warnings
 
 import pytest
 import yaml
@@ -130,7 +133,8 @@ def test_private_columns_from_yaml_string_and_cli(tmp_path):
     assert config.credit_private_columns == ["gold_actions", "gold_answer"]
 
 
-def test_credit_fields_round_trip_through_yaml(tmp_path):
+def test_credit_fields_round_trip_through_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-test")  # a named key variable must be set (SGCDConfig checks it)
     original = make_config(
         tmp_path,
         credit_mode="uniform",
@@ -171,3 +175,54 @@ def test_yaml_bare_off_and_comma_separated_columns():
     )
     assert config.credit_mode == "off"
     assert config.credit_private_columns == ["gold_answer", "gold_actions", "secret"]
+
+
+# --- help text: the docstring, in full, and the CPU / deprecation defaults -----------------------------------------
+
+
+def docstring_entry(name: str) -> str:
+    """`name`'s entry in the SGCDConfig docstring, read independently of config._help (regex over the raw text)."""
+    match = re.search(rf"^ +{name} \(`.*?\n((?: {{12,}}.*\n)+)", SGCDConfig.__doc__, re.M)
+    assert match, f"{name} is missing from the SGCDConfig docstring"
+    return " ".join(match.group(1).split())
+
+
+@pytest.mark.parametrize("f", NEW_FIELDS, ids=lambda f: f.name)
+def test_help_is_the_full_docstring_entry(f):
+    assert f.metadata["help"] == docstring_entry(f.name)
+    assert len(f.metadata["help"]) >= 20
+    if f.type in (bool, "bool"):  # `--no_<flag>` reuses this text, so it must not read as an order
+        assert f.metadata["help"].startswith("Whether to"), f.name
+
+
+def test_credit_mode_help_explains_every_mode():
+    text = SGCDConfig.__dataclass_fields__["credit_mode"].metadata["help"]
+    for mode in CREDIT_MODES:
+        assert re.search(rf'`"{mode}"`: \w', text), f"credit_mode help does not explain {mode!r}"
+
+
+def test_cpu_machine_gets_fp32_with_a_log_line(tmp_path, caplog, monkeypatch):
+    import trl_sgcd.config as config_module
+
+    monkeypatch.setattr(config_module, "_has_bf16_accelerator", lambda: False)
+    monkeypatch.setattr(config_module, "_NOTED", [])
+    with caplog.at_level(logging.WARNING, logger="trl_sgcd.config"):
+        config = SGCDConfig(output_dir=str(tmp_path))  # no use_cpu, no bf16: GRPOConfig alone raises here
+    assert config.bf16 is False
+    assert "bf16=False" in caplog.text
+    explicit = SGCDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True)  # an explicit choice is kept
+    assert explicit.bf16 is True
+
+
+def test_checkpointing_and_ddp_defaults_are_quiet(tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = make_config(tmp_path)
+        off = make_config(
+            tmp_path, gradient_checkpointing=False, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+    assert config.activation_checkpointing is True and config.gradient_checkpointing is True  # TRL's default kept
+    assert off.activation_checkpointing is False and off.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert config.ddp_find_unused_parameters is False  # no DDP search (and warning) for unused parameters
+    assert make_config(tmp_path, ddp_find_unused_parameters=True).ddp_find_unused_parameters is True

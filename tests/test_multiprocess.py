@@ -149,7 +149,8 @@ def test_ddp_groups_span_ranks_and_each_reference_is_built_once(ddp_run):
     assert refs[0][:4] == [refs[0][0]] * 4 and refs[1][2:] == [refs[1][2]] * 4
     for r in ranks:
         (call,) = r["score_calls"]
-        assert call["n_rows"] == SPAN_ROWS and call["num_forwards"] == call["hooked_forwards"] == 2
+        # A prefill of the shared prompt prefix and the rest, per context (credit_share_prefix; DDP needs no equal count).
+        assert call["n_rows"] == SPAN_ROWS and call["num_forwards"] == call["hooked_forwards"] == 4
         assert r["global_step"] == 1 and math.isfinite(r["training_loss"]) and r["max_param_delta"] > 0
 
 
@@ -208,22 +209,15 @@ def _one_process_credit(model_path, out_dir, dumps, *, rewards_per_func=None) ->
     # advantage log that `_log_credit` overwrites in place.
     trainer._batch_environments = [None] * n
     trainer._logs["advantages"].extend([0.0] * n)
-    scored = {}
-    score_rows = trainer._score_rows
-
-    def recorded(output, batch, local_refs, rows, *args, **kwargs):
-        result = score_rows(output, batch, local_refs, rows, *args, **kwargs)
-        scored.update(rows=list(rows), scores=result[0], eligible=result[1])
-        return result
-
-    trainer._score_rows = recorded
     result = trainer._apply_credit(output, batch)
-    last = trainer._credit_last_batch
+    last = trainer.last_credit
     return {
-        "weights": last["weights"],
+        "weights": last.weights,
         "advantages": result["advantages"].detach().cpu(),
-        **scored,
-        "references": [None if r is None else r.text for r in last["references"]],
+        "rows": list(last.rows),
+        "scores": last.scores,
+        "eligible": last.eligible,
+        "references": [None if r is None else r.text for r in last.references],
     }
 
 

@@ -15,7 +15,7 @@ _LAZY = {
     "SGCDTrainer": "trl_sgcd.trainer",
     "SiblingReferenceBuilder": "trl_sgcd.credit.reference",
     "CreditReference": "trl_sgcd.credit.reference",
-    "DenseDivergenceScorer": "trl_sgcd.credit.divergence",
+    "DenseDivergenceScorer": "trl_sgcd.credit.scorer",
     "topk_divergence": "trl_sgcd.credit.divergence",
     "credit_saliency": "trl_sgcd.credit.saliency",
     "credit_weights": "trl_sgcd.credit.weights",

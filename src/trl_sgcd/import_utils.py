@@ -31,11 +31,6 @@ def is_litellm_available() -> bool:
 
 
 @lru_cache
-def is_wandb_available() -> bool:
-    return _is_package_available("wandb")
-
-
-@lru_cache
 def is_peft_available() -> bool:
     return _is_package_available("peft")
 
@@ -43,11 +38,6 @@ def is_peft_available() -> bool:
 @lru_cache
 def is_gguf_available() -> bool:
     return _is_package_available("gguf")
-
-
-@lru_cache
-def is_matplotlib_available() -> bool:
-    return _is_package_available("matplotlib")
 
 
 def bundled_smollm2_dir() -> str | None:

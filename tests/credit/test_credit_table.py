@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from trl_sgcd.credit import render
 from trl_sgcd.credit import table as ct
 from trl_sgcd.credit.table import (
     COLUMNS,
@@ -71,7 +72,7 @@ def test_shading_is_monotone_in_weight_and_capped():
     assert len(shades) == len(weights) - 1
     for lighter, darker in zip(shades, shades[1:]):
         assert all(a >= b for a, b in zip(lighter, darker)) and sum(lighter) >= sum(darker)
-    assert shades[-2] == shades[-1] == ct._STRONG_RGB  # W = cap and above: the strongest colour
+    assert shades[-2] == shades[-1] == render._STRONG_RGB  # W = cap and above: the strongest colour
     assert weight_color(1.0, cap=3.0) == (255, 255, 255)
     values = [sum(weight_color(1 + k / 10, cap=3.0)) for k in range(21)]
     assert values == sorted(values, reverse=True) and len(set(values)) == len(values)
@@ -82,7 +83,7 @@ def test_shading_is_monotone_in_weight_and_capped():
 def test_ineligible_tokens_are_greyed_whatever_their_weight():
     out = render_weighted_html(["obs", "act"], [2.0, 2.0], [False, True], cap=2.0)
     obs, act = out.split("</span>")[:2]
-    assert ct._INELIGIBLE_STYLE in obs and "not eligible" in obs and "rgb(" not in obs
+    assert render._INELIGIBLE_STYLE in obs and "not eligible" in obs and "rgb(" not in obs
     assert "rgb(214,39,40)" in act
     with pytest.raises(ValueError, match="differ in length"):
         render_weighted_html(["a"], [1.0, 1.0], [True], cap=2.0)
@@ -170,7 +171,7 @@ def test_recorder_keeps_credited_groups_and_decodes_tensors(tokenizer, tmp_path)
     assert [r["completion"] for r in rows] == [texts[0], texts[1], texts[4], texts[5]]
     assert rows[0]["credit_tokens"] == 1 and rows[0]["weight_max"] == 2.0
     assert rows[1]["weight_max"] == 1.5 and rows[0]["reference"] == "ref g0"
-    assert rows[0]["credit_html"].count(ct._INELIGIBLE_STYLE) == 1  # the tool token
+    assert rows[0]["credit_html"].count(render._INELIGIBLE_STYLE) == 1  # the tool token
     assert recorder.last_rows == rows
     page = (tmp_path / "html" / "credit_00003.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "ref g2" in page and "not eligible" in page
@@ -313,6 +314,44 @@ def test_two_steps_leave_two_increments_in_the_offline_run(offline_wandb, tmp_pa
         assert 'title="W=1.800"' in open(files[html_path], encoding="utf-8").read()
 
 
+def test_logging_also_writes_a_local_html_page_into_the_run_folder(offline_wandb, tmp_path):
+    wandb = offline_wandb
+    run = wandb.init(dir=str(tmp_path), mode="offline", project="sgcd-test")
+    assert log_credit_table(_rows(step=3), step=3, cap=2.0)
+    path = os.path.join(run.dir, "sgcd_credit_tables", "step_000003.html")
+    wandb.finish()
+    page = open(path, encoding="utf-8").read()
+    assert page.startswith("<!DOCTYPE html>") and page.count('title="W=1.800"') == 2  # both rows, shaded tokens
+    assert "step 3: call lookup first" in page and "W=2.00" in page  # the reference and the legend
+
+
+def test_decisive_tokens_are_underlined():
+    tokens, weights, eligible = ["a", "b", "c"], [1.0, 1.6, 1.0], [True, True, False]
+    out = render_weighted_html(tokens, weights, eligible, cap=2.0, decisive=[False, True, True])
+    spans = re.findall(r"<span[^>]*>", out)
+    assert ["underline" in s for s in spans] == [False, True, True]
+    assert "(decisive)" in spans[1] and "not eligible, decisive" in spans[2]
+    assert out.replace(render._DECISIVE_STYLE, "").replace(", decisive", "").replace(" (decisive)", "") == (
+        render_weighted_html(tokens, weights, eligible, cap=2.0)
+    )
+    with pytest.raises(ValueError, match="decisive"):
+        render_weighted_html(tokens, weights, eligible, cap=2.0, decisive=[True])
+
+
+def test_localization_page_puts_the_reference_beside_the_tokens():
+    item = {
+        "meta": "task 1 <x>",
+        "tokens": ["id", "=", "A1"],
+        "weights": [1.0, 1.0, 2.0],
+        "eligible": [True, True, True],
+        "decisive": [False, False, True],
+        "reference": "check <state>",
+    }
+    page = ct.localization_html_page([item], title="where credit lands", cap=2.0, intro="intro")
+    assert page.count('class="pair"') == 1 and "check &lt;state&gt;" in page and "task 1 &lt;x&gt;" in page
+    assert "underline" in page and 'title="W=2.000 (decisive)"' in page
+
+
 def test_per_step_keys_fallback(offline_wandb, tmp_path):
     wandb = offline_wandb
     run = wandb.init(dir=str(tmp_path), mode="offline", project="sgcd-test")
@@ -364,10 +403,10 @@ def test_without_wandb_nothing_breaks(tmp_path):
 
 
 def _trainer_wired() -> bool:
-    """Whether trainer.py builds a `CreditTableRecorder` (read from its source: no TRL import at collection)."""
+    """Whether the credit pipeline builds a `CreditTableRecorder` (read from its source: no TRL import at collection)."""
     import importlib.util
 
-    with open(importlib.util.find_spec("trl_sgcd.trainer").origin, encoding="utf-8") as f:
+    with open(importlib.util.find_spec("trl_sgcd.credit.pipeline").origin, encoding="utf-8") as f:
         return "CreditTableRecorder(" in f.read()
 
 
@@ -425,6 +464,6 @@ def test_report_to_none_makes_no_wandb_call(tmp_path, tiny_model_path, monkeypat
     monkeypatch.setattr(wandb, "run", run)  # an active run the trainer must leave alone
     trainer = _tiny_sgcd(tmp_path, tiny_model_path, report_to="none")
     trainer.train()
-    assert trainer._last_credit_stats.sums["rows_scored"] > 0  # the credit pipeline ran
+    assert trainer.last_credit.stats.sums["rows_scored"] > 0  # the credit pipeline ran
     assert run.calls == []
-    assert getattr(trainer, "credit_table", None) is None
+    assert trainer.credit_pipeline.table is None

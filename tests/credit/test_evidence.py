@@ -2,17 +2,11 @@
 
 import json
 
-from tests.llm_server import PLANTED, sample_group
-from trl_sgcd.credit.evidence import (
-    Sanitizer,
-    build_evidence,
-    render_sanitized_trace,
-    render_task,
-    render_trace,
-    select_siblings,
-    trace_steps,
-)
+from trl_sgcd.credit.evidence import build_evidence, render_sanitized_trace, select_siblings
+from trl_sgcd.credit.sanitize import Sanitizer
 from trl_sgcd.credit.siblings import Rollout, SiblingGroup
+from trl_sgcd.credit.traces import render_task, render_trace, trace_steps
+from trl_sgcd.testing.samples import PLANTED, sample_group
 
 
 def _group(completions, success, prompt="Do the task."):
@@ -183,3 +177,38 @@ def test_render_sanitized_trace_masks_before_truncating_and_keeps_tool_names():
     result = render_sanitized_trace(completion, sanitizer=Sanitizer(["gold_tool"]), max_observation_chars=70)
     assert "4111" not in result.text and "CALL gold_tool(" in result.text
     assert result.masked == ["4111 1111 1111 1111"]
+
+
+# --- the one tool-error predicate --------------------------------------------------------------------------------------
+ERRORS = [
+    "{'error': 'no seats'}",
+    '{"error": "Reservation not found"}',
+    '{"exception": "KeyError"}',
+    '{"error": "truncated obs...',
+    "Error: flight HAT123 is full",
+    "errors: 2",
+    "Failed to book: payment declined",
+    "Traceback (most recent call last):\n  File ...",
+    "Exception: boom",
+]
+NOT_ERRORS = [
+    '{"status": "error-free"}',
+    '{"error": null}',
+    "Transfer successful",
+    "[]",
+    "{not json",
+    "",
+    "ok: failed=0",
+]
+
+
+def test_contrast_and_audit_share_one_tool_error_predicate():
+    from trl_sgcd.tooluse.audit import count_tool_errors
+
+    for text, expected in [*((t, True) for t in ERRORS), *((t, False) for t in NOT_ERRORS)]:
+        completion = [
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "book", "arguments": {}}}]},
+            {"role": "tool", "name": "book", "content": text},
+        ]
+        assert trace_steps(completion)[1].is_error is expected, text
+        assert count_tool_errors(completion) == int(expected), text

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from trl_sgcd.envs import AirlineEnv, airline_reward, make_airline_dataset
-from trl_sgcd.tooluse.evaluation import evaluate, execute_tool_calls, run_episodes
+from trl_sgcd.tooluse.evaluation import evaluate, execute_tool_calls, harness_kwargs, run_episodes
 from trl_sgcd.tooluse.expert import expert_conversations, expert_generate_fn
+from trl_sgcd.tooluse.harness import PAPER_HARNESS, RolloutHarness
 
 
 @pytest.fixture(scope="module")
@@ -174,24 +175,73 @@ def test_evaluate_rejects_bad_arguments(parsing_tokenizer):
         )
 
 
-def test_eval_command_writes_metrics(tiny_model_path, tmp_path, capsys):
-    from trl_sgcd.tooluse.evaluation import main
+def _transfer_call_ids(tokenizer):
+    call = '<tool_call>\n{"name": "transfer_to_human_agents", "arguments": {"summary": "s"}}\n</tool_call><|im_end|>'
+    return tokenizer(call, add_special_tokens=False)["input_ids"]
 
-    output = tmp_path / "eval.json"
-    argv = [
-        "--model",
-        tiny_model_path,
-        "--n",
-        "1",
-        "--max_new_tokens",
-        "4",
-        "--max_turns",
-        "1",
-        "--no_progress",
-        "--output",
-        str(output),
-    ]
-    assert main(argv) == 0
-    assert "pass@1" in capsys.readouterr().out
-    result = json.loads(output.read_text())
-    assert result["num_tasks"] == 1 and 0.0 <= result["pass@1"] <= 1.0 and len(result["records"]) == 1
+
+@pytest.mark.parametrize("extra, turns, executed", [(-8, 1, 0), (4, 1, 1), (None, 3, 2)])
+def test_episode_token_budget_counts_like_trl(parsing_tokenizer, extra, turns, executed):
+    """A generation is cut at the budget (no tool runs); tool results that overflow it are dropped and end the episode."""
+    ids = _transfer_call_ids(parsing_tokenizer)
+    rows = list(make_airline_dataset("test", n=1))
+    episodes = run_episodes(
+        rows,
+        tokenizer=parsing_tokenizer,
+        generate_fn=lambda p: [list(ids) for _ in p],
+        environment_factory=AirlineEnv,
+        max_turns=3,
+        max_completion_length=None if extra is None else len(ids) + extra,
+        batch_size=1,
+    )
+    (episode,) = episodes
+    assert episode["num_turns"] == turns and episode["env"].tool_calls == executed
+    assert bool(episode["completion"][0].get("tool_calls")) == (extra != -8)  # a cut generation loses its call
+    assert [m["role"] for m in episode["completion"]].count("tool") == (2 if extra is None else 0)
+
+
+def test_evaluation_defaults_are_the_training_harness():
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(evaluate).parameters.items()}
+    assert {k: defaults[k] for k in harness_kwargs(PAPER_HARNESS)} == harness_kwargs(PAPER_HARNESS)
+    assert PAPER_HARNESS.max_turns == 17  # Table 4: 16 tool-calling turns, plus the answer
+    assert inspect.signature(run_episodes).parameters["max_turns"].default == PAPER_HARNESS.max_turns
+
+
+def test_harness_from_a_training_config(tmp_path):
+    from trl_sgcd import SGCDConfig
+
+    config = SGCDConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        max_tool_calling_iterations=4,
+        max_completion_length=192,
+        temperature=0.8,
+        top_p=0.9,
+    )
+    harness = RolloutHarness.from_training_args(config)
+    assert (harness.max_turns, harness.max_completion_length, harness.temperature, harness.top_p) == (5, 192, 0.8, 0.9)
+    unlimited = RolloutHarness.from_training_args(SGCDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False))
+    assert unlimited.max_tool_calls is None and unlimited.max_turns > 10**6  # TRL: None means no limit but the budget
+
+
+def test_airline_observation_limit_is_policy_side():
+    import functools
+
+    from trl_sgcd.envs.airline import PaperAirlineEnv
+
+    plain, limited = AirlineEnv(), PaperAirlineEnv()
+    assert isinstance(limited, AirlineEnv) and limited.observation_max_chars == 512
+    task = make_airline_dataset("test")[0]
+    observations = []
+    for env in (plain, limited):
+        env.reset(task_id=task["task_id"])
+        flight = next(iter(env.db["flights"].values()))  # a search with several flights: > 512 characters
+        observations.append(env.search_direct_flight(flight["origin"], flight["destination"], flight["date"]))
+    full, cut = observations
+    assert len(full) > 512 and cut == full[:512]
+    short = functools.partial(AirlineEnv, observation_max_chars=20)()
+    short.reset(task_id=task["task_id"])
+    assert len(short.get_user_details("nobody")) == 20 and short.tool_failures == 1  # errors are cut too

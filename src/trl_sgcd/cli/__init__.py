@@ -4,7 +4,7 @@
 trl-sgcd --version
 trl-sgcd train --config recipes/tiny_cpu.yaml --max_steps 1      # YAML recipe, CLI overrides win
 trl-sgcd train --help                                            # every field, the credit_* ones included
-trl-sgcd eval ...                                                # trl_sgcd.tooluse.evaluation:main
+trl-sgcd eval --model outputs/tiny_cpu                            # trl_sgcd.cli.eval:main
 trl-sgcd demo ...                                                # trl_sgcd.demo.run:main
 accelerate launch --config_file recipes/accelerate/zero3.yaml -m trl_sgcd train --config recipes/qwen3_4b_sgcd.yaml
 ```
@@ -22,7 +22,7 @@ import sys
 COMMANDS = {
     "train": ("trl_sgcd.cli.train", "Train with SGCD (or a GRPO baseline) from a YAML recipe."),
     "eval": (
-        "trl_sgcd.tooluse.evaluation",
+        "trl_sgcd.cli.eval",
         "Evaluate a checkpoint on held-out tasks (pass@1 per category, tool audit).",
     ),
     "demo": ("trl_sgcd.demo.run", "Run the bundled CPU demo end to end."),

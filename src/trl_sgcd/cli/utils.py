@@ -11,7 +11,11 @@ import os
 import sys
 
 BUILTIN_AIRLINE = "builtin:airline"
-BUILTIN_MODELS = {"builtin:smollm2": "bundled_model_dir", "builtin:tiny": "tiny_model_dir"}
+BUILTIN_MODELS = {
+    "builtin:smollm2": "bundled_model_dir",
+    "builtin:tiny": "tiny_model_dir",
+    "builtin:tiny-context": "tiny_context_model_dir",
+}
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -23,6 +27,24 @@ def log(message: str) -> None:
     """Print a `[trl-sgcd]` line on the main process only (rank 0), before accelerate is set up."""
     if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"[trl-sgcd] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_known_noise() -> None:
+    """
+    Silence, for the command's process, messages a command-line user can do nothing about: TRL's "environment_factory is
+    experimental" warning (the command's documented way to train with an environment) and DeepSpeed's "Setting
+    accelerator to CPU" line on a machine without a GPU (the right fallback, said on every run).
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="You are using 'environment_factory'", category=UserWarning)
+
+    class _NoCpuFallbackLine(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.getMessage()).startswith("Setting accelerator to CPU")
+
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackLine())
 
 
 def load_object(path: str, *, what: str = "object"):
@@ -79,7 +101,8 @@ def resolve_model_name(name: str | None) -> str:
     """
     if not name:
         raise UsageError(
-            f"model_name_or_path is required (a Hub id, a local folder, or one of {sorted(BUILTIN_MODELS)})."
+            "model_name_or_path is required: set it in the --config recipe or pass --model_name_or_path (a Hub id, "
+            f"a local folder, or one of {sorted(BUILTIN_MODELS)})."
         )
     if name.startswith("builtin:"):
         if name not in BUILTIN_MODELS:
@@ -117,6 +140,8 @@ def load_dataset_dict(name: str, config: str | None = None):
 
     if name == BUILTIN_AIRLINE:
         return _AirlineSplits()
+    if name.startswith("tau2:"):  # τ²-bench: trl_sgcd.envs.tau2.resolve
+        return resolve_env_spec(name).splits
     path = os.path.expanduser(name)
     ext = os.path.splitext(path)[1].lower()
     try:
@@ -125,6 +150,7 @@ def load_dataset_dict(name: str, config: str | None = None):
                 raise UsageError(
                     f"dataset_name={name!r}: unsupported file type {ext!r}; use one of {sorted(DATA_FILE_BUILDERS)}."
                 )
+            check_data_file(path, name)
             return load_dataset(DATA_FILE_BUILDERS[ext], data_files=path)
         if os.path.isdir(path) and _is_saved_to_disk(path):
             loaded = load_from_disk(path)
@@ -138,6 +164,47 @@ def load_dataset_dict(name: str, config: str | None = None):
         raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError...)
         raise UsageError(f"Cannot load dataset_name={name!r}: {type(e).__name__}: {e}") from e
+
+
+def check_data_file(path: str, name: str) -> None:
+    """An empty file, or a JSON / JSONL file with a line that does not parse, is a [`UsageError`] naming the line."""
+    import json
+
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"dataset_name={name!r} is an empty file.")
+    if not path.lower().endswith((".json", ".jsonl")):
+        return
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.lower().endswith(".json"):
+        try:
+            json.loads(text)  # one JSON document (a list of rows, or a dict of columns)
+            return
+        except json.JSONDecodeError:
+            pass  # JSON lines under a .json name: check line by line
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise UsageError(f"dataset_name={name!r} is an empty file (only whitespace).")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"dataset_name={name!r}: line {number} is not valid JSON ({e.msg}): {line[:80]!r}") from e
+        if not isinstance(row, dict):
+            raise UsageError(f"dataset_name={name!r}: line {number} is a {type(row).__name__}, not a JSON object.")
+
+
+def resolve_env_spec(spec: str):
+    """A `"tau2:<domain>[:<user_mode>]"` spec -> its `Tau2Spec` (environment_factory, reward_funcs, private_columns,
+    splits), or a [`UsageError`] naming the spec."""
+    from trl_sgcd.envs.tau2 import resolve
+
+    try:
+        return resolve(spec)
+    except (ValueError, ImportError) as e:
+        raise UsageError(f"{spec!r}: {e}") from e
 
 
 def _is_saved_to_disk(path: str) -> bool:
@@ -193,6 +260,15 @@ def check_columns(dataset, *, prompt_column: str, private_columns: list[str], da
             f"credit_private_columns entries {missing} are not columns of dataset_name={dataset_name!r}; "
             f"columns: {columns}."
         )
+    if len(dataset) == 0:
+        raise UsageError(f"dataset_name={dataset_name!r} has no rows in this split.")
+    for number, prompt in enumerate(dataset[prompt_column], start=1):
+        problem = prompt_problem(prompt)
+        if problem:
+            raise UsageError(
+                f"prompt_column={prompt_column!r}, row {number} of dataset_name={dataset_name!r}: {problem}; a prompt "
+                "is a string or a list of chat messages ({'role': ..., 'content': ...})."
+            )
     if prompt_column != "prompt":
         if "prompt" in columns:
             raise UsageError(
@@ -200,6 +276,40 @@ def check_columns(dataset, *, prompt_column: str, private_columns: list[str], da
             )
         dataset = dataset.rename_column(prompt_column, "prompt")
     return dataset
+
+
+def prompt_problem(prompt) -> str | None:
+    """What is wrong with one prompt value (`None` if it is a non-empty string or a list of chat messages)."""
+    if isinstance(prompt, str):
+        return None if prompt.strip() else "the prompt is an empty string"
+    if not isinstance(prompt, list) or not prompt:
+        return f"the prompt is {type(prompt).__name__} {str(prompt)[:60]!r}"
+    for message in prompt:
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            return f"a message is {str(message)[:60]!r}, not a dict with 'role' and 'content'"
+    return None
+
+
+def check_environment_reset(environment_factory, dataset, *, dataset_name: str) -> None:
+    """
+    Build one environment and call `reset(**row)` on the dataset's first row, as `GRPOTrainer` does before a rollout,
+    so that a column the environment needs (e.g. `task_id`) is reported before any model loads.
+
+    Raises:
+        [`UsageError`]: naming the environment, the dataset, its columns and the error `reset` raised.
+    """
+    if environment_factory is None or dataset is None or len(dataset) == 0:
+        return
+    name = getattr(environment_factory, "__name__", None) or getattr(
+        getattr(environment_factory, "func", None), "__name__", repr(environment_factory)
+    )
+    try:
+        environment_factory().reset(**dict(dataset[0]))
+    except Exception as e:  # noqa: BLE001 - any failure here would fail the first rollout after the model loads
+        raise UsageError(
+            f"environment_factory {name}.reset(**row) fails on row 1 of dataset_name={dataset_name!r} "
+            f"(columns: {list(dataset.column_names)}): {type(e).__name__}: {e}"
+        ) from e
 
 
 def split_commas(values: list[str] | str | None) -> list[str]:

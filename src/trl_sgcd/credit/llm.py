@@ -1,77 +1,43 @@
 """Batched litellm client for credit references: hard deadline, retries with backoff, bounded concurrency, disk cache.
 
-litellm's own `timeout` is not always honoured (a run hung 6.5 h, user need 9), so every attempt is wrapped in
+litellm's own `timeout` is not always honoured (a run once hung 6.5 h), so every attempt is wrapped in
 `asyncio.wait_for(..., timeout=deadline)`. Retries are ours (`num_retries=0` is passed to litellm, and the OpenAI SDK's
 own retries are off): rate limits (429), server errors (5xx), timeouts and connection errors back off exponentially
-with jitter; other 4xx answers fail at once. The client never raises: a failure is an [`LLMResult`] with `error` set,
-and the caller falls back for that request only.
+with jitter; other 4xx answers fail at once. A whole batch also gets a wall budget (`complete_many(..., budget=s)`):
+every attempt's deadline, every backoff and every request still waiting for a slot is cut to what is left of it, so a
+hung provider costs a step at most the budget, retries and waves included. The client never raises: a failure is an
+[`LLMResult`] with `error` and `error_class` set, and the caller falls back for that request only. Answers longer than
+`ANSWER_BYTES_PER_TOKEN * max_tokens` bytes are cut on arrival, before anything tokenizes or sanitizes them.
 
 litellm is imported lazily, with `LITELLM_LOCAL_MODEL_COST_MAP=True` unless the user set it, so importing this module
-never touches the network.
+never touches the network. [`~LiteLLMClient.warm`] imports it and runs one mock completion (no request is sent), so
+the first step's deadline measures the request, not the import (4-17 s on a loaded 2-core machine).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
-_RETRYABLE_NAMES = (
-    "RateLimitError",
-    "InternalServerError",
-    "ServiceUnavailableError",
-    "APIConnectionError",
-    "Timeout",
-    "APITimeoutError",
-    "BadGatewayError",
+from trl_sgcd.credit.llm_cache import DiskCache
+from trl_sgcd.credit.llm_result import (
+    ANSWER_BYTES_PER_TOKEN,
+    RETRYABLE_CLASSES,
+    LLMResult,
+    cut_to_bytes,
+    describe_error,
+    error_class,
+    failed_result,
 )
 
-
-@dataclass
-class LLMResult:
-    """
-    Outcome of one chat completion request.
-
-    Args:
-        text (`str` or `None`):
-            Assistant content; `None` when the request failed.
-        error (`str` or `None`):
-            Why it failed (`"timeout: ..."`, `"RateLimitError: ..."`); `None` on success.
-        latency_s (`float`):
-            Wall time of the request, retries and backoff included.
-        prompt_tokens (`int` or `None`):
-            Prompt tokens reported by the server (`None` when unknown; 0 on a cache hit).
-        completion_tokens (`int` or `None`):
-            Completion tokens reported by the server.
-        cost_usd (`float` or `None`):
-            Cost from litellm's price map; `None` when the model's price is unknown (never a made-up 0).
-        cached (`bool`):
-            Whether the answer came from the disk cache (no request was made).
-        attempts (`int`):
-            Number of HTTP attempts made.
-        timed_out (`bool`, *optional*, defaults to `False`):
-            Whether the last attempt hit the deadline.
-    """
-
-    text: str | None
-    error: str | None
-    latency_s: float
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    cost_usd: float | None
-    cached: bool
-    attempts: int
-    timed_out: bool = False
+__all__ = ["LLMResult", "LiteLLMClient", "import_litellm", "route_model"]
 
 
 def import_litellm():
@@ -90,51 +56,8 @@ def route_model(model: str, api_base: str | None) -> str:
     return model
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionError)):
-        return True
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        return status in (408, 429) or status >= 500
-    return any(cls.__name__ in _RETRYABLE_NAMES for cls in type(exc).__mro__)
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-class _DiskCache:
-    """JSON files keyed by `sha256(model + "\\n" + key)`; writes are atomic (temp file + `os.replace`)."""
-
-    def __init__(self, directory: str | os.PathLike | None):
-        self.directory = Path(directory) if directory else None
-
-    def _path(self, model: str, key: str) -> Path:
-        digest = hashlib.sha256(f"{model}\n{key}".encode()).hexdigest()
-        return self.directory / f"{digest}.json"
-
-    def get(self, model: str, key: str) -> dict | None:
-        if self.directory is None:
-            return None
-        try:
-            record = json.loads(self._path(model, key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return record if record.get("model") == model and record.get("key") == key else None
-
-    def put(self, model: str, key: str, record: dict) -> None:
-        if self.directory is None:
-            return
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"model": model, "key": key, **record}, f)
-            os.replace(tmp, self._path(model, key))
-        except OSError:  # a read-only or full disk must not stop training
-            pass
-
+BUDGET_GRACE_S = 0.5
+"""Slack of the outer safety net over a batch's budget (the requests themselves stop at the budget)."""
 
 _LOOP: asyncio.AbstractEventLoop | None = None
 _LOOP_LOCK = threading.Lock()
@@ -149,6 +72,27 @@ def _background_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="trl-sgcd-litellm", daemon=True).start()
             _LOOP = loop
         return _LOOP
+
+
+@dataclass
+class _Pending:
+    """A request in flight: its attempts so far, then its result (read by the caller if it stops waiting)."""
+
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    result: LLMResult | None = None
+
+
+def _fill_unfinished(pending: list[_Pending], error: str = "step budget spent before an answer") -> list[LLMResult]:
+    """The results of `pending`, with a `budget_exhausted` failure (its attempts counted) for each unfinished one."""
+    return [
+        p.result
+        if p.result is not None
+        else failed_result(
+            error, "budget_exhausted", attempts=p.attempts, attempt_errors=tuple(p.errors), budget_exhausted=True
+        )
+        for p in pending
+    ]
 
 
 class LiteLLMClient:
@@ -210,54 +154,104 @@ class LiteLLMClient:
         self.temperature = float(temperature)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
-        self.cache = _DiskCache(cache_dir)
+        self.cache = DiskCache(cache_dir)
         self._rng = random.Random()
+        self._warm = False
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go: `api_base`, or litellm's default endpoint for the model's provider."""
+        return self.api_base or f"litellm's default endpoint for {self.model!r}"
 
     # public API
-    async def acomplete_many(self, requests: Sequence[tuple[str, list[dict]]]) -> list[LLMResult]:
+    def warm(self, timeout: float = 30.0) -> None:
+        """
+        Import litellm and run one mock completion on the background loop (no request is sent), once per client.
+
+        The first real call then pays neither the import nor litellm's lazy set-up inside its deadline. Never raises.
+        """
+        if self._warm:
+            return
+        self._warm = True
+        litellm = import_litellm()
+        kwargs = {k: v for k, v in (("api_base", self.api_base), ("api_key", self.api_key)) if v}
+        coroutine = litellm.acompletion(
+            model=self.model, messages=[{"role": "user", "content": "warm-up"}], mock_response="ok", **kwargs
+        )
+        future = asyncio.run_coroutine_threadsafe(coroutine, _background_loop())
+        try:
+            future.result(timeout=timeout)
+        except Exception:  # noqa: BLE001 - warming is an optimisation only
+            future.cancel()
+
+    async def acomplete_many(
+        self, requests: Sequence[tuple[str, list[dict]]], *, budget: float | None = None
+    ) -> list[LLMResult]:
         """
         Run all requests concurrently (at most `concurrency` in flight) and return one result per request, in order.
 
         Args:
             requests (`Sequence[tuple[str, list[dict]]]`):
                 `(cache_key, messages)` pairs; the cache key should hash the sanitized evidence.
+            budget (`float` or `None`, *optional*):
+                Wall seconds for the whole batch, retries, backoff and waves included; `None`: per-attempt deadlines
+                only.
 
         Returns:
             `list[LLMResult]`: never raises; failures carry `error`.
         """
+        return await self._run_all(requests, budget, [_Pending() for _ in requests])
+
+    async def _run_all(self, requests, budget: float | None, pending: list[_Pending]) -> list[LLMResult]:
+        """Each result lands in `pending` as soon as it is ready (a caller that stops waiting keeps the finished ones)."""
         semaphore = asyncio.Semaphore(self.concurrency)
+        stop_at = None if budget is None else time.monotonic() + budget
 
-        async def run(key: str, messages: list[dict]) -> LLMResult:
+        async def run(i: int, key: str, messages: list[dict]) -> None:
+            record = self.cache.get(self.model, key)
+            if record is not None:
+                pending[i].result = LLMResult(record["text"], None, 0.0, 0, 0, 0.0, cached=True, attempts=0)
+                return
             async with semaphore:
-                return await self._complete_one(key, messages)
+                pending[i].result = await self._complete_one(key, messages, stop_at, pending[i])
 
-        return list(await asyncio.gather(*(run(key, messages) for key, messages in requests)))
+        tasks = [asyncio.ensure_future(run(i, key, messages)) for i, (key, messages) in enumerate(requests)]
+        if stop_at is None:
+            await asyncio.gather(*tasks)
+        else:  # the budget holds even where a cancelled attempt is slow to unwind
+            _, late = await asyncio.wait(tasks, timeout=max(stop_at - time.monotonic(), 0.0) + 0.05)
+            for task in late:
+                task.cancel()
+        return _fill_unfinished(pending)
 
-    def complete_many(self, requests: Sequence[tuple[str, list[dict]]]) -> list[LLMResult]:
+    def complete_many(
+        self, requests: Sequence[tuple[str, list[dict]]], *, budget: float | None = None
+    ) -> list[LLMResult]:
         """
         Synchronous [`~LiteLLMClient.acomplete_many`]. Safe to call from a thread whose event loop is running: the
         coroutine always runs on one background event loop (a daemon thread), kept for the whole process because
-        litellm binds its connection pools and logging worker to the loop that first used them.
+        litellm binds its connection pools and logging worker to the loop that first used them. The budget's clock
+        starts after litellm is imported.
         """
         if not requests:
             return []
+        self.warm()
         loop = _background_loop()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if (
-            running is loop
-        ):  # called from a coroutine on our own loop: a fresh loop in a worker thread avoids a deadlock
+        if running is loop:  # called from a coroutine on our own loop: a fresh loop in a worker thread, no deadlock
             with ThreadPoolExecutor(max_workers=1) as pool:
-                return pool.submit(asyncio.run, self.acomplete_many(requests)).result()
-        future = asyncio.run_coroutine_threadsafe(self.acomplete_many(requests), loop)
+                return pool.submit(asyncio.run, self.acomplete_many(requests, budget=budget)).result()
+        pending = [_Pending() for _ in requests]
+        future = asyncio.run_coroutine_threadsafe(self._run_all(requests, budget, pending), loop)
+        bound = self._batch_bound(len(requests)) if budget is None else budget + BUDGET_GRACE_S
         try:
-            return future.result(timeout=self._batch_bound(len(requests)))
+            return future.result(timeout=bound)
         except Exception as exc:  # noqa: BLE001 - a safety net; each request already has its own deadline
             future.cancel()
-            error = f"batch failed: {_describe(exc)}"
-            return [LLMResult(None, error, 0.0, None, None, None, cached=False, attempts=0) for _ in requests]
+            return _fill_unfinished(pending, f"batch stopped: {describe_error(exc)}")
 
     def _batch_bound(self, num_requests: int) -> float:
         waves = math.ceil(num_requests / self.concurrency)
@@ -273,28 +267,62 @@ class LiteLLMClient:
             pass
         return delay * 0.5 + self._rng.uniform(0.0, delay * 0.5)
 
-    async def _complete_one(self, key: str, messages: list[dict]) -> LLMResult:
+    async def _complete_one(
+        self, key: str, messages: list[dict], stop_at: float | None, pending: _Pending
+    ) -> LLMResult:
         start = time.perf_counter()
-        record = self.cache.get(self.model, key)
-        if record is not None:
-            return LLMResult(record["text"], None, time.perf_counter() - start, 0, 0, 0.0, cached=True, attempts=0)
-        attempt, last_exc = 0, None
+        attempt, last_exc, classes, cut = 0, None, [], False
         while True:
+            left = math.inf if stop_at is None else stop_at - time.monotonic()
+            if left <= 0:
+                cut = True
+                break
+            timeout = min(self.deadline, left)
             attempt += 1
+            pending.attempts = attempt
             try:
-                response = await asyncio.wait_for(self._acompletion(messages), timeout=self.deadline)
-                return self._success(key, response, start, attempt)
+                response = await asyncio.wait_for(self._acompletion(messages, timeout), timeout=timeout)
+                return self._success(key, response, start, attempt, tuple(classes))
             except Exception as exc:  # noqa: BLE001 - the client must never raise
                 last_exc = exc
-                if not _is_retryable(exc) or attempt > self.retries:
+                classes.append(error_class(exc))
+                pending.errors = list(classes)
+                cut = classes[-1] == "timeout" and timeout < self.deadline
+                if classes[-1] not in RETRYABLE_CLASSES or attempt > self.retries or cut:
                     break
-                await asyncio.sleep(self._backoff(attempt - 1, exc))
-        timed_out = isinstance(last_exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(last_exc).__name__
-        error = f"timeout: no answer within {self.deadline:g} s" if timed_out else _describe(last_exc)
+                delay = self._backoff(attempt - 1, exc)
+                if stop_at is not None and time.monotonic() + delay >= stop_at:
+                    cut = True
+                    break
+                await asyncio.sleep(delay)
         latency = time.perf_counter() - start
-        return LLMResult(None, error, latency, None, None, None, cached=False, attempts=attempt, timed_out=timed_out)
+        if last_exc is None:
+            return failed_result(
+                "budget exhausted before the request was sent", "budget_exhausted", budget_exhausted=True
+            )
+        timed_out = classes[-1] == "timeout"
+        if timed_out:
+            error = f"timeout: no answer within {timeout:g} s" + (" (step budget)" if cut else "")
+        else:
+            error = describe_error(last_exc)
+        if classes[-1] == "connection":
+            error += f" [endpoint {self.endpoint}]"
+        return LLMResult(
+            None,
+            error,
+            latency,
+            None,
+            None,
+            None,
+            cached=False,
+            attempts=attempt,
+            timed_out=timed_out,
+            error_class=classes[-1],
+            attempt_errors=tuple(classes),
+            budget_exhausted=cut,
+        )
 
-    async def _acompletion(self, messages: list[dict]):
+    async def _acompletion(self, messages: list[dict], timeout: float):
         litellm = import_litellm()
         kwargs = {}
         if self.api_base:
@@ -306,15 +334,16 @@ class LiteLLMClient:
             messages=messages,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
-            timeout=self.deadline,
+            timeout=timeout,
             num_retries=0,
             max_retries=0,
             **kwargs,
         )
 
-    def _success(self, key: str, response, start: float, attempts: int) -> LLMResult:
+    def _success(self, key: str, response, start: float, attempts: int, classes: tuple[str, ...]) -> LLMResult:
         choice = response.choices[0] if getattr(response, "choices", None) else None
         text = getattr(getattr(choice, "message", None), "content", None) or ""
+        text = cut_to_bytes(text, ANSWER_BYTES_PER_TOKEN * self.max_tokens)
         usage = getattr(response, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
@@ -329,7 +358,17 @@ class LiteLLMClient:
                 "latency_s": latency,
             }
             self.cache.put(self.model, key, record)
-        return LLMResult(text, None, latency, prompt_tokens, completion_tokens, cost, cached=False, attempts=attempts)
+        return LLMResult(
+            text,
+            None,
+            latency,
+            prompt_tokens,
+            completion_tokens,
+            cost,
+            cached=False,
+            attempts=attempts,
+            attempt_errors=classes,
+        )
 
     def _cost(self, response) -> float | None:
         hidden = getattr(response, "_hidden_params", None) or {}
@@ -342,8 +381,3 @@ class LiteLLMClient:
         except Exception:  # noqa: BLE001 - unknown price: report None, never a made-up 0
             return None
         return float(cost) if cost is not None else None
-
-
-def result_to_dict(result: LLMResult) -> dict:
-    """Plain-dict view of an [`LLMResult`] (for logging)."""
-    return asdict(result)

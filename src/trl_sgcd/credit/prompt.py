@@ -1,4 +1,4 @@
-"""The credit-reference prompt (paper, Table 5) and the text form of sibling traces. Rendering only, no I/O.
+"""The credit-reference prompt (paper, Table 5) and its parser. Rendering only, no I/O (traces are in `traces.py`).
 
 The external LLM plays a training-time credit analyst: from one task and its sanitized sibling traces with verifier
 outcomes, it writes a stepwise credit reference in exactly five sections. The offline contrast builder writes the
@@ -9,10 +9,10 @@ teacher-side scoring prefix, never into the student rollout or deployment prompt
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trl_sgcd.credit.sanitize_patterns import PLACEHOLDERS
 
 if TYPE_CHECKING:
     from trl_sgcd.credit.evidence import Evidence
@@ -26,21 +26,21 @@ SECTION_TITLES = (
 )
 MIN_SECTIONS = 3
 
-SYSTEM_PROMPT = """You are a training-time credit analyst. You receive one task and several rollouts ("siblings") that \
+SYSTEM_PROMPT_TEMPLATE = """You are a training-time credit analyst. You receive one task and several rollouts ("siblings") that \
 the policy generated for it, each with its verifier outcome (success or failure). Write a concise, stepwise credit \
 reference that explains which steps made the successful siblings succeed and where the failed siblings went wrong.
 
 Rules:
 - Use only information present in the visible traces below.
 - Do not quote hidden labels, evaluator or oracle reports, credentials, or final answer literals. Values shown as \
-placeholders such as [PRIVATE], [SECRET], [CARD], [IBAN], [ACCOUNT], [EMAIL], [PHONE] or [EVALUATOR] stay masked: \
-never guess or reconstruct them.
+placeholders such as {placeholders} stay masked: never guess or reconstruct them.
 - Prefer abstract state checks and action choices (which tool, in which order, with which kind of argument) over \
 copying task-specific values.
 - Be concise: short bullet points, one idea each.
 
 Answer with exactly these five sections, in this order, each under its own header line:
-{headers}"""
+{{headers}}"""
+SYSTEM_PROMPT = SYSTEM_PROMPT_TEMPLATE.format(placeholders=", ".join(f"[{p}]" for p in PLACEHOLDERS))
 
 SECTION_HINTS = (
     "state the successful siblings establish before acting (what they look up or verify)",
@@ -134,94 +134,3 @@ def format_reference(sections: dict[str, str]) -> str:
     """Canonical text of a reference: the five headers in order, each followed by its body."""
     blocks = [f"{section_header(t)}\n{(sections.get(t) or '').strip() or '- (none)'}" for t in SECTION_TITLES]
     return "\n\n".join(blocks)
-
-
-# --- traces ------------------------------------------------------------------------------------------------------------
-_ERROR_RE = re.compile(
-    r"""(?is)^\s*(?:error\b|\{\s*['"](?:error|exception)['"]\s*:|exception\b|traceback\b|failed\b)"""
-)
-
-
-@dataclass
-class TraceStep:
-    """One policy-visible step: `"say"` (assistant text), `"call"` (tool call), `"obs"` (tool/user/env output)."""
-
-    kind: str
-    text: str
-    name: str = ""
-    arg_keys: tuple[str, ...] = ()
-    is_error: bool = False
-
-
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, list):  # multimodal parts
-        return "\n".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content).strip()
-    return str(content).strip()
-
-
-def _call_parts(call: dict) -> tuple[str, str, tuple[str, ...]]:
-    function = call.get("function", call) if isinstance(call, dict) else {}
-    name = str(function.get("name", "tool"))
-    args = function.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            return name, args, ()
-    keys = tuple(sorted(str(k) for k in args)) if isinstance(args, dict) else ()
-    return name, json.dumps(args, sort_keys=True, ensure_ascii=False, default=str), keys
-
-
-def trace_steps(completion: Any) -> list[TraceStep]:
-    """Structured policy-visible steps of one completion (a string or a list of chat messages)."""
-    if not isinstance(completion, list):
-        text = _content_text(completion)
-        return [TraceStep("say", text)] if text else []
-    steps, call_names = [], {}
-    for message in completion:
-        role = message.get("role", "assistant")
-        text = _content_text(message.get("content"))
-        if role == "assistant":
-            if text:
-                steps.append(TraceStep("say", text))
-            for call in message.get("tool_calls") or []:
-                name, args, keys = _call_parts(call)
-                call_names[call.get("id")] = name
-                steps.append(TraceStep("call", args, name=name, arg_keys=keys))
-        else:
-            name = message.get("name") or call_names.get(message.get("tool_call_id")) or role
-            steps.append(TraceStep("obs", text, name=str(name), is_error=bool(_ERROR_RE.match(text))))
-    return steps
-
-
-def _truncate(text: str, max_chars: int | None) -> str:
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    return f"{text[:max_chars]}...[truncated {len(text) - max_chars} chars]"
-
-
-def format_steps(steps: list[TraceStep], *, max_observation_chars: int | None) -> str:
-    """Readable trace: `ASSISTANT: ...`, `CALL name(args-json)`, `OBS name: ...` (observations truncated)."""
-    lines = []
-    for step in steps:
-        if step.kind == "say":
-            lines.append(f"ASSISTANT: {step.text}")
-        elif step.kind == "call":
-            lines.append(f"CALL {step.name}({step.text})")
-        else:
-            lines.append(f"OBS {step.name}: {_truncate(step.text, max_observation_chars)}")
-    return "\n".join(lines)
-
-
-def render_trace(completion: Any, *, max_observation_chars: int | None) -> str:
-    """One sibling's policy-visible trace as readable text (no sanitizing: see [`build_evidence`])."""
-    return format_steps(trace_steps(completion), max_observation_chars=max_observation_chars)
-
-
-def render_task(prompt: Any) -> str:
-    """The task instruction as text: a plain string, or `role: content` blocks of the prompt messages."""
-    if not isinstance(prompt, list):
-        return _content_text(prompt)
-    return "\n\n".join(f"{m.get('role', 'user')}: {_content_text(m.get('content'))}" for m in prompt)

@@ -1,15 +1,15 @@
 """`SiblingReferenceBuilder`: sanitized sibling evidence -> credit reference, one per mixed group.
 
-Two backends write the same five sections (see `prompts.SECTION_TITLES`):
+Two backends write the same five sections (see `prompt.SECTION_TITLES`):
 
-- `"contrast"` (offline default, no model): a deterministic contrast of the sanitized traces. It names the tools and
-  argument shapes (keys, never values) of the successful branch, the first step where each failed sibling departs
-  from it, the failed calls with their (sanitized, truncated) error observations, and what was masked.
+- `"contrast"` (offline default, no model): the deterministic contrast of the sanitized traces (`contrast.py`).
 - `"litellm"`: an external LLM (paper, Table 5), called once per batch through [`~trl_sgcd.credit.llm.LiteLLMClient`]. A
-  malformed or empty answer, an error or a deadline falls back per group (`fallback="contrast"` or `"none"`), and
-  the failure is counted. `build` never raises because of the LLM: training must not stop for it.
+  malformed or empty answer, an error, a deadline or the step budget falls back per group (`fallback="contrast"` or
+  `"none"`), and the failure is counted by class. `build` never raises because of the LLM: training must not stop.
 
-The reference text is capped at `max_reference_tokens`; the task prompt is never truncated here.
+The whole build of a step has a wall budget (`step_budget`): the LLM batch gets what evidence building left of it,
+retries and waves included. The client is warmed (litellm imported) when the builder is made, so no step pays for it.
+The reference text is capped at `max_reference_tokens` by [`cap_reference`]; the task prompt is never truncated.
 """
 
 from __future__ import annotations
@@ -18,19 +18,23 @@ import logging
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from trl_sgcd.credit.evidence import (
-    Evidence,
-    Sanitizer,
-    TraceStep,
-    approx_token_count,
-    build_evidence,
-    visible_tool_names,
+from trl_sgcd.credit.contrast import contrast_sections
+from trl_sgcd.credit.evidence import Evidence, approx_token_count, build_evidence, visible_tool_names
+from trl_sgcd.credit.llm import LiteLLMClient
+from trl_sgcd.credit.llm_result import (
+    ANSWER_BYTES_PER_TOKEN,
+    LLMResult,
+    account,
+    accumulate,
+    cut_to_bytes,
+    empty_stats,
+    failed_result,
+    failure_warning,
+    step_metrics,
 )
-from trl_sgcd.credit.llm import LiteLLMClient, LLMResult
 from trl_sgcd.credit.prompt import (
     PROMPT_VERSION,
     SECTION_TITLES,
@@ -39,17 +43,53 @@ from trl_sgcd.credit.prompt import (
     render_reference_messages,
     split_sections,
 )
+from trl_sgcd.credit.sanitize import PLACEHOLDER_RE, Sanitizer, private_values
 from trl_sgcd.credit.siblings import SiblingGroup
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CreditReference", "SiblingReferenceBuilder", "cap_reference", "check_api_key", "uses_reference_llm"]
+
 BACKENDS = ("contrast", "litellm")
 FALLBACKS = ("contrast", "none")
 SOURCES = ("llm", "contrast", "fallback", "none")
-ERROR_SNIPPET_CHARS = 160
-_READ_PREFIXES = ("get", "list", "search", "find", "check", "lookup", "read", "query", "fetch", "view", "show")
-_PLACEHOLDER_COUNT_RE = re.compile(r"\[(SECRET|CARD|IBAN|ACCOUNT|EMAIL|PHONE|EVALUATOR|PRIVATE)\]")
 _QUOTED_LITERAL_RE = re.compile(r"`([^`\n]{3,80})`|\"([^\"\n]{3,80})\"")
+
+
+def cap_reference(text: str, tokenizer, max_tokens: int) -> str:
+    """
+    Cap a reference at `max_tokens` tokens (the one capping rule: the builder's output and the teacher context).
+
+    The text is first cut to `ANSWER_BYTES_PER_TOKEN * max_tokens` UTF-8 bytes, so a huge text is never tokenized
+    whole; then it keeps its first `max_tokens` tokens of `tokenizer` (without one: ~4 characters per token).
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be >= 1.")
+    text = cut_to_bytes(text, ANSWER_BYTES_PER_TOKEN * max_tokens)
+    if tokenizer is None:
+        return text if approx_token_count(text) <= max_tokens else text[: 4 * max_tokens]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+
+
+def uses_reference_llm(args) -> bool:
+    """Whether a config's run calls the reference LLM (litellm backend, and a mode that builds references)."""
+    from trl_sgcd.credit.modes import credit_mode
+
+    return args.credit_reference_backend == "litellm" and credit_mode(args.credit_mode).uses_reference_builder
+
+
+def check_api_key(key_env: str | None) -> str | None:
+    """The API key held by `$key_env` (`None` when `key_env` is `None`: a server that needs no key); unset: ValueError."""
+    if not key_env:
+        return None
+    key = os.environ.get(key_env)
+    if not key:
+        raise ValueError(
+            f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set: export it, or set "
+            "credit_reference_api_key_env=None for a local server that needs no key."
+        )
+    return key
 
 
 @dataclass
@@ -81,152 +121,6 @@ class CreditReference:
     group_index: int = -1
 
 
-def _empty_stats() -> dict:
-    counters = (
-        "groups",
-        "requests",
-        "attempts",
-        "llm",
-        "contrast",
-        "fallback",
-        "none",
-        "errors",
-        "timeouts",
-        "cache_hits",
-        "prompt_tokens",
-        "completion_tokens",
-    )
-    return {**dict.fromkeys(counters, 0), "latency_s": 0.0, "cost_usd": 0.0}
-
-
-# --- contrast backend --------------------------------------------------------------------------------------------------
-def _calls(steps: list[TraceStep]) -> list[TraceStep]:
-    return [s for s in steps if s.kind == "call"]
-
-
-def _shape(step: TraceStep) -> str:
-    return f"{step.name}({', '.join(step.arg_keys)})"
-
-
-def _branch(steps: list[TraceStep]) -> str:
-    calls = _calls(steps)
-    return " -> ".join([_shape(c) for c in calls] + ["final answer"]) if calls else "no tool call, direct answer"
-
-
-def _errors(steps: list[TraceStep]) -> list[str]:
-    out = []
-    for step in steps:
-        if step.kind == "obs" and step.is_error:
-            text = " ".join(step.text.split())
-            snippet = text if len(text) <= ERROR_SNIPPET_CHARS else f"{text[:ERROR_SNIPPET_CHARS]}...[truncated]"
-            out.append(f"`{step.name}` returned {snippet}")
-    return out
-
-
-def _canonical(steps: list[list[TraceStep]], successes: list[int]) -> int:
-    """Sibling whose call sequence is the most common among successes (ties: fewer calls, then lowest index)."""
-    names = {i: tuple(c.name for c in _calls(steps[i])) for i in successes}
-    counts = Counter(names.values())
-    return min(successes, key=lambda i: (-counts[names[i]], len(names[i]), i))
-
-
-def _common_prefix(a: list[str], b: list[str]) -> int:
-    k = 0
-    while k < min(len(a), len(b)) and a[k] == b[k]:
-        k += 1
-    return k
-
-
-def _deviation(failed: list[TraceStep], success: list[TraceStep]) -> str:
-    f_calls, s_calls = _calls(failed), _calls(success)
-    f_names, s_names = [c.name for c in f_calls], [c.name for c in s_calls]
-    k = _common_prefix(f_names, s_names)
-    if k < len(f_names) and k < len(s_names):
-        return f"step {k + 1}: called {f_names[k]} where successes called {s_names[k]}"
-    if k < len(s_names):
-        return f"step {k + 1}: stopped calling tools and answered where successes called {s_names[k]}"
-    if k < len(f_names):
-        return f"step {k + 1}: called {f_names[k]} after the successful branch was already complete"
-    for j, (fc, sc) in enumerate(zip(f_calls, s_calls)):
-        if fc.arg_keys != sc.arg_keys:
-            return (
-                f"step {j + 1}: called {fc.name} with arguments ({', '.join(fc.arg_keys)}) where successes used "
-                f"({', '.join(sc.arg_keys)})"
-            )
-    return "same tool sequence as the successful branch; the difference lies in argument values or the final answer"
-
-
-def _by_siblings(lines: dict[str, list[int]]) -> str:
-    """One bullet per distinct line, naming the (1-based) siblings it applies to."""
-    out = []
-    for line, ids in lines.items():
-        who = f"Sibling {ids[0]}" if len(ids) == 1 else f"Siblings {', '.join(map(str, ids))}"
-        out.append(f"- {who}: {line}")
-    return "\n".join(out)
-
-
-def contrast_sections(evidence: Evidence) -> dict[str, str]:
-    """The five reference sections, built deterministically from the sanitized sibling steps of `evidence`."""
-    steps, success = evidence.steps, evidence.success
-    successes = [i for i, ok in enumerate(success) if ok]
-    failures = [i for i, ok in enumerate(success) if not ok]
-    best = _canonical(steps, successes)
-    sections = dict.fromkeys(SECTION_TITLES, "")
-    sections[SECTION_TITLES[0]] = _state_checks(steps, successes, best)
-    branches: dict[str, list[int]] = {}
-    for i in successes:
-        branches.setdefault(_branch(steps[i]), []).append(i + 1)
-    sections[SECTION_TITLES[1]] = _by_siblings(branches)
-    failed: dict[str, list[int]] = {}
-    deviations: dict[str, list[int]] = {}
-    for i in failures:
-        errors = _errors(steps[i])
-        why = "; ".join(errors) if errors else "no tool error was visible; the verifier rejected the outcome"
-        failed.setdefault(f"{_branch(steps[i])}. Why: {why}", []).append(i + 1)
-        names = [c.name for c in _calls(steps[i])]
-        closest = max(
-            successes, key=lambda s: (_common_prefix(names, [c.name for c in _calls(steps[s])]), s == best, -s)
-        )
-        deviations.setdefault(_deviation(steps[i], steps[closest]), []).append(i + 1)
-    sections[SECTION_TITLES[2]] = _by_siblings(failed)
-    sections[SECTION_TITLES[3]] = _by_siblings(deviations)
-    sections[SECTION_TITLES[4]] = _masked_summary(evidence)
-    return sections
-
-
-def _is_read(name: str) -> bool:
-    return name.lower().startswith(_READ_PREFIXES)
-
-
-def _state_checks(steps: list[list[TraceStep]], successes: list[int], best: int) -> str:
-    branch = _calls(steps[best])
-    if not branch:
-        return "- Successful siblings answer directly, without tool calls."
-    first_write = next((c.name for c in branch if not _is_read(c.name)), None)
-    called_by_all = [c for c in branch if all(c.name in {x.name for x in _calls(steps[i])} for i in successes)]
-    lines = []
-    for shape in dict.fromkeys(_shape(c) for c in called_by_all if _is_read(c.name)):
-        before = f" before {first_write}" if first_write else ""
-        lines.append(f"- Every successful sibling checks state with {shape}{before}.")
-    return (
-        "\n".join(lines)
-        or f"- Successful siblings act without a prior lookup; their first call is {_shape(branch[0])}."
-    )
-
-
-def _masked_summary(evidence: Evidence) -> str:
-    text = "\n".join([evidence.task] + [s.text for steps in evidence.steps for s in steps])
-    counts = Counter(_PLACEHOLDER_COUNT_RE.findall(text))
-    if not counts:
-        return "- No literal was masked in this evidence; do not reward copying task-specific values."
-    lines = [
-        f"- {n} value(s) shown as [{label}] stay masked; never reconstruct them."
-        for label, n in sorted(counts.items())
-    ]
-    return "\n".join(lines)
-
-
-# --- builder -----------------------------------------------------------------------------------------------------------
 class SiblingReferenceBuilder:
     """
     Build one [`CreditReference`] per sibling group, from sanitized evidence, with the contrast or the litellm backend.
@@ -239,16 +133,18 @@ class SiblingReferenceBuilder:
         deadline (`float`, *optional*, defaults to `60.0`): hard per-attempt deadline in seconds.
         retries (`int`, *optional*, defaults to `3`): retries on 429, 5xx and timeouts.
         concurrency (`int`, *optional*, defaults to `8`): LLM calls in flight at once.
+        step_budget (`float` or `None`, *optional*, defaults to `60.0`): wall seconds for one whole `build` (evidence,
+            every request, retry, backoff and wave); `None`: per-attempt deadlines only.
         max_input_tokens (`int`, *optional*, defaults to `12000`): token budget of the evidence.
         max_reference_tokens (`int`, *optional*, defaults to `512`): cap on the reference (LLM output and text).
         cache_dir (`str` or `None`, *optional*): disk cache of LLM answers.
         fallback (`str`, *optional*, defaults to `"contrast"`): what a group gets when the LLM fails.
         observation_max_chars (`int`, *optional*, defaults to `512`): tool observation cap in the evidence.
         private_columns (`Sequence[str]`, *optional*): row columns whose values are masked as `[PRIVATE]`.
-        count_tokens (`Callable[[str], int]` or `None`, *optional*): token counter (default: ~4 chars per token).
-        truncate_tokens (`Callable[[str, int], str]` or `None`, *optional*): cuts a text to n tokens.
-        llm_client (*optional*): object with `complete_many(requests) -> list[LLMResult]` (or such a callable),
-            used instead of building a [`~trl_sgcd.credit.llm.LiteLLMClient`].
+        tokenizer (*optional*): the policy tokenizer, for token budgets and the cap (default: ~4 chars per token).
+        llm_client (*optional*): object with `complete_many(requests, budget=None) -> list[LLMResult]` (or such a
+            callable), used instead of building a [`~trl_sgcd.credit.llm.LiteLLMClient`].
+        warm (`bool`, *optional*, defaults to `True`): warm the LLM client now (import litellm), not on the first step.
     """
 
     def __init__(
@@ -261,20 +157,23 @@ class SiblingReferenceBuilder:
         deadline: float = 60.0,
         retries: int = 3,
         concurrency: int = 8,
+        step_budget: float | None = 60.0,
         max_input_tokens: int = 12000,
         max_reference_tokens: int = 512,
         cache_dir: str | None = None,
         fallback: str = "contrast",
         observation_max_chars: int = 512,
         private_columns: Sequence[str] = (),
-        count_tokens: Callable[[str], int] | None = None,
-        truncate_tokens: Callable[[str, int], str] | None = None,
+        tokenizer=None,
         llm_client=None,
+        warm: bool = True,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not supported; choose one of {list(BACKENDS)}.")
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback={fallback!r} is not supported; choose one of {list(FALLBACKS)}.")
+        if step_budget is not None and step_budget <= 0:
+            raise ValueError(f"step_budget={step_budget} must be > 0 seconds (credit_reference_step_budget).")
         if backend == "litellm" and llm_client is None:
             if not model:
                 raise ValueError("backend='litellm' needs a model (credit_reference_model).")
@@ -290,52 +189,40 @@ class SiblingReferenceBuilder:
             )
         self.backend = backend
         self.fallback = fallback
+        self.step_budget = step_budget
         self.max_input_tokens = max_input_tokens
         self.max_reference_tokens = max_reference_tokens
         self.observation_max_chars = observation_max_chars
         self.private_columns = tuple(private_columns)
-        self.count_tokens = count_tokens or approx_token_count
-        self.truncate_tokens = truncate_tokens
+        self.tokenizer = tokenizer
+        self.count_tokens = _token_counter(tokenizer)
         self.llm_client = llm_client
-        self.stats = _empty_stats()
-        self.last_build_stats = _empty_stats()
+        self.stats = empty_stats()
+        self.last_build_stats = empty_stats()
+        if backend == "litellm" and warm and hasattr(llm_client, "warm"):
+            llm_client.warm()
 
     @classmethod
     def from_config(cls, args, tokenizer=None) -> SiblingReferenceBuilder:
         """Build from an [`SGCDConfig`] (`credit_*` fields); the API key is read from `credit_reference_api_key_env`."""
-        api_key = None
-        if args.credit_reference_api_key_env:
-            api_key = os.environ.get(args.credit_reference_api_key_env)
-            if api_key is None:
-                logger.warning(
-                    "credit_reference_api_key_env=%r is not set in the environment.", args.credit_reference_api_key_env
-                )
-        count_tokens = truncate_tokens = None
-        if tokenizer is not None:
-
-            def count_tokens(text: str) -> int:
-                return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-            def truncate_tokens(text: str, n: int) -> str:
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                return text if len(ids) <= n else tokenizer.decode(ids[:n], skip_special_tokens=True)
-
+        uses_llm = uses_reference_llm(args)
         return cls(
             args.credit_reference_backend,
             model=args.credit_reference_model,
             api_base=args.credit_reference_api_base,
-            api_key=api_key,
+            api_key=check_api_key(args.credit_reference_api_key_env) if uses_llm else None,
             deadline=args.credit_reference_deadline,
             retries=args.credit_reference_retries,
             concurrency=args.credit_reference_concurrency,
+            step_budget=args.credit_reference_step_budget,
             max_input_tokens=args.credit_reference_max_input_tokens,
             max_reference_tokens=args.credit_reference_max_tokens,
             cache_dir=args.credit_reference_cache_dir,
             fallback=args.credit_reference_fallback,
             observation_max_chars=args.credit_observation_max_chars,
             private_columns=args.credit_private_columns,
-            count_tokens=count_tokens,
-            truncate_tokens=truncate_tokens,
+            tokenizer=tokenizer,
+            warm=uses_llm,
         )
 
     # public API
@@ -343,9 +230,11 @@ class SiblingReferenceBuilder:
         """
         One reference per group, in order. Groups that are not mixed get `source="none"` (nothing to contrast).
 
-        Never raises because of the LLM backend: failures fall back per group and are counted in `stats`.
+        Never raises because of the LLM backend: failures fall back per group and are counted in `stats`; the
+        counters of this build are in `last_build_stats` and, as log metrics, in [`~SiblingReferenceBuilder.step_metrics`].
         """
-        stats = _empty_stats()
+        start = time.monotonic()
+        stats = empty_stats()
         stats["groups"] = len(groups)
         refs: list[CreditReference | None] = [None] * len(groups)
         evidences: dict[int, Evidence] = {}
@@ -355,15 +244,26 @@ class SiblingReferenceBuilder:
             else:
                 refs[i] = self._none(group, [])
         if self.backend == "litellm" and evidences:
-            self._llm_references(groups, evidences, refs, stats)
+            left = None if self.step_budget is None else self.step_budget - (time.monotonic() - start)
+            last_error = self._llm_references(groups, evidences, refs, stats, budget=left)
         else:
+            last_error = None
             for i, evidence in evidences.items():
                 refs[i] = self._contrast(groups[i], evidence, source="contrast")
         for ref in refs:
             stats[ref.source] += 1
+        stats["build_s"] = time.monotonic() - start
+        if stats["errors"]:
+            endpoint = getattr(self.llm_client, "endpoint", "a custom llm_client")
+            model = getattr(self.llm_client, "model", None)
+            logger.warning(failure_warning(stats, last_error, endpoint=endpoint, model=model, fallback=self.fallback))
         self.last_build_stats = stats
-        self._accumulate(stats)
+        accumulate(self.stats, stats)
         return refs
+
+    def step_metrics(self) -> dict[str, float]:
+        """`sgcd/reference/...` counters of the last build, for the trainer's logs (`{}` for the contrast backend)."""
+        return step_metrics(self.last_build_stats) if self.backend == "litellm" else {}
 
     def state_dict(self) -> dict:
         """Cumulative counters, for checkpoint resume."""
@@ -371,11 +271,11 @@ class SiblingReferenceBuilder:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore cumulative counters saved by [`~SiblingReferenceBuilder.state_dict`]."""
-        self.stats = {**_empty_stats(), **dict(state.get("stats", {}))}
+        self.stats = {**empty_stats(), **dict(state.get("stats", {}))}
 
     # internals
     def _private_values(self, group: SiblingGroup) -> list:
-        return [r.row[c] for r in group.rollouts for c in self.private_columns if c in (r.row or {})]
+        return [private_values(r.row, self.private_columns) for r in group.rollouts]
 
     def _evidence(self, group: SiblingGroup) -> Evidence:
         return build_evidence(
@@ -386,23 +286,8 @@ class SiblingReferenceBuilder:
             count_tokens=self.count_tokens,
         )
 
-    def _cap(self, text: str) -> str:
-        limit = self.max_reference_tokens
-        if self.truncate_tokens is not None:
-            return self.truncate_tokens(text, limit)
-        tokens = self.count_tokens(text)
-        if tokens <= limit:
-            return text
-        keep = int(len(text) * limit / tokens)
-        while keep > 0:
-            cut = text[:keep].rstrip() + "\n...[reference truncated]"
-            if self.count_tokens(cut) <= limit:
-                return cut
-            keep = int(keep * 0.9)
-        return ""
-
     def _finish(self, group, evidence, sections, source, extra_masked=(), **llm) -> CreditReference:
-        text = self._cap(format_reference(sections))
+        text = cap_reference(format_reference(sections), self.tokenizer, self.max_reference_tokens)
         masked = list(dict.fromkeys([*evidence.masked_literals, *extra_masked]))
         return CreditReference(
             text=text,
@@ -430,7 +315,8 @@ class SiblingReferenceBuilder:
             **llm,
         )
 
-    def _llm_references(self, groups, evidences, refs, stats) -> None:
+    def _llm_references(self, groups, evidences, refs, stats, *, budget: float | None) -> str | None:
+        """Ask the LLM for every evidence at once; returns the last error message (or `None`)."""
         order = list(evidences)
         requests = [
             (
@@ -439,61 +325,59 @@ class SiblingReferenceBuilder:
             )
             for i in order
         ]
-        try:
-            complete = getattr(self.llm_client, "complete_many", self.llm_client)
-            results = list(complete(requests))
-            if len(results) != len(requests):
-                raise RuntimeError(f"the LLM client returned {len(results)} results for {len(requests)} requests")
-        except Exception as exc:  # noqa: BLE001 - training must never stop because of the LLM
-            logger.warning("Credit-reference LLM batch failed (%s); falling back for %d group(s).", exc, len(order))
-            results = [LLMResult(None, f"{type(exc).__name__}: {exc}", 0.0, None, None, None, False, 0)] * len(order)
+        if budget is not None and budget <= 0:
+            results = [failed_result("step budget spent on evidence", "budget_exhausted", budget_exhausted=True)]
+            results *= len(order)
+        else:
+            try:
+                complete = getattr(self.llm_client, "complete_many", self.llm_client)
+                results = list(complete(requests) if budget is None else complete(requests, budget=budget))
+                if len(results) != len(requests):
+                    raise RuntimeError(f"the LLM client returned {len(results)} results for {len(requests)} requests")
+            except Exception as exc:  # noqa: BLE001 - training must never stop because of the LLM
+                results = [failed_result(f"{type(exc).__name__}: {exc}", "other")] * len(order)
+        last_error = None
         for i, result in zip(order, results):
-            refs[i] = self._from_result(groups[i], evidences[i], result, stats)
+            refs[i], error = self._from_result(groups[i], evidences[i], result, stats)
+            last_error = error or last_error
+        return last_error
 
-    def _from_result(self, group, evidence, result: LLMResult, stats) -> CreditReference:
-        self._account(result, stats)
+    def _from_result(self, group, evidence, result: LLMResult, stats) -> tuple[CreditReference, str | None]:
+        account(result, stats)
         llm = {
             "latency_s": result.latency_s,
             "cost_usd": result.cost_usd,
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         }
-        sections = parse_reference_sections(result.text) if result.error is None else None
+        answer = (
+            None
+            if result.text is None
+            else cut_to_bytes(result.text, ANSWER_BYTES_PER_TOKEN * self.max_reference_tokens)
+        )
+        sections = parse_reference_sections(answer) if result.error is None else None
         if sections is not None:
             names = visible_tool_names(group)
             private = [*self._private_values(group), *evidence.masked_literals]
             clean = Sanitizer(private, keep=names)(format_reference(sections))
             sections = split_sections(clean.text)
             literals = [a or b for a, b in _QUOTED_LITERAL_RE.findall(sections[SECTION_TITLES[4]])]
-            literals = [x for x in literals if x not in names and not _PLACEHOLDER_COUNT_RE.fullmatch(x)]
-            return self._finish(group, evidence, sections, "llm", [*clean.masked, *literals], **llm)
+            literals = [x for x in literals if x not in names and not PLACEHOLDER_RE.fullmatch(x)]
+            return self._finish(group, evidence, sections, "llm", [*clean.masked, *literals], **llm), None
+        kind = "malformed" if result.error is None else (result.error_class or _guess_class(result))
         stats["errors"] += 1
+        stats[f"errors/{kind}"] += 1
         reason = result.error or "malformed reference (fewer than 3 of the 5 sections)"
-        logger.warning("Credit reference for group %d falls back to %r: %s", group.group_index, self.fallback, reason)
         if self.fallback == "contrast":
-            return self._contrast(group, evidence, source="fallback", **llm)
-        return self._none(group, evidence.masked_literals, **llm)
+            return self._contrast(group, evidence, source="fallback", **llm), reason
+        return self._none(group, evidence.masked_literals, **llm), reason
 
-    @staticmethod
-    def _account(result: LLMResult, stats: dict) -> None:
-        if result.cached:
-            stats["cache_hits"] += 1
-        else:
-            stats["requests"] += 1
-            stats["attempts"] += result.attempts
-            stats["timeouts"] += int(result.timed_out)
-            if result.error is None and (result.cost_usd is None or stats["cost_usd"] is None):
-                stats["cost_usd"] = None  # an answer of unknown price: the total is unknown, never under-reported
-            elif stats["cost_usd"] is not None:
-                stats["cost_usd"] += result.cost_usd or 0.0
-        stats["latency_s"] += result.latency_s
-        stats["prompt_tokens"] += result.prompt_tokens or 0
-        stats["completion_tokens"] += result.completion_tokens or 0
 
-    def _accumulate(self, stats: dict) -> None:
-        for key, value in stats.items():
-            if key == "cost_usd":
-                known = value is not None and self.stats["cost_usd"] is not None
-                self.stats["cost_usd"] = self.stats["cost_usd"] + value if known else None
-            else:
-                self.stats[key] += value
+def _guess_class(result: LLMResult) -> str:
+    return "timeout" if result.timed_out else "other"
+
+
+def _token_counter(tokenizer) -> Callable[[str], int]:
+    if tokenizer is None:
+        return approx_token_count
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,7 +1,9 @@
 """The credit table: per rollout, its reference and its per-token credit weights, as rows, HTML, and a W&B table.
 
-Pure where possible: [`credit_table_rows`] and [`render_weighted_html`] turn lists into dicts and strings;
-[`log_credit_table`] and [`save_credit_html`] are the only functions that write anything. [`CreditTableRecorder`] is
+Pure where possible: [`credit_table_rows`] and [`render_weighted_html`] (in `credit/render.py`, with the other HTML
+builders, re-exported here) turn lists into dicts and strings; [`log_credit_table`] and [`save_credit_html`] are the
+only functions that write anything. Logging to W&B also writes each step's rows as a local page into the run's
+folder (`<run.dir>/sgcd_credit_tables/step_<step>.html`): an offline run's table shows HTML cells as "Html" only. [`CreditTableRecorder`] is
 the thin shell the trainer calls once per generation batch with the tensors it has (ids, masks, weights); it keeps
 the first `max_groups` sibling groups (those that received a reference first), so logging stays cheap.
 
@@ -17,12 +19,20 @@ Nothing here imports wandb: when no module has imported it, no run can be active
 
 from __future__ import annotations
 
-import html
 import inspect
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from trl_sgcd.credit.render import (
+    _EPS,
+    credit_html_page,
+    localization_html_page,
+    render_weighted_html,
+    save_credit_html,
+    weight_color,
+)
 
 CREDIT_TABLE_KEY = "sgcd/credit_table"
 COLUMNS = (
@@ -39,66 +49,7 @@ COLUMNS = (
     "completion",
     "credit_html",
 )
-# W = 1 is white; W = cap is this colour. Each channel falls as W rises, so shading is monotone in W.
-_STRONG_RGB = (214, 39, 40)
-_INELIGIBLE_STYLE = "color:#8c8c8c;background:#ececec"
-_BOX_STYLE = (
-    "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;line-height:1.55;"
-    "white-space:pre-wrap;word-break:break-word;color:#1a1a1a;background:#ffffff;padding:6px"
-)
-_EPS = 1e-6
-
-
 # ---------------------------------------------------------------------------------------------------- pure helpers
-
-
-def weight_color(weight: float, *, cap: float) -> tuple[int, int, int]:
-    """RGB shade of a credit weight: white at W <= 1, `_STRONG_RGB` at W >= `cap`, linear in between."""
-    if not cap > 1.0:
-        raise ValueError(f"cap={cap!r} must be > 1 (W is clipped to [1, cap]).")
-    t = min(max((float(weight) - 1.0) / (cap - 1.0), 0.0), 1.0)
-    return tuple(round(255 + (c - 255) * t) for c in _STRONG_RGB)
-
-
-def render_weighted_html(
-    tokens: Sequence[str], weights: Sequence[float], eligible: Sequence[bool], *, cap: float
-) -> str:
-    r"""
-    One completion as self-contained HTML: every token a `<span>` shaded by its credit weight.
-
-    Args:
-        tokens (`Sequence[str]`):
-            Token strings; `"".join(tokens)` is the completion text.
-        weights (`Sequence[float]`):
-            Credit weight W of each token (same length as `tokens`).
-        eligible (`Sequence[bool]`):
-            Whether each token could receive credit. Ineligible tokens (tool observations, masked literals) are
-            greyed, whatever their weight.
-        cap (`float`):
-            The weight drawn in the strongest colour (the trainer's `credit_cap`); keep it fixed across steps so
-            shades compare.
-
-    Returns:
-        `str`: a `<div>` with inline CSS only (renders in a W&B `Html` cell and in a browser). Token text is
-        HTML-escaped, newlines are kept (`white-space: pre-wrap`), and each span's `title` gives its weight.
-    """
-    if not len(tokens) == len(weights) == len(eligible):
-        raise ValueError(
-            f"tokens, weights and eligible differ in length: {len(tokens)}, {len(weights)}, {len(eligible)}."
-        )
-    parts = [f'<div class="sgcd-credit" style="{_BOX_STYLE}">']
-    for token, weight, ok in zip(tokens, weights, eligible):
-        text = html.escape(token, quote=True)
-        weight = float(weight)
-        if not ok:
-            parts.append(f'<span style="{_INELIGIBLE_STYLE}" title="W={weight:.3f} (not eligible)">{text}</span>')
-        elif weight > 1.0 + _EPS:
-            r, g, b = weight_color(weight, cap=cap)
-            parts.append(f'<span style="background:rgb({r},{g},{b})" title="W={weight:.3f}">{text}</span>')
-        else:
-            parts.append(f'<span title="W={weight:.3f}">{text}</span>')
-    parts.append("</div>")
-    return "".join(parts)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -242,58 +193,14 @@ def decode_token_strings(tokenizer, ids: Sequence[int], *, context: int = 4) -> 
 
 # ---------------------------------------------------------------------------------------------------- writers
 
-_PAGE_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a1a1a;background:#fafafa}
-.row{background:#fff;border:1px solid #ddd;border-radius:6px;margin:0 0 18px;padding:10px 14px}
-.meta{font-size:13px;color:#444;margin-bottom:6px}.meta b{color:#111}
-.prompt{font-size:13px;margin:4px 0 8px;white-space:pre-wrap}
-details{font-size:12px;margin:4px 0 8px}details pre{white-space:pre-wrap;background:#f4f4f4;padding:6px}
-.legend span{display:inline-block;padding:0 6px;border:1px solid #ccc;font-family:monospace;font-size:12px}
-"""
 
-
-def credit_html_page(rows: Sequence[dict], *, title: str = "SGCD credit table", cap: float | None = None) -> str:
-    """A standalone HTML page of `rows` (from [`credit_table_rows`]): one card per rollout, with a colour legend."""
-    legend = ""
-    if cap is not None:
-        stops = [1.0 + (cap - 1.0) * k / 4 for k in range(5)]
-        cells = "".join(f'<span style="background:rgb{weight_color(w, cap=cap)}">W={w:.2f}</span>' for w in stops)
-        legend = f'<p class="legend">Weight: {cells} <span style="{_INELIGIBLE_STYLE}">not eligible</span></p>'
-    cards = []
-    for row in rows:
-        e = html.escape
-        meta = (
-            f"step <b>{row['step']}</b> &middot; group <b>{row['group']}</b> &middot; reward "
-            f"<b>{row['reward']:.3f}</b> &middot; advantage <b>{row['advantage']:+.3f}</b> &middot; credit tokens "
-            f"<b>{row['credit_tokens']}</b> &middot; W mean <b>{row['weight_mean']:.3f}</b> / max "
-            f"<b>{row['weight_max']:.3f}</b> &middot; reference: <b>{e(row['reference_source'])}</b>"
-        )
-        reference = (
-            f"<details><summary>reference</summary><pre>{e(row['reference'])}</pre></details>"
-            if row["reference"]
-            else ""
-        )
-        cards.append(
-            f'<div class="row"><div class="meta">{meta}</div><div class="prompt">{e(row["prompt"])}</div>'
-            f"{reference}{row['credit_html']}</div>"
-        )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>{legend}\n"
-        + "\n".join(cards)
-        + "\n</body></html>\n"
-    )
-
-
-def save_credit_html(
-    rows: Sequence[dict], path: str | os.PathLike, *, title: str = "SGCD credit table", cap: float | None = None
-) -> str:
-    """Write [`credit_html_page`] of `rows` to `path` (parent folders created); returns the path."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(credit_html_page(rows, title=title, cap=cap))
-    return path
+def _export_html(rows: Sequence[dict], run, step: int, cap: float | None) -> str | None:
+    """Write the rows as a page into the run's local files folder (`<run.dir>/sgcd_credit_tables/`), or `None`."""
+    folder = getattr(run, "dir", None)
+    if not folder:
+        return None
+    path = os.path.join(folder, "sgcd_credit_tables", f"step_{int(step):06d}.html")
+    return save_credit_html(rows, path, title=f"SGCD credit table, step {step}", cap=cap)
 
 
 def _active_wandb():
@@ -312,7 +219,13 @@ def _supports_incremental(wandb) -> bool:
 
 
 def log_credit_table(
-    rows: Sequence[dict], *, step: int, key: str = CREDIT_TABLE_KEY, per_step_keys: bool = False
+    rows: Sequence[dict],
+    *,
+    step: int,
+    key: str = CREDIT_TABLE_KEY,
+    per_step_keys: bool = False,
+    html_export: bool = True,
+    cap: float | None = None,
 ) -> bool:
     """
     Append `rows` to the W&B credit table of the active run; a no-op when wandb is absent or no run is active.
@@ -327,6 +240,13 @@ def log_credit_table(
         per_step_keys (`bool`, *optional*, defaults to `False`):
             Log an ordinary table under `f"{key}/step_{step:06d}"` instead of appending to the incremental table
             (for W&B servers older than v0.70). Used automatically when the client has no incremental tables.
+        html_export (`bool`, *optional*, defaults to `True`):
+            Also write the rows as a standalone page into the run's local folder,
+            `<run.dir>/sgcd_credit_tables/step_<step>.html` (for offline runs, `wandb/offline-run-*/files/...`), so
+            the shaded tokens can be read without syncing: an offline run's table shows its HTML cells only as
+            "Html" placeholders.
+        cap (`float`, *optional*):
+            `credit_cap`, for the page's colour legend.
 
     Returns:
         `bool`: whether anything was logged.
@@ -348,6 +268,8 @@ def log_credit_table(
     for row in rows:
         table.add_data(*[wandb.Html(row[c], inject=False) if c == "credit_html" else row[c] for c in COLUMNS])
     run.log({log_key: table, "train/global_step": int(step)})
+    if html_export:
+        _export_html(rows, run, step, cap)
     if incremental:
         # An INCREMENTAL table serialises only the rows added since its last log (`data[_last_logged_idx + 1:]`),
         # so rows already logged are never read again: drop their contents, or a long run would hold every
@@ -465,7 +387,7 @@ class CreditTableRecorder:
             cap=self.cap,
         )
         if self.log_to_wandb:
-            log_credit_table(rows, step=step, key=self.key)
+            log_credit_table(rows, step=step, key=self.key, cap=self.cap)
         if self.html_dir is not None:
             save_credit_html(
                 rows,
@@ -495,6 +417,7 @@ __all__ = [
     "credit_html_page",
     "credit_table_rows",
     "decode_token_strings",
+    "localization_html_page",
     "log_credit_table",
     "prompt_text",
     "render_weighted_html",

@@ -10,9 +10,14 @@ Pure functions only; the trainer supplies the tokenizer and TRL's own prompt ren
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 from collections.abc import Sequence
 
 import torch
+
+from trl_sgcd.credit.reference import cap_reference  # noqa: F401 - the one reference cap, re-exported for the trainer
 
 REFERENCE_HEADER = (
     "<credit_reference>\n"
@@ -53,16 +58,6 @@ def insert_reference(prompt, reference_text: str):
             return messages
     # No user turn: add one at the end (before generation).
     return [*messages, {"role": "user", "content": block}]
-
-
-def cap_reference(text: str, tokenizer, max_tokens: int) -> str:
-    """Cap the reference at `max_tokens` tokens of `tokenizer` (the prompt itself is never cut)."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens={max_tokens} must be >= 1.")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text
-    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
 
 def splice_teacher_inputs(
@@ -138,13 +133,36 @@ def unpad_left(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
-def literal_token_mask(
-    completion_ids: torch.Tensor, literals_per_row: Sequence[Sequence[str]], tokenizer
-) -> torch.Tensor:
-    """Mark completion tokens that overlap a masked literal (a secret, a card number, a gold answer, ...).
+def literal_pattern(literal: str) -> re.Pattern:
+    """A literal as a whole value: case-insensitive, never inside a longer alphanumeric run ("258" is not in "12580").
 
+    The same boundary rule as the sanitizer's private values (`trl_sgcd.credit.evidence.Sanitizer`).
+    """
+    return re.compile(r"(?i)(?<![A-Za-z0-9])" + re.escape(literal) + r"(?![A-Za-z0-9])")
+
+
+def literal_token_mask(
+    completion_ids: torch.Tensor,
+    literals_per_row: Sequence[Sequence[str]],
+    tokenizer,
+    *,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
+    tool_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mark the completion tokens of masked literals that the student could not have seen (paper Appendix B).
+
+    A masked literal (a private value, a secret, a gold answer, ...) can be in the teacher's context; where the student
+    cannot recover it, a divergence spike on its tokens would reward guessing a leaked value, so those tokens get zero
+    saliency (W = 1). A literal the student does see is a value it may copy, often a decisive tool-call argument (the
+    reservation id of the request, an airport of a looked-up reservation), and stays eligible:
+
+    * a literal that occurs in the row's own (clean, deployment) prompt is never masked;
+    * an occurrence after the literal appeared in a tool observation of the same completion (`tool_mask == 0`) is
+      not masked: the environment showed it to the policy.
+
+    Occurrences are whole values (`literal_pattern`: case-insensitive, not inside a longer run of letters or digits).
     Tokens are decoded one by one and their texts concatenated, so each token gets a character span; every token
-    whose span overlaps an occurrence of a literal is marked. Such tokens get zero saliency (W = 1).
+    whose span overlaps a masked occurrence is marked.
 
     Args:
         completion_ids (`torch.Tensor` of shape `(B, T)`):
@@ -153,30 +171,37 @@ def literal_token_mask(
             The literals masked in each row's evidence.
         tokenizer:
             The policy tokenizer.
+        prompt_ids (`list[list[int]]`, *optional*):
+            Each row's student prompt ids, unpadded. `None`: no literal counts as visible in the prompt.
+        tool_mask (`torch.Tensor` of shape `(B, T)`, *optional*):
+            TRL's tool mask (0 on tool-observation tokens). `None`: no observation counts as seen.
 
     Returns:
         `torch.Tensor` of shape `(B, T)`, bool.
     """
+    if prompt_ids is not None and len(prompt_ids) != len(literals_per_row):
+        raise ValueError(f"prompt_ids has {len(prompt_ids)} rows but literals_per_row has {len(literals_per_row)}.")
     mask = torch.zeros(completion_ids.shape, dtype=torch.bool)
     for row, literals in enumerate(literals_per_row):
-        literals = sorted({lit for lit in literals if lit and lit.strip()}, key=len, reverse=True)
+        literals = sorted({lit.strip() for lit in literals if lit and lit.strip()}, key=len, reverse=True)
+        if literals and prompt_ids is not None:
+            prompt = tokenizer.decode(list(prompt_ids[row]))
+            literals = [lit for lit in literals if not literal_pattern(lit).search(prompt)]
         if not literals:
             continue
         pieces = [tokenizer.decode([tok]) for tok in completion_ids[row].tolist()]
-        starts, pos = [], 0
-        for piece in pieces:
-            starts.append(pos)
-            pos += len(piece)
+        ends = list(itertools.accumulate(len(piece) for piece in pieces))
+        starts = [end - len(piece) for end, piece in zip(ends, pieces)]
+        observation = [False] * len(pieces) if tool_mask is None else (tool_mask[row] == 0).tolist()
         text = "".join(pieces)
-        lowered = text.lower()
         for literal in literals:
-            needle, begin = literal.lower(), 0
-            while (hit := lowered.find(needle, begin)) != -1:
-                end = hit + len(needle)
-                for j, start in enumerate(starts):
-                    if start < end and start + len(pieces[j]) > hit:
-                        mask[row, j] = True
-                begin = hit + 1
+            seen = False
+            for hit in literal_pattern(literal).finditer(text):
+                tokens = range(bisect.bisect_right(ends, hit.start()), bisect.bisect_left(starts, hit.end()))
+                if tokens and all(observation[j] for j in tokens):
+                    seen = True  # shown by the environment: later copies are recoverable
+                elif not seen:
+                    mask[row, tokens.start : tokens.stop] = True
     return mask.to(completion_ids.device)
 
 
@@ -185,14 +210,14 @@ def sibling_context_reference(group, *, private_columns, observation_max_chars: 
 
     The shortest successful trace is used (ties: lowest row index), so the choice is deterministic.
     """
-    from trl_sgcd.credit.evidence import Sanitizer, render_sanitized_trace
+    from trl_sgcd.credit.evidence import render_sanitized_trace
     from trl_sgcd.credit.reference import CreditReference
+    from trl_sgcd.credit.sanitize import Sanitizer, private_values
 
     successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
     if not successes:
         return CreditReference(text="", sections={}, masked_literals=[], source="none", group_index=group.group_index)
-    private_values = [r.row.get(c) for r in group.rollouts for c in private_columns if r.row.get(c) is not None]
-    sanitizer = Sanitizer(private_values)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
     # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
     traces = [
         (

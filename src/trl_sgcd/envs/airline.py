@@ -79,9 +79,9 @@ def _tool(fn):
         except Exception as e:  # noqa: BLE001 - a tool never raises: any failure is an observation for the model
             self.tool_failures += 1
             self.calls.append({"name": fn.__name__, "arguments": kwargs, "error": str(e)})
-            return _error(str(e))
+            return _error(str(e))[: self.observation_max_chars]
         self.calls.append({"name": fn.__name__, "arguments": kwargs, "error": None})
-        return observation
+        return observation[: self.observation_max_chars]  # [:None] keeps it whole
 
     return wrapper
 
@@ -92,6 +92,10 @@ class AirlineEnv:
     Args:
         seed (`int`, *optional*, defaults to `0`):
             Default seed of the database and task set, used when the dataset row has no `seed` column.
+        observation_max_chars (`int` or `None`, *optional*, defaults to `None`):
+            Cut every tool observation the policy sees to this many characters; `None` keeps them whole. The paper's
+            harness (Table 4) uses 512: `environment_factory=functools.partial(AirlineEnv, observation_max_chars=512)`
+            or the import path `trl_sgcd.envs.airline:PaperAirlineEnv`.
 
     Attributes:
         task (`dict` or `None`): The current task (see `airline_tasks`).
@@ -100,8 +104,9 @@ class AirlineEnv:
         tool_calls (`int`), tool_failures (`int`), calls (`list[dict]`): Tool-use record of the episode.
     """
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, observation_max_chars: int | None = None):
         self.seed = seed
+        self.observation_max_chars = observation_max_chars
         self.task = None
         self.db = None
         self._clear()
@@ -195,6 +200,10 @@ class AirlineEnv:
         """
         self.transferred = True
         return "Transfer successful"
+
+
+PaperAirlineEnv = functools.partial(AirlineEnv, observation_max_chars=512)
+"""`AirlineEnv` with the paper's 512-character policy-side observation limit (Table 4), as an `environment_factory`."""
 
 
 def airline_tool_schemas() -> list[dict]:

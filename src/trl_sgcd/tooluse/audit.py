@@ -11,47 +11,15 @@ messages with the observations) or plain strings (rendered text with `<tool_call
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from collections.abc import Sequence
 
+from trl_sgcd.credit.traces import is_tool_error
+
+__all__ = ["count_tool_calls", "count_tool_errors", "is_tool_error", "tool_use_audit"]
+
 _TOOL_CALL = re.compile(r"<tool_call>")
 _TOOL_RESPONSE = re.compile(r"<tool_response>\s*(.*?)\s*</tool_response>", re.DOTALL)
-
-
-def _as_text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content blocks
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
-
-
-def is_tool_error(content) -> bool:
-    """Whether a tool observation reports an error.
-
-    Recognises a JSON object with an `"error"` key (what `AirlineEnv` returns), the Python `dict` repr that TRL writes
-    when a tool raises (`"{'error': '...'}"`), and text that starts with `Error` / `error:`.
-
-    Args:
-        content (`str`, `dict` or `list`):
-            The `content` of a tool message.
-
-    Returns:
-        `bool`: True for an error observation.
-    """
-    if isinstance(content, dict):
-        return "error" in content
-    text = _as_text(content).strip()
-    if text.startswith("{"):
-        for parse in (json.loads, ast.literal_eval):
-            try:
-                value = parse(text)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            return isinstance(value, dict) and "error" in value
-    return text.lower().startswith("error")
 
 
 def count_tool_calls(completion) -> int:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trl_sgcd.tooluse.audit import count_tool_calls, count_tool_errors, tool_use_audit
+from trl_sgcd.tooluse.harness import PAPER_HARNESS
+from trl_sgcd.tooluse.summary import score_episodes, summarise
 
 GenerateFn = Callable[[list[list[int]]], list[list[int]]]
 
@@ -72,7 +74,8 @@ def run_episodes(
     tokenizer,
     generate_fn: GenerateFn,
     environment_factory: Callable[[], Any],
-    max_turns: int = 8,
+    max_turns: int = PAPER_HARNESS.max_turns,
+    max_completion_length: int | None = None,
     batch_size: int = 8,
     progress_bar=None,
 ) -> list[dict]:
@@ -87,8 +90,13 @@ def run_episodes(
             Maps a batch of prompt token ids to the completion token ids of each (ending at EOS, or cut short).
         environment_factory (`Callable`):
             Zero-argument callable returning a fresh environment.
-        max_turns (`int`, *optional*, defaults to `8`):
-            Maximum number of assistant generations per episode; tool calls of the last one are not executed.
+        max_turns (`int`, *optional*, defaults to `17`):
+            Maximum number of assistant generations per episode; tool calls of the last one are not executed. The
+            default is the paper's harness: 16 tool-calling rounds plus the final answer ([`RolloutHarness`]).
+        max_completion_length (`int`, *optional*):
+            Token budget of the whole episode after the prompt, generated and tool tokens together, as TRL counts it:
+            a generation is cut at the budget, and tool results that would overflow it are dropped and end the episode.
+            `None`: no budget beyond `generate_fn`'s own per-turn limit.
         batch_size (`int`, *optional*, defaults to `8`):
             Episodes rolled out together.
         progress_bar (*optional*):
@@ -105,26 +113,40 @@ def run_episodes(
         schemas = [[get_json_schema(t) for t in ts] for ts in tools]
         completions: list[list[dict]] = [[] for _ in batch]
         turns = [0] * len(batch)
+        start_len = [None] * len(batch)  # length of each episode's rendered prompt, to count the budget from
+        budget = max_completion_length if max_completion_length is not None else sys.maxsize
         active = list(range(len(batch)))
         for turn in range(max_turns):
             if not active:
                 break
             prompt_ids = [render_prompt_ids(tokenizer, started[i][1] + completions[i], schemas[i]) for i in active]
+            for i, ids in zip(active, prompt_ids, strict=True):
+                start_len[i] = len(ids) if start_len[i] is None else start_len[i]
             outputs = generate_fn(prompt_ids)
             still = []
             for i, ids, prefix in zip(active, outputs, prompt_ids, strict=True):
-                message = parse_response(tokenizer, list(ids), prefix=prefix, tools=schemas[i])
+                left = budget - (len(prefix) - start_len[i])
+                message = parse_response(tokenizer, list(ids)[:left], prefix=prefix, tools=schemas[i])
                 completions[i].append(message)
                 turns[i] += 1
-                if message.get("tool_calls") and turn + 1 < max_turns:
-                    completions[i].extend(execute_tool_calls(message["tool_calls"], {t.__name__: t for t in tools[i]}))
-                    still.append(i)
+                if message.get("tool_calls") and turn + 1 < max_turns and len(ids) < left:
+                    results = execute_tool_calls(message["tool_calls"], {t.__name__: t for t in tools[i]})
+                    if max_completion_length is None or _fits(
+                        tokenizer, started[i][1] + completions[i] + results, schemas[i], budget + start_len[i]
+                    ):
+                        completions[i].extend(results)
+                        still.append(i)
             active = still
         for row, (env, prompt), completion, n in zip(batch, started, completions, turns, strict=True):
             episodes.append({"row": row, "env": env, "prompt": prompt, "completion": completion, "num_turns": n})
         if progress_bar is not None:
             progress_bar.update(len(batch))
     return episodes
+
+
+def _fits(tokenizer, messages: list[dict], schemas, max_length: int) -> bool:
+    """Whether the conversation, rendered, stays within `max_length` tokens (TRL drops tool results that do not)."""
+    return len(render_prompt_ids(tokenizer, messages, schemas)) <= max_length
 
 
 def generation_settings(model, tokenizer, *, do_sample: bool, temperature: float, top_p: float, max_new_tokens: int):
@@ -185,67 +207,6 @@ def hf_generate_fn(
     return generate
 
 
-def _score(episodes: list[dict], reward_func: Callable) -> list[float]:
-    rows = [e["row"] for e in episodes]
-    columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
-    rewards = reward_func(
-        prompts=[e["prompt"] for e in episodes],
-        completions=[e["completion"] for e in episodes],
-        environments=[e["env"] for e in episodes],
-        **columns,
-    )
-    return [float("nan") if r is None else float(r) for r in rewards]
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
-def _summarise(rows, primary: list[dict], primary_rewards, samples: list[list[float]], greedy: bool, threshold: float):
-    """Metrics and per-task records. pass@1 per task: the greedy success, else the mean success of the samples."""
-    categories = [r.get("category", "all") for r in rows]
-    success = [r >= threshold for r in primary_rewards]  # NaN compares False: a failure
-    sampled = [[s[i] >= threshold for s in samples] for i in range(len(rows))]
-    pass1 = [float(ok) if greedy else _mean(s) for ok, s in zip(success, sampled)]
-    all_k = [all(s) if s else ok for s, ok in zip(sampled, success)]
-    per_category = {}
-    for category in sorted(set(categories)):
-        idx = [i for i, c in enumerate(categories) if c == category]
-        per_category[category] = {
-            "pass@1": _mean(pass1[i] for i in idx),
-            "pass^k": _mean(all_k[i] for i in idx),
-            "num_tasks": len(idx),
-        }
-    records = []
-    for i, (row, episode) in enumerate(zip(rows, primary)):
-        completion = episode["completion"]
-        answers = [m.get("content", "") for m in completion if m["role"] == "assistant"]
-        records.append(
-            {
-                "task_id": row.get("task_id"),
-                "category": categories[i],
-                "reward": primary_rewards[i],
-                "success": success[i],
-                "sample_rewards": [s[i] for s in samples],
-                "num_tool_calls": count_tool_calls(completion),
-                "num_tool_errors": count_tool_errors(completion),
-                "num_turns": episode["num_turns"],
-                "final_answer": answers[-1] if answers else "",
-                "completion": completion,
-            }
-        )
-    completions = [e["completion"] for e in primary]
-    audit = tool_use_audit(completions, primary_rewards, categories, success_threshold=threshold)
-    return {
-        "pass@1": _mean(pass1),
-        "pass^k": _mean(all_k),
-        "per_category": per_category,
-        "audit": audit,
-        "records": records,
-    }
-
-
 def evaluate(
     model,
     tokenizer,
@@ -254,11 +215,12 @@ def evaluate(
     environment_factory: Callable[[], Any],
     reward_func: Callable[..., list[float]],
     k: int = 1,
-    temperature: float = 0.4,
-    top_p: float = 0.95,
+    temperature: float = PAPER_HARNESS.temperature,
+    top_p: float = PAPER_HARNESS.top_p,
     greedy: bool = True,
-    max_turns: int = 8,
-    max_new_tokens: int = 256,
+    max_turns: int = PAPER_HARNESS.max_turns,
+    max_completion_length: int | None = PAPER_HARNESS.max_completion_length,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
@@ -266,6 +228,9 @@ def evaluate(
     generate_fn: Callable[..., GenerateFn] | None = None,
 ) -> dict:
     """Evaluate a tool-use policy on a task dataset (multi-turn, one fresh environment per rollout).
+
+    The rollout defaults are the training harness of the paper ([`~trl_sgcd.tooluse.harness.RolloutHarness`]); pass
+    `**harness_kwargs(RolloutHarness.from_training_args(config))` to evaluate under a training run's own harness.
 
     Args:
         model (`PreTrainedModel` or `None`):
@@ -285,16 +250,18 @@ def evaluate(
             Sampling settings of the pass^k rollouts (the paper's tau3-airline validation settings).
         greedy (`bool`, *optional*, defaults to `True`):
             pass@1 from one greedy rollout per task. If `False`, pass@1 is the mean success of the sampled rollouts.
-        max_turns (`int`, *optional*, defaults to `8`):
-            Maximum assistant generations per rollout.
-        max_new_tokens (`int`, *optional*, defaults to `256`):
-            Token budget of each generation.
+        max_turns (`int`, *optional*, defaults to `17`):
+            Maximum assistant generations per rollout (16 tool-calling rounds plus the answer, as in training).
+        max_completion_length (`int` or `None`, *optional*, defaults to `16384`):
+            Token budget of each whole rollout after the prompt (generated and tool tokens), as in training.
+        max_new_tokens (`int` or `None`, *optional*, defaults to `None`):
+            Cap on each single generation; `None` uses `max_completion_length` (training has no per-turn cap).
         batch_size (`int`, *optional*, defaults to `8`):
             Rollouts generated together (left padding).
         seed (`int`, *optional*, defaults to `0`):
             Seed of the sampled rollouts.
         progress (`bool`, *optional*, defaults to `True`):
-            Show a tqdm progress bar.
+            Show a tqdm progress bar over episodes.
         success_threshold (`float`, *optional*, defaults to `1.0`):
             A rollout succeeds when its reward is at least this.
         generate_fn (`Callable`, *optional*):
@@ -305,18 +272,10 @@ def evaluate(
         `audit` (`tool_use_audit` of the primary rollouts: the greedy ones, else the first sampled ones) and `records`
         (one dict per task: reward, success, sample rewards, tool calls and errors, turns, final answer, messages).
     """
-    from tqdm.auto import tqdm
-    from trl.chat_template_utils import add_response_schema
-
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
-        add_response_schema(tokenizer)
-    rows = [dict(row) for row in dataset]
-    if not rows:
-        raise ValueError("evaluate needs at least one task")
-    num_sampled = k if (k > 1 or not greedy) else 0
-    runs = [("greedy", False, seed)] * greedy + [(f"sample {s}", True, seed + s) for s in range(num_sampled)]
+    rows = _prepare(tokenizer, dataset, k)
+    runs = _plan_runs(k, greedy, seed)
+    if max_new_tokens is None:
+        max_new_tokens = max_completion_length or PAPER_HARNESS.max_completion_length
 
     def make_fn(do_sample: bool, run_seed: int) -> GenerateFn:
         if generate_fn is not None:
@@ -331,10 +290,52 @@ def evaluate(
             seed=run_seed,
         )
 
+    rollout = dict(max_turns=max_turns, max_completion_length=max_completion_length, batch_size=batch_size)
+    results = _roll_out(model, tokenizer, rows, runs, make_fn, environment_factory, reward_func, rollout, progress)
+    primary, primary_rewards = results[0]
+    samples = [rewards for _, rewards in results[1:]] if greedy else [rewards for _, rewards in results]
+    summary = summarise(rows, primary, primary_rewards, samples, greedy, success_threshold)
+    return {"k": k, "num_tasks": len(rows)} | summary
+
+
+def harness_kwargs(harness) -> dict:
+    """The [`evaluate`] keyword arguments of a [`~trl_sgcd.tooluse.harness.RolloutHarness`]."""
+    return dict(
+        max_turns=harness.max_turns,
+        max_completion_length=harness.max_completion_length,
+        temperature=harness.temperature,
+        top_p=harness.top_p,
+    )
+
+
+def _prepare(tokenizer, dataset, k: int) -> list[dict]:
+    """Phase 1: check the arguments, attach the response parser, materialise the rows."""
+    from trl.chat_template_utils import add_response_schema
+
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
+        add_response_schema(tokenizer)
+    rows = [dict(row) for row in dataset]
+    if not rows:
+        raise ValueError("evaluate needs at least one task")
+    return rows
+
+
+def _plan_runs(k: int, greedy: bool, seed: int) -> list[tuple[str, bool, int]]:
+    """Phase 2: the rollout passes, `(name, do_sample, seed)`: one greedy pass (if `greedy`), then the sampled ones."""
+    num_sampled = k if (k > 1 or not greedy) else 0
+    return [("greedy", False, seed)] * greedy + [(f"sample {s}", True, seed + s) for s in range(num_sampled)]
+
+
+def _roll_out(model, tokenizer, rows, runs, make_fn, environment_factory, reward_func, rollout: dict, progress: bool):
+    """Phase 3: every pass over every row, in eval mode, scored. Returns `[(episodes, rewards)]`, one per pass."""
+    from tqdm.auto import tqdm
+
     was_training = getattr(model, "training", False)
     if model is not None:
         model.eval()
-    bar = tqdm(total=len(rows) * len(runs), desc="evaluate", disable=not progress)
+    bar = tqdm(total=len(rows) * len(runs), desc="evaluate", unit="episode", disable=not progress)
     results = []
     try:
         for _, do_sample, run_seed in runs:
@@ -343,88 +344,12 @@ def evaluate(
                 tokenizer=tokenizer,
                 generate_fn=make_fn(do_sample, run_seed),
                 environment_factory=environment_factory,
-                max_turns=max_turns,
-                batch_size=batch_size,
                 progress_bar=bar,
+                **rollout,
             )
-            results.append((episodes, _score(episodes, reward_func)))
+            results.append((episodes, score_episodes(episodes, reward_func)))
     finally:
         bar.close()
         if model is not None and was_training:
             model.train()
-    primary, primary_rewards = results[0]
-    samples = [rewards for _, rewards in results[1:]] if greedy else [rewards for _, rewards in results]
-    summary = _summarise(rows, primary, primary_rewards, samples, greedy, success_threshold)
-    return {"k": k, "num_tasks": len(rows)} | summary
-
-
-# --- `trl-sgcd eval` ----------------------------------------------------------------------------------------------
-
-
-def _parser():
-    import argparse
-
-    p = argparse.ArgumentParser(prog="trl-sgcd eval", description="Evaluate a checkpoint on the airline tasks.")
-    p.add_argument("--model", default="bundled", help='Checkpoint folder, or "bundled" (SmolLM2-135M) / "tiny".')
-    p.add_argument("--split", default="test", help='Task split: "test" (held out, default) or "train".')
-    p.add_argument("--n", type=int, default=None, help="Evaluate only the first n tasks.")
-    p.add_argument("--k", type=int, default=1, help="Sampled rollouts per task for pass^k.")
-    p.add_argument("--temperature", type=float, default=0.4)
-    p.add_argument("--top_p", type=float, default=0.95)
-    p.add_argument("--no_greedy", action="store_true", help="pass@1 from the sampled rollouts instead of greedy.")
-    p.add_argument("--max_turns", type=int, default=8)
-    p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0, help="Seed of the tasks and of the sampled rollouts.")
-    p.add_argument("--output", default=None, help="Write metrics and per-task records to this JSON file.")
-    p.add_argument("--no_progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`trl-sgcd eval`: pass@1 / pass^k per category and the tool-use audit of a checkpoint on the airline tasks."""
-    import json
-    import sys
-
-    args = _parser().parse_args(argv)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl.chat_template_utils import supports_tool_calling
-
-    from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
-    from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
-
-    path = {"bundled": bundled_model_dir, "tiny": tiny_model_dir}.get(args.model, lambda: args.model)()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not supports_tool_calling(tokenizer):
-        print(f"trl-sgcd eval: the chat template of {path} cannot render tool calls.", file=sys.stderr)
-        return 2
-    model = AutoModelForCausalLM.from_pretrained(path)
-    dataset = make_airline_dataset(args.split, seed=args.seed, n=args.n)
-    result = evaluate(
-        model,
-        tokenizer,
-        dataset,
-        environment_factory=AirlineEnv,
-        reward_func=airline_reward,
-        k=args.k,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        greedy=not args.no_greedy,
-        max_turns=args.max_turns,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    print(f"pass@1 {result['pass@1']:.3f}   pass^{args.k} {result['pass^k']:.3f}   ({result['num_tasks']} tasks)")
-    for category, m in result["per_category"].items():
-        print(f"  {category:<12} pass@1 {m['pass@1']:.3f}   pass^k {m['pass^k']:.3f}   n={m['num_tasks']}")
-    audit = result["audit"]
-    print(
-        f"  zero-tool success share {audit['zero_tool_success_share']:.3f}   tools/success "
-        f"{audit['tools_per_success']:.2f}   tool failure rate {audit['tool_failure_rate']:.3f}"
-    )
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1, default=str)
-    return 0
+    return results

@@ -1,0 +1,399 @@
+"""The dense scorer: runs the current policy, forward-only, under the student and the teacher context (paper §4.3).
+
+The current policy is scored twice on the same completion ids: the student sees the clean prompt, the teacher the
+prompt with the credit reference inserted. The per-position math is `trl_sgcd.credit.divergence`; this module owns
+the model access and the one chunk loop over positions.
+
+* No `(B, L, V)` logits: the backbone runs once per input (with `share_prefix`, the prompt prefix common to a
+  micro-batch is encoded once and the rest on its key/value cache, `trl_sgcd.credit.hidden`; not under ZeRO-3), the
+  completion positions' hidden states go through the LM head `chunk_size` at a time. The teacher is scored first and
+  reduced to its support (K+1 ids and log-probabilities per position) before the student forward, so one context's
+  hidden states are held at a time; under ZeRO-3 both forwards run first and the head is gathered once for both.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from trl_sgcd.credit.divergence import (
+    LOG_FLOOR,
+    _check_divergence,
+    _check_top_k,
+    _student_scores,
+    _Support,
+    _teacher_support,
+)
+from trl_sgcd.credit.hidden import completion_hidden
+
+
+# ------------------------------------------------------------------------------------------------------ model access
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The `PreTrainedModel` inside accelerate/DDP/DeepSpeed (`.module`) and PEFT (`get_base_model()`) wrappers."""
+    from transformers import PreTrainedModel
+
+    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module  # DistributedDataParallel, DeepSpeedEngine (which has a `config` dict of its own)
+    if callable(getattr(model, "get_base_model", None)):  # peft.PeftModel: LoRA layers stay active
+        model = model.get_base_model()
+    return model
+
+
+def _backbone(base: nn.Module) -> nn.Module:
+    prefix = getattr(base, "base_model_prefix", "")
+    backbone = getattr(base, prefix, None) if prefix else None
+    return backbone if isinstance(backbone, nn.Module) else base.get_decoder()
+
+
+class _LMHead:
+    """The LM head applied to hidden states, with the config's logit scale / softcap and the temperature (as TRL)."""
+
+    def __init__(self, base: nn.Module, temperature: float):
+        self.module = base.get_output_embeddings()
+        self.weight, self.bias = self.module.weight, getattr(self.module, "bias", None)
+        self.zero3 = hasattr(self.weight, "ds_id")
+        self.plain = self.zero3 or type(self.module) is nn.Linear  # else (e.g. a LoRA lm_head) call the module
+        self.temperature = temperature
+        config = base.config.get_text_config()
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        scale = getattr(config, "logit_scale", None)  # same lookup order as trl.trainer.utils.add_fused_lm_head
+        if scale is None:
+            scale = getattr(config, "output_multiplier", None)
+        if scale is None:
+            scale = getattr(config, "lm_head_multiplier", None)
+        if scale is None and getattr(config, "logits_scaling", None) is not None:
+            scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
+        self.scale = 1.0 if scale is None else scale
+        self.vocab_size = getattr(self.module, "out_features", None) or config.vocab_size  # right under ZeRO-3 too
+
+    def logits(self, hidden: Tensor, weight: Tensor | None = None) -> Tensor:
+        """float32 logits `(n, V)` of hidden states `(n, H)`, divided by the temperature."""
+        weight = self.weight if weight is None else weight
+        hidden = hidden.to(weight.device)
+        if self.plain:
+            if hidden.dtype != weight.dtype and not torch.is_autocast_enabled(hidden.device.type):
+                hidden = hidden.to(weight.dtype)
+            z = F.linear(hidden, weight, self.bias).float()  # (n, V)
+        else:
+            z = self.module(hidden).float()  # (n, V)
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap is not None:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z / self.temperature if self.temperature != 1.0 else z
+
+    @contextmanager
+    def gathered(self):
+        """Under DeepSpeed ZeRO-3, all-gather the partitioned head once (one collective, whatever the positions)."""
+        params = [p for p in (self.weight, self.bias) if p is not None and hasattr(p, "ds_id")]
+        if not params:
+            yield
+            return
+        import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        params = list({id(p): p for p in params if p.ds_status != ZeroParamStatus.AVAILABLE}.values())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    """Slices of at most `size` positions: the LM head never sees more at once."""
+    return [slice(start, start + size) for start in range(0, n, size)]
+
+
+# ------------------------------------------------------------------------------------------------------------ scorer
+@dataclass
+class DenseScores:
+    r"""
+    Output of [`DenseDivergenceScorer.score`]. Every per-position field is 0 where `completion_mask == 0`.
+
+    Args:
+        divergence (`torch.Tensor` of shape `(B, T)`, float32): dense top-K divergence d_t.
+        teacher_entropy (`torch.Tensor` of shape `(B, T)`, float32): teacher entropy H_t on the support plus tail.
+        student_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log p(observed token), student context.
+        teacher_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log q(observed token), teacher context.
+        teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)` or `None`): teacher top-K ids, when requested.
+        teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)` or `None`): their teacher log-probabilities.
+        num_forwards (`int`): backbone forwards run, dummy ones included (2 per micro-batch, 4 with a shared prefix).
+    """
+
+    divergence: Tensor
+    teacher_entropy: Tensor
+    student_logprobs: Tensor
+    teacher_logprobs: Tensor
+    teacher_topk_ids: Tensor | None = None
+    teacher_topk_logprobs: Tensor | None = None
+    num_forwards: int = 0
+
+
+_FIELDS = ("divergence", "teacher_entropy", "student_logprobs", "teacher_logprobs")
+
+
+class DenseDivergenceScorer:
+    r"""
+    Scores completions under the student and the teacher context with the current policy, forward-only.
+
+    Args:
+        top_k (`int`, *optional*, defaults to `32`): size K of the teacher top-K support.
+        divergence (`str`, *optional*, defaults to `"reverse_kl"`): `"reverse_kl"`, `"forward_kl"` or `"jsd"`.
+        chunk_size (`int`, *optional*, defaults to `256`): completion positions projected through the LM head at once.
+        temperature (`float`, *optional*, defaults to `1.0`): sampling temperature the logits are divided by.
+        batch_size (`int` or `None`, *optional*, defaults to `None`): rows per forward; `None` scores all rows at once.
+        share_prefix (`bool`, *optional*, defaults to `False`): encode the prompt prefix common to a micro-batch once
+            and score the rest on its key/value cache (`trl_sgcd.credit.hidden`); ignored under ZeRO-3.
+    """
+
+    def __init__(
+        self,
+        *,
+        top_k=32,
+        divergence="reverse_kl",
+        chunk_size=256,
+        temperature=1.0,
+        batch_size=None,
+        share_prefix=False,
+    ):
+        _check_top_k(top_k)
+        _check_divergence(divergence)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature!r} must be > 0.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be >= 1 or None.")
+        self.top_k, self.divergence, self.chunk_size = top_k, divergence, chunk_size
+        self.temperature, self.batch_size, self.share_prefix = temperature, batch_size, bool(share_prefix)
+
+    @classmethod
+    def from_config(cls, args) -> DenseDivergenceScorer:
+        """Build from an [`SGCDConfig`] (`credit_top_k`, `credit_divergence`, `credit_chunk_size`, `temperature`,
+        `credit_scoring_batch_size`, `credit_share_prefix`)."""
+        return cls(
+            top_k=args.credit_top_k,
+            divergence=args.credit_divergence,
+            chunk_size=args.credit_chunk_size,
+            temperature=args.temperature,
+            batch_size=args.credit_scoring_batch_size or args.per_device_train_batch_size,
+            share_prefix=args.credit_share_prefix,
+        )
+
+    def num_batches(self, n_rows: int) -> int:
+        """Micro-batches (each one student and one teacher forward) needed for `n_rows` rows."""
+        if n_rows <= 0:
+            return 0
+        return 1 if self.batch_size is None else math.ceil(n_rows / self.batch_size)
+
+    def score(
+        self,
+        model: nn.Module,
+        student_input_ids: Tensor,
+        student_attention_mask: Tensor,
+        teacher_input_ids: Tensor,
+        teacher_attention_mask: Tensor,
+        completion_ids: Tensor,
+        completion_mask: Tensor,
+        *,
+        min_batches: int = 0,
+        return_teacher_topk: bool = False,
+    ) -> DenseScores:
+        r"""
+        Dense scores of the completion tokens. Inputs follow TRL's layout: `*_input_ids` `(B, L)` is a left-padded
+        prompt followed by the right-padded `completion_ids` `(B, T)`, which are always the last T columns; the student
+        and the teacher prompt may differ in length. No gradient; dropout off; the model's train/eval modes are
+        restored. `min_batches` pads with dummy forwards so that every rank runs the same number (ZeRO-3).
+        """
+        _check_layout(
+            student_input_ids,
+            student_attention_mask,
+            teacher_input_ids,
+            teacher_attention_mask,
+            completion_ids,
+            completion_mask,
+        )
+        n_rows = completion_ids.size(0)
+        step = self.batch_size or max(n_rows, 1)
+        modes = {module: module.training for module in model.modules()}  # restored one by one afterwards
+        model.eval()
+        parts, forwards = [], 0
+        try:
+            with torch.no_grad():
+                base = _unwrap(model)
+                backbone, head = _backbone(base), _LMHead(base, self.temperature)
+                for start in range(0, n_rows, step):
+                    rows = slice(start, start + step)
+                    dense, n = self._score_rows(
+                        backbone,
+                        head,
+                        student_input_ids[rows],
+                        student_attention_mask[rows],
+                        teacher_input_ids[rows],
+                        teacher_attention_mask[rows],
+                        completion_ids[rows],
+                        completion_mask[rows],
+                        return_teacher_topk,
+                    )
+                    parts.append(dense)
+                    forwards += n
+                for _ in range(max(0, min_batches - self.num_batches(n_rows))):
+                    self._dummy_batch(backbone, head, completion_ids.device)
+                    forwards += 2
+                if not parts:
+                    parts.append(self._empty(completion_ids.shape, head, completion_ids.device, return_teacher_topk))
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return DenseScores(**{name: torch.cat([p[name] for p in parts]) for name in parts[0]}, num_forwards=forwards)
+
+    def _score_rows(self, backbone, head, s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask, topk):
+        """One micro-batch: one backbone forward per context (two with a shared prefix), one head gather, the chunk
+        loops. Returns the dense `(b, T, ...)` fields and the number of backbone forwards.
+
+        Without ZeRO-3 the teacher's positions are reduced to their support right after the teacher forward, so only
+        one context's hidden states `(N, H)` are ever held; under ZeRO-3 both forwards run first and the head is
+        gathered once for both passes.
+        """
+        mask = completion_mask.bool()  # (b, T)
+        observed = completion_ids[mask].to(head.weight.device)  # (N,)
+        share = self.share_prefix and not head.zero3  # ZeRO-3: every rank must run the same forwards
+        h_teacher, n_teacher = completion_hidden(backbone, t_ids, t_mask, mask, share_prefix=share)  # (N, H)
+        support = None if head.zero3 else self._teacher_pass(head, h_teacher, observed)
+        if support is not None:
+            del h_teacher
+        h_student, n_student = completion_hidden(backbone, s_ids, s_mask, mask, share_prefix=share)  # (N, H)
+        flat = self._empty((observed.numel(),), head, observed.device, topk)  # (N,) and (N, K)
+        with head.gathered():
+            if support is None:
+                support = self._teacher_pass(head, h_teacher, observed)
+                del h_teacher
+            for part in _chunks(observed.numel(), self.chunk_size):
+                div, ent, student_lp = _student_scores(
+                    head.logits(h_student[part]), support[part], divergence=self.divergence
+                )
+                flat["divergence"][part], flat["teacher_entropy"][part] = div, ent
+                flat["student_logprobs"][part] = student_lp
+        flat["teacher_logprobs"] = support.log_q[:, -1]
+        if topk:
+            flat["teacher_topk_ids"], flat["teacher_topk_logprobs"] = support.ids[:, :-1], support.log_q[:, :-1]
+        dense = self._empty(mask.shape, head, completion_ids.device, topk)  # (b, T) and (b, T, K)
+        for name, values in flat.items():
+            dense[name][mask.to(completion_ids.device)] = values.to(completion_ids.device)
+        return dense, n_teacher + n_student
+
+    def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
+        parts = [
+            _teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
+            for part in _chunks(observed.numel(), self.chunk_size)
+        ]
+        if not parts:
+            k = min(self.top_k, head.vocab_size) + 1
+            empty = observed.new_zeros((0, k))
+            return _Support(empty, empty.bool(), empty.float(), observed.new_zeros(0).float())
+        return _Support(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "valid", "log_q", "log_q_tail")))
+
+    def _empty(self, shape, head, device, topk) -> dict[str, Tensor]:
+        out = {name: torch.zeros(shape, device=device) for name in _FIELDS}  # float32
+        if topk:
+            k = min(self.top_k, head.vocab_size)
+            out["teacher_topk_ids"] = torch.zeros((*shape, k), dtype=torch.long, device=device)
+            out["teacher_topk_logprobs"] = torch.zeros((*shape, k), device=device)
+        return out
+
+    def _dummy_batch(self, backbone, head, device) -> None:
+        """Same collectives as a real micro-batch (two forwards, one gather, one head call) on a 1x2 input."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+        for _ in range(2):
+            hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+        with head.gathered():
+            head.logits(hidden[0, -1:])
+
+
+# --------------------------------------------------------------------------------------------- direct_sd ablation loss
+def teacher_matching_loss(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    teacher_topk_ids: Tensor,
+    teacher_topk_logprobs: Tensor,
+    *,
+    temperature: float,
+    chunk_size: int,
+) -> Tensor:
+    r"""
+    Teacher-matching KL(q^K || p^K) of the `direct_sd` ablation, WITH gradient through the student. The only gradient
+    path outside TRL's clipped surrogate in trl-sgcd, and only in that ablation.
+
+    Args:
+        model: the policy (PEFT/DDP wrappers accepted); run in its current mode.
+        input_ids (`torch.Tensor` of shape `(B, L)`): student prompt + completion, completion = last T columns.
+        attention_mask (`torch.Tensor` of shape `(B, L)`).
+        completion_mask (`torch.Tensor` of shape `(B, T)`): tokens the loss averages over.
+        teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_ids`.
+        teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_logprobs`.
+        temperature (`float`): sampling temperature.
+        chunk_size (`int`): positions per LM-head chunk; each chunk is recomputed in the backward (checkpointed), so
+            memory stays at one chunk of logits.
+
+    Returns:
+        `torch.Tensor`: scalar, the KL averaged over the `completion_mask` tokens (0 when there is none).
+
+    Under ZeRO-3 the head is gathered once and used detached: the KL then trains the backbone but not the LM head.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
+    mask = completion_mask.bool()  # (B, T)
+    if teacher_topk_ids.shape[:2] != mask.shape or teacher_topk_logprobs.shape != teacher_topk_ids.shape:
+        raise ValueError(
+            f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+            f"{tuple(teacher_topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
+        )
+    base = _unwrap(model)
+    head = _LMHead(base, temperature)
+    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
+    log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
+    total = hidden.sum() * 0.0  # connected to the graph even with no token
+    with head.gathered():
+        weight = head.weight.detach().clone() if head.zero3 else head.weight
+        for part in _chunks(ids.size(0), chunk_size):
+            total = total + checkpoint(
+                _teacher_kl_sum, head, weight, hidden[part], ids[part], log_q[part], use_reentrant=False
+            )
+    return total / mask.sum().clamp(min=1)
+
+
+def _teacher_kl_sum(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor) -> Tensor:
+    """Sum over the chunk of KL(q || p) on the K teacher ids plus one tail bucket each side."""
+    log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
+    log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
+    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=LOG_FLOOR)  # (n,)
+    q = log_q.exp()  # (n, K)
+    q_tail = (1.0 - q.sum(-1)).clamp(min=0.0)  # (n,)
+    log_q_tail = q_tail.clamp(min=torch.finfo(torch.float32).tiny).log()  # (n,)
+    kl = (q * (log_q.clamp(min=LOG_FLOOR) - log_p)).sum(-1) + q_tail * (log_q_tail - log_p_tail)  # (n,)
+    return kl.sum()
+
+
+# ------------------------------------------------------------------------------------------------------------ checks
+def _check_layout(s_ids, s_mask, t_ids, t_mask, completion_ids, completion_mask) -> None:
+    if completion_ids.dim() != 2 or completion_mask.shape != completion_ids.shape:
+        raise ValueError(
+            f"completion_mask {tuple(completion_mask.shape)} must match completion_ids {tuple(completion_ids.shape)}."
+        )
+    n_rows, t = completion_ids.shape
+    for name, ids, mask in (("student_input_ids", s_ids, s_mask), ("teacher_input_ids", t_ids, t_mask)):
+        too_short = n_rows > 0 and ids.size(1) <= t  # a rank with no row to score may pass any (0, L)
+        if ids.dim() != 2 or ids.size(0) != n_rows or too_short or mask.shape != ids.shape:
+            raise ValueError(
+                f"{name} {tuple(ids.shape)} (with its attention mask {tuple(mask.shape)}) must be (B, L) with B = "
+                f"{n_rows} and L > T = {t} (at least one prompt token before the completion)."
+            )
+        if n_rows and t and not torch.equal(ids[:, -t:], completion_ids.to(ids.device)):
+            raise ValueError(f"The last T={t} columns of {name} must be completion_ids (splice, never re-render).")

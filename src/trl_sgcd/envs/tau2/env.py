@@ -1,0 +1,172 @@
+"""`Tau2AirlineEnv` / `Tau2RetailEnv`: τ²-bench domains as TRL `environment_factory` classes.
+
+```python
+from trl_sgcd.envs.tau2 import Tau2AirlineEnv, make_tau2_dataset, tau2_reward
+
+trainer = SGCDTrainer(model=..., args=..., train_dataset=make_tau2_dataset("airline", "train"),
+                      environment_factory=Tau2AirlineEnv, reward_funcs=tau2_reward)
+```
+
+Each public method is one of the domain's τ² tools, with τ²'s explicit JSON schema attached (`__json_schema__`, see
+`schemas.py`; the docstring and plain type hints are a fallback). A call runs τ²'s own implementation through
+`Environment.get_response` on this episode's database, so the observation (result JSON, or `"Error: ..."`) is exactly
+what a τ² agent would see, and the (call, observation) pair is recorded for the evaluation. `reset(task_id=...)` starts
+a task on a fresh copy of the database; the copy is loaded lazily, on the first tool call (about 0.7 s for airline), so
+a rollout that calls no tool costs nothing.
+
+Ending the episode: TRL keeps generating while the model emits tool calls, and has no way for a tool to stop the
+rollout. After a successful `transfer_to_human_agents` the environment is *closed*: every later tool call returns an
+error and changes nothing, and the evaluation treats the conversation as ended there (τ²'s user simulator ends the
+conversation on a transfer too).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .domain import TRANSFER_TOOL, load_domain, require_tau2
+from .schemas import SCHEMA_ATTRIBUTE, fallback_annotation, google_docstring, install_schema_hook
+
+CLOSED_ERROR = "Error: the conversation has ended (the user was transferred to a human agent); nothing was done."
+
+
+class Tau2Env:
+    """
+    Base class of the τ² environments (one subclass per domain, built by [`make_env_class`]).
+
+    Attributes:
+        task (τ² `Task` or `None`): The current task.
+        trajectory (`list[tuple]`): The τ² `(ToolCall, ToolMessage)` pairs executed in this episode, in order.
+        closed (`bool`): Whether the episode was ended by a transfer to a human agent.
+        tool_calls (`int`), tool_failures (`int`), calls (`list[dict]`): Tool-use record of the episode.
+    """
+
+    domain_name: str = ""
+
+    def __init__(self):
+        require_tau2()
+        install_schema_hook()
+        self.domain = load_domain(self.domain_name)
+        self.task = None
+        self._environment = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self._environment = None
+        self.trajectory: list[tuple] = []
+        self.closed = False
+        self.tool_calls = 0
+        self.tool_failures = 0
+        self.calls: list[dict] = []
+
+    def reset(self, task_id: str | None = None, **kwargs) -> str | None:
+        """Start the τ² task `task_id` (a dataset column) on a fresh database. Other columns are ignored."""
+        if task_id is None:
+            raise ValueError(f"{type(self).__name__}.reset needs a `task_id` (a column of `make_tau2_dataset`).")
+        self.task = self.domain.task(task_id)
+        self._clear()
+        return None
+
+    @property
+    def environment(self):
+        """This episode's τ² `Environment` (fresh database plus the task's initial state), built on first use."""
+        if self._environment is None:
+            if self.task is None:
+                raise RuntimeError("the environment has not been reset")
+            self._environment = initial_environment(self.domain, self.task)
+        return self._environment
+
+    def _call(self, name: str, arguments: dict[str, Any]) -> str:
+        from tau2.data_model.message import ToolCall
+
+        self.tool_calls += 1
+        if self.closed:
+            self.tool_failures += 1
+            self.calls.append({"name": name, "arguments": arguments, "error": CLOSED_ERROR})
+            return CLOSED_ERROR
+        call = ToolCall(id=f"call_{len(self.trajectory)}", name=name, arguments=dict(arguments), requestor="assistant")
+        message = self.environment.get_response(call)  # τ²'s own execution; exceptions become "Error: ..."
+        self.trajectory.append((call, message))
+        self.tool_failures += int(message.error)
+        self.calls.append({"name": name, "arguments": arguments, "error": message.content if message.error else None})
+        if name == TRANSFER_TOOL and not message.error:
+            self.closed = True
+        return message.content
+
+
+def initial_environment(domain, task):
+    """A τ² environment on a fresh database, with the task's initialization data and actions applied (as τ² does)."""
+    environment = domain.environment()
+    state = task.initial_state
+    if state is not None:
+        environment.set_state(
+            initialization_data=state.initialization_data,
+            initialization_actions=state.initialization_actions,
+            message_history=state.message_history or [],
+        )
+    return environment
+
+
+def _tool_method(name: str, schema: dict):
+    """A method `name(self, **arguments)` that runs the τ² tool, with τ²'s schema and a docstring/signature fallback."""
+    function_schema = schema["function"]
+    properties = function_schema.get("parameters", {}).get("properties", {})
+    required = set(function_schema.get("parameters", {}).get("required", []))
+
+    def tool(self, **arguments):
+        return self._call(name, arguments)
+
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    annotations = {}
+    for arg, prop in properties.items():
+        annotations[arg] = fallback_annotation(prop)
+        default = inspect.Parameter.empty if arg in required else None
+        parameters.append(
+            inspect.Parameter(arg, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotations[arg])
+        )
+    tool.__name__ = name
+    tool.__doc__ = google_docstring(function_schema)
+    tool.__signature__ = inspect.Signature(parameters)
+    tool.__annotations__ = annotations
+    setattr(tool, SCHEMA_ATTRIBUTE, schema)
+    return tool
+
+
+_CLASSES: dict[str, type] = {}
+CLASS_NAMES = {"airline": "Tau2AirlineEnv", "retail": "Tau2RetailEnv"}
+
+
+def make_env_class(domain_name: str, base: type = Tau2Env, class_name: str | None = None) -> type:
+    """
+    The `environment_factory` class of a τ² domain: `base` plus one public method per τ² tool (cached).
+
+    Args:
+        domain_name (`str`): `"airline"` or `"retail"`.
+        base (`type`, *optional*, defaults to [`Tau2Env`]): Base class (e.g. the user-simulator environment).
+        class_name (`str`, *optional*): Name of the class (default `Tau2AirlineEnv` / `Tau2RetailEnv`).
+    """
+    class_name = class_name or CLASS_NAMES[domain_name]
+    if class_name not in _CLASSES:
+        domain = load_domain(domain_name)
+        methods = {name: _tool_method(name, domain.tool_schemas[name]) for name in domain.tool_names}
+        for name, method in methods.items():
+            method.__qualname__ = f"{class_name}.{name}"
+        attributes = {"domain_name": domain_name, "__module__": base.__module__, **methods}
+        attributes["__doc__"] = f"τ²-bench {domain_name} environment (tools: {', '.join(domain.tool_names)})."
+        _CLASSES[class_name] = type(class_name, (base,), attributes)
+    return _CLASSES[class_name]
+
+
+def tool_names(env_class: type) -> list[str]:
+    """The tool methods of an environment class, selected the way TRL selects them."""
+    members = inspect.getmembers(env_class, predicate=inspect.isfunction)
+    return [n for n, _ in members if n not in ("reset", "get_reward") and not n.startswith("_")]
+
+
+def __getattr__(name: str):
+    """`Tau2AirlineEnv` / `Tau2RetailEnv` are built on first access (τ² is imported only then)."""
+    for domain_name, class_name in CLASS_NAMES.items():
+        if name == class_name:
+            return make_env_class(domain_name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,140 @@
+"""`trl-sgcd eval`: usage errors before any model loads (subprocesses), every flag documented, any environment and
+dataset the way `train` takes them, the training harness, and a real run of the tiny model with a progress bar."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trl_sgcd.cli import eval as eval_script
+from trl_sgcd.cli.utils import UsageError
+from trl_sgcd.tooluse.harness import PAPER_HARNESS
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_RECIPE = str(ROOT / "recipes" / "tiny_cpu.yaml")
+
+ENV_MODULE = '''
+class EchoEnv:
+    """Rewards 1 once `echo` has been called with the task's word."""
+
+    def reset(self, word, **kwargs):
+        self.word, self.said = word, None
+
+    def echo(self, text: str) -> str:
+        """Say a word.
+
+        Args:
+            text: The word.
+        """
+        self.said = text
+        return text
+
+    def get_reward(self) -> float:
+        return float(self.said == self.word)
+'''
+
+
+@pytest.fixture(scope="module")
+def usage_runs(tmp_path_factory):
+    """Three bad command lines, run side by side: each must fail with a usage error before loading anything."""
+    commands = {
+        "missing_model": ["--model", "outputs/no_such_run"],
+        "bad_split": ["--model", "builtin:tiny", "--split", "validation"],
+        "zero_n": ["--model", "builtin:tiny", "--n", "0"],
+    }
+    start = time.monotonic()
+    procs = {
+        key: subprocess.Popen(
+            [sys.executable, "-m", "trl_sgcd", "eval", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for key, args in commands.items()
+    }
+    results = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        results[key] = (proc.returncode, err, time.monotonic() - start)
+    return results
+
+
+@pytest.mark.parametrize(
+    "key, needle",
+    [("missing_model", "--model 'outputs/no_such_run'"), ("bad_split", "--split 'validation'"), ("zero_n", "--n")],
+)
+def test_bad_arguments_are_usage_errors(usage_runs, key, needle):
+    status, err, _ = usage_runs[key]
+    assert status == 2, err
+    assert needle in err and "Traceback" not in err and "Loading weights" not in err
+
+
+def test_missing_model_is_never_a_hub_lookup(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("no Hub call for a local-looking path")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", forbidden)
+    with pytest.raises(UsageError, match="--model './typo'"):
+        eval_script.resolve_eval_model("./typo")
+    with pytest.raises(UsageError, match="not a builtin model"):
+        eval_script.resolve_eval_model("builtin:gpt5")
+
+
+def test_every_flag_has_help_and_a_default():
+    parser = eval_script._parser()
+    text = " ".join(parser.format_help().split("options:", 1)[1].split())
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and len(action.help) > 15, action.dest
+        block = text.split(action.option_strings[0] + " ", 1)[1].split(" --", 1)[0]
+        assert "default" in block, action.dest  # `(default: X)`, or what an unset value means
+
+
+def test_defaults_are_the_paper_harness_and_a_recipe_overrides_them():
+    run = eval_script.harness(eval_script.parse_args(["--model", "builtin:tiny"]))
+    assert run == PAPER_HARNESS
+    args = eval_script.parse_args(["--model", "builtin:tiny", "--config", TINY_RECIPE, "--top_p", "0.5"])
+    run = eval_script.harness(args)
+    assert (run.max_turns, run.max_completion_length, run.temperature, run.top_p) == (3, 32, 1.0, 0.5)  # flag wins
+    assert args.dataset_name == "builtin:airline" and args.environment_factory == "trl_sgcd.envs.airline:AirlineEnv"
+
+
+def _write_echo_task(tmp_path, monkeypatch, rows) -> str:
+    (tmp_path / "echo_env_for_eval.py").write_text(ENV_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(data)
+
+
+def test_any_environment_and_dataset(tmp_path, monkeypatch, capsys):
+    rows = [{"prompt": [{"role": "user", "content": "Say pear."}], "word": "pear"}] * 2
+    data = _write_echo_task(tmp_path, monkeypatch, rows)
+    base = ["--model", "builtin:tiny", "--dataset_name", data, "--split", "train"]
+    base += ["--environment_factory", "echo_env_for_eval:EchoEnv", "--max_completion_length", "8", "--no_progress"]
+    output = tmp_path / "eval.json"
+    assert eval_script.main([*base, "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["num_tasks"] == 2 and [r["reward"] for r in result["records"]] == [0.0, 0.0]  # get_reward scored it
+    assert result["harness"]["max_completion_length"] == 8
+    with pytest.raises(UsageError, match=r"EchoEnv.reset\(\*\*row\) fails on row 1.*word"):
+        bad = _write_echo_task(tmp_path, monkeypatch, [{"prompt": "Say pear.", "answer": "pear"}])
+        eval_script.main([*base[:3], bad, *base[4:]])
+
+
+def test_tiny_model_run_shows_a_progress_bar_over_episodes(tmp_path, capsys):
+    argv = ["--model", "builtin:tiny", "--n", "2", "--max_completion_length", "4", "--batch_size", "1"]
+    assert eval_script.main([*argv, "--output", str(tmp_path / "e.json")]) == 0
+    captured = capsys.readouterr()
+    assert "pass@1" in captured.out
+    assert "2/2" in captured.err and "episode" in captured.err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["num_tasks"] == 2 and len(result["records"]) == 2 and result["model"] == "builtin:tiny"
