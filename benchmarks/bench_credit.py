@@ -422,7 +422,9 @@ def main(argv=None) -> int:
     if args.html:
         from credit_figure import write_figure
 
-        write_figure(args.html, scores, rollouts, refs, decisive, tokenizer, config=config)
+        write_figure(
+            args.html, scores, rollouts, refs, decisive, tokenizer, config=config, policy=settings["policy_name"]
+        )
         print(f"picture: {args.html}")
     return 0
 
