@@ -49,6 +49,10 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
+# vLLM colocate on CPU: whole SGCD runs with the engine (tests/vllm, ~2 min per case on 2 idle cores).
+test-vllm: install-vllm
+	$(VLLM_PY) -m pytest -m vllm tests/vllm $(PYTEST_ARGS)
+
 demo: install
 	$(VENV)/bin/trl-sgcd demo
 
@@ -65,4 +69,4 @@ bench: install
 	$(PY) benchmarks/bench_reference.py --quick
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache

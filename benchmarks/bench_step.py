@@ -12,8 +12,9 @@ toy look-up env (mixed groups), the rest is the model's own. `--env airline`: on
 rollouts (`--rollouts`); the first turn of every row is scripted without decoding (even rows the task's first gold
 call `get_reservation_details`, odd rows `get_user_details` of the requesting user: both return real ~300-token
 observations), the reward is whether that first call was the gold one (so every group is mixed), and every later
-turn is the model's own, up to `--completion-len` tokens and 3 tool calls; prompts are the real ~1.15k-token airline
-policy with its tool schemas.
+turn is the model's own, up to `--completion-len` tokens and 3 tool calls (`--scripted all`: a scripted one-line
+answer instead, so no token is decoded and the step is TRL's scoring, credit and optimisation only); prompts are the
+real ~1.15k-token airline policy with its tool schemas.
 
 Printed: median step time of each arm over the measured steps (the first step of each run is dropped), the ratio
 (reference latency excluded) and the SGCD split: generation (incl. tool calls), TRL's scoring (rewards, old
@@ -113,12 +114,23 @@ def airline_dataset(n: int):
     return rows.select(keep[:n])
 
 
-def scripted_airline(trainer_cls):
-    """`trainer_cls` whose first generation turn is scripted (no decoding); later turns are the model's own."""
+SCRIPTED_ANSWER = "I looked this up for you; the details are in the record above.<|im_end|>"
+
+
+def scripted_airline(trainer_cls, *, all_turns: bool = False):
+    """`trainer_cls` whose first generation turn is scripted (no decoding); later turns are the model's own, or with
+    `all_turns` a scripted final answer (no decoding at all: the step is scoring and optimisation only)."""
 
     class ScriptedAirline(trainer_cls):
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-            if num_generations == 1 or not self.model.training:  # tool-loop turns, evaluation
+            if not self.model.training:
+                return super()._generate_single_turn(
+                    prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+                )
+            if num_generations == 1:  # a tool-loop turn, after an observation
+                if all_turns:
+                    answer = self.processing_class(SCRIPTED_ANSWER, add_special_tokens=False)["input_ids"]
+                    return [list(answer) for _ in prompt_ids], None
                 return super()._generate_single_turn(
                     prompt_ids, images, multimodal_fields, num_generations, has_tool_images
                 )
@@ -177,7 +189,7 @@ def _trainer(env, model_path, mode, out, o):
         credit_chunk_size=64,
         **common,
     )
-    return scripted_airline(SGCDTrainer)(
+    return scripted_airline(SGCDTrainer, all_turns=o.scripted == "all")(
         model=model_path,
         reward_funcs=first_call_reward,
         train_dataset=airline_dataset(o.steps),
@@ -233,6 +245,12 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--arms", default="off,sgcd", help="comma-separated credit modes, alternated")
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 steps, 2 repeats")
+    parser.add_argument(
+        "--keep-first", dest="skip", action="store_const", const=0, default=1, help="measure the first step too"
+    )
+    parser.add_argument(
+        "--scripted", choices=("first", "all"), default="first", help="airline: script the first turn, or every turn"
+    )
     parser.add_argument("--micro-batch", type=int, default=0, help="airline: rollouts per loss forward (0 = all)")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
@@ -263,14 +281,15 @@ def main(argv=None):
         for mode in arms:  # alternate arms so drift on a noisy machine hits both
             o.seed = 42 + repeat
             times, split, n_tokens = run_arm(o.env, path, mode, o)
-            results[mode].extend(times[1:])
-            splits[mode].extend(split[1:])
+            results[mode].extend(times[o.skip :])
+            splits[mode].extend(split[o.skip :])
             tokens[mode].append(n_tokens)
             print(f"[bench_step] repeat {repeat} {mode}: steps {[round(t, 1) for t in times]} s", flush=True)
     device = torch.cuda.get_device_name() if o.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(
         f"bench_step: env={o.env} model={o.model} device={device} threads={torch.get_num_threads()} "
-        f"steps/arm={o.steps} (first dropped) repeats={o.repeats} completion_len={o.completion_len} "
+        f"steps/arm={o.steps} ({'first dropped' if o.skip else 'first kept'}) repeats={o.repeats} "
+        f"completion_len={o.completion_len} "
         f"precision={'bf16' if o.bf16 else 'fp32'} lora={o.lora or 'off'} micro_batch={o.micro_batch or 'all'} "
         f"gradient_checkpointing={o.gradient_checkpointing} share_prefix={o.share_prefix} "
         f"load_avg={os.getloadavg()[0]:.1f} wall={time.perf_counter() - t_start:.0f}s"

@@ -1,9 +1,8 @@
 """The paper's comparison on the bundled airline environment, resumable: arms x seeds from ONE cached warm start.
 
     .venv/bin/python benchmarks/experiment.py --profile cpu --arms off sgcd --seeds 0 1 2 --budget-minutes 50
-    .venv/bin/python benchmarks/experiment.py --profile gpu                       # the GPU-sized run, see docs/results.md
-    .venv/bin/python benchmarks/experiment.py --model tiny --steps 1 --eval-tasks 2 --sft-steps 1 --sft-tasks 1 \
-        --arms off sgcd --seeds 0                                                  # plumbing check, about a minute
+    .venv/bin/python benchmarks/experiment.py --profile gpu                      # the GPU-sized run (docs/results.md)
+    .venv/bin/python benchmarks/experiment.py --model tiny --steps 1 --sft-steps 1 --seeds 0     # plumbing check
 
 What it runs. The base model is warm-started once (SFT on the expert trajectories of the airline TRAIN tasks,
 `trl_sgcd.tooluse.warmstart`, cached by its settings) and evaluated once on the held-out TEST tasks. Each run (one arm,
@@ -15,17 +14,15 @@ airline world (database and tasks) is `--task-seed` for everyone; `--seeds` vary
 sampling). Nothing is tuned on the TEST tasks.
 
 What it writes, under --output-dir:
-- `experiment.json`: the settings and the warm start's evaluation. A second invocation with other settings is refused
-  (mixing runs of different sizes would make the table meaningless): use another --output-dir.
+- `experiment.json`: the settings and the warm start's evaluation; other settings in the same folder are refused.
 - `results.jsonl`: one line per finished run, appended (and fsync'ed) as the run ends; never rewritten.
 - `runs/<arm>-seed<seed>/`: the run's checkpoints while it trains (the adapters, optimizer and SGCD state, every
   `--save-steps` steps) and `adapter/` (or `model/`) when it is done.
 - `results.md` and `curves.png`, rebuilt from `results.jsonl` after each run (`experiment_report.py`).
 
-Resuming. Invoked again with the same settings it skips the runs in `results.jsonl`, continues an unfinished run from
-its last checkpoint, and starts the others. `--budget-minutes M` stops cleanly: no run starts after M minutes, and a
-run in progress saves a checkpoint at the end of the step that crosses the budget and stops (it continues next time).
-`--max-runs N` finishes at most N runs in this invocation.
+Resuming. Invoked again with the same settings it skips the runs in `results.jsonl` and continues an unfinished run
+from its last checkpoint. `--budget-minutes M` stops cleanly: no run starts after M minutes, and a run in progress
+checkpoints at the end of the step that crosses M and stops. `--max-runs N`: at most N runs in this invocation.
 """
 
 from __future__ import annotations
@@ -87,8 +84,14 @@ PROFILES = {
     "cpu": ExperimentSettings(),
     # one GPU with the CUDA `vllm` colocate: 100 steps of 16 rollouts per run (docs/results.md, "GPU-sized run")
     "gpu": ExperimentSettings(
-        steps=100, rollouts_per_step=16, num_generations=8, max_completion_length=640, use_vllm=True, save_steps=10
-    ),
+        precision="bf16",
+        steps=100,
+        rollouts_per_step=16,
+        num_generations=8,
+        max_completion_length=640,
+        use_vllm=True,
+        save_steps=10,
+    ),  # fmt: skip
 }
 
 
@@ -286,16 +289,10 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
         return record
     s = settings
     ws_kwargs = dict(
-        epochs=1.0,
-        max_length=s.sft_max_length,
-        learning_rate=s.sft_learning_rate,
-        precision=s.precision,
-        seed=s.task_seed,
-        n_tasks=s.sft_tasks,
-        batch_size=s.sft_batch_size,
-        max_steps=s.sft_steps,
+        epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
+        seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
         model_name_or_path=s.model,
-    )
+    )  # fmt: skip
     t0 = time.perf_counter()
     ws_dir = warm_start(progress=False, **ws_kwargs)
     bf16 = warm_start_settings(**ws_kwargs)["precision"] == "bf16"
@@ -319,14 +316,7 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
 
 
 def run_experiment(
-    settings: ExperimentSettings,
-    output_dir: str,
-    *,
-    arms,
-    seeds,
-    budget_minutes: float | None = None,
-    max_runs: int | None = None,
-    command: str = "",
+    settings: ExperimentSettings, output_dir: str, *, arms, seeds, budget_minutes=None, max_runs=None, command=""
 ) -> list[dict]:
     """Run every (seed, arm) not yet in `results.jsonl`, seed by seed; returns all finished runs."""
     from benchmarks.experiment_report import RESULTS_FILE, append_result, read_results, write_report

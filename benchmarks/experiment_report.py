@@ -93,6 +93,7 @@ def _series(runs: list[dict], key: str) -> list[float]:
 def results_table(record: dict, results: list[dict]) -> str:
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     header = ["arm", "runs", "held-out pass@1 [95% CI]", "zero-tool share", "tools/success", "train reward first/last"]
+    header.append("resample rounds/step")  # dynamic sampling, which must be the same for every arm
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in arms:
         runs = [r for r in results if r["arm"] == arm]
@@ -106,6 +107,7 @@ def results_table(record: dict, results: list[dict]) -> str:
             _mean([r["after"]["audit"].get("zero_tool_success_share") for r in runs]),
             _mean([r["after"]["audit"].get("tools_per_success") for r in runs]),
             trend,
+            _mean(_series(runs, "sgcd/resample_rounds")),
         ]
         lines.append("| " + " | ".join(row) + " |")
     before = record["before"]

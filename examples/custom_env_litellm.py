@@ -20,6 +20,7 @@ offline contrast reference and training goes on (`sgcd/reference_source/*` count
 
 import argparse
 import json
+import os
 
 import torch
 from datasets import Dataset
@@ -131,7 +132,7 @@ def main():
         credit_reference_backend="litellm",
         credit_reference_model=args.reference_model,
         credit_reference_api_base=args.reference_api_base,
-        credit_reference_api_key_env="REFERENCE_API_KEY",
+        credit_reference_api_key_env="REFERENCE_API_KEY" if os.environ.get("REFERENCE_API_KEY") else None,
         credit_reference_deadline=30.0,
         credit_reference_fallback="contrast",
         credit_private_columns=["quantity"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -16,6 +17,9 @@ REFERENCE_BACKENDS = ("contrast", "litellm")
 REFERENCE_FALLBACKS = ("contrast", "none")
 
 logger = logging.getLogger(__name__)
+# transformers 5.24 renamed `is_gradient_checkpointing` to `is_activation_checkpointing`; TRL 1.16 still reads the old
+# name on every generation (trl.models.utils), so each run warned several times about code that is not the user's.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 _NOTED: list[bool] = []  # the CPU-precision line is logged once per process
 
 
@@ -41,10 +45,13 @@ class SGCDConfig(GRPOConfig):
     ("Keep Policy Gradient in Charge", arXiv 2606.12634). Every new field starts with `credit_`, so none shadows a
     GRPO field (`GRPOConfig` already owns `top_k`, `beta` and `temperature`).
 
-    Two defaults differ from `GRPOConfig` so that a config built on a machine without a bf16-capable GPU works as is:
-    when `bf16` is left unset (`None`) and no such GPU is found, `bf16` is set to `False` (with a log line) instead of
-    `True`; and the deprecated `gradient_checkpointing` default is passed on as `activation_checkpointing`, so
-    transformers does not warn about a value the user never set.
+    Three defaults differ from `GRPOConfig`, so that a config works as built and runs quietly: when `bf16` is left unset
+    (`None`) and no bf16-capable GPU is found, `bf16` is `False` (with a log line) instead of `True`, which
+    `TrainingArguments` would reject on such a machine; `gradient_checkpointing` (TRL's own field, default `True`) is
+    passed on as transformers' new `activation_checkpointing` name, without transformers' deprecation warning; and an
+    unset `ddp_find_unused_parameters` is `False` (every parameter that requires grad takes part in the SGCD loss, so
+    DDP's search for unused ones only costs time and warns). Set `ddp_find_unused_parameters=True` for a model with
+    parameters a forward can skip (e.g. a mixture of experts under DDP).
 
     Parameters:
         > Parameters that select the method
@@ -292,21 +299,20 @@ class SGCDConfig(GRPOConfig):
         super().__post_init__()
 
     def _resolve_device_defaults(self) -> None:
-        """CPU-safe `bf16` when unset, and the `gradient_checkpointing` default passed on under its new name."""
+        """CPU-safe `bf16` when unset, `gradient_checkpointing` under its new name, no DDP unused-parameter search."""
         if self.bf16 is None and not self.fp16 and not _has_bf16_accelerator():
             self.bf16 = False  # GRPOConfig would pick True, which TrainingArguments rejects without such a GPU
             if not _NOTED:
                 _NOTED.append(True)
                 logger.warning("SGCDConfig: bf16 unset and no bf16-capable GPU found: training in fp32 (bf16=False).")
-        # transformers >= 5.24 renames `gradient_checkpointing` to `activation_checkpointing` and warns whenever the old
-        # name holds a value; TRL's default (True) would warn on every config built. Passing a value the user did not
-        # set on under the new name keeps the behaviour and the warning for users who do set the old name.
-        fields_ = self.__dataclass_fields__
-        if "activation_checkpointing" in fields_ and self.activation_checkpointing is None:
-            if self.gradient_checkpointing == fields_["gradient_checkpointing"].default:
-                self.activation_checkpointing = self.gradient_checkpointing
-            if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is None:
-                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs = None
+        # transformers >= 5.24 renames `gradient_checkpointing*` to `activation_checkpointing*` and warns whenever an old
+        # name holds a value, but TRL documents the old name as its own field (default True): every GRPO config warned.
+        if getattr(self, "activation_checkpointing", False) is None:
+            self.activation_checkpointing = self.gradient_checkpointing
+            if self.activation_checkpointing_kwargs is None:
+                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
 
 
 _CHOICES = {

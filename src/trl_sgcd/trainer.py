@@ -28,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 
+from trl_sgcd.cli.utils import builtin_model_dir
 from trl_sgcd.config import SGCDConfig
 from trl_sgcd.credit import sampling
 from trl_sgcd.credit.modes import credit_mode
@@ -37,6 +38,7 @@ from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.siblings import owner_of_group
 from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, total_rewards
 from trl_sgcd.credit.weights import loss_mask
+from trl_sgcd.modelcard import ModelCardCallback, write_model_card
 from trl_sgcd.tooluse.audit import tool_use_audit
 from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
@@ -92,8 +94,11 @@ class SGCDTrainer(GRPOTrainer):
                 "SGCDConfig(...): it takes the same fields plus the credit_* ones."
             )
         refuse_unsupported(args)
+        self.base_model_name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
+        model = builtin_model_dir(model) if isinstance(model, str) else model  # "builtin:tiny" works as in the CLI
         with cpu_colocate_generation(args):  # vLLM's CPU backend needs its own weight sync (see trl_sgcd.vllm_cpu)
             super().__init__(model, reward_funcs, args, *more, **kwargs)
+        self.add_callback(ModelCardCallback(self))  # README.md at the end of every run, not only at checkpoints
         self.credit_mode = credit_mode(args.credit_mode)
         if self.credit_mode.scores and self._is_vlm:
             raise ValueError(
@@ -229,6 +234,17 @@ class SGCDTrainer(GRPOTrainer):
             )
         self._credit_inert_steps = pipe.check_validity(stats, groups, result.weights, self._credit_inert_steps)
         return output
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
+        """The SGCD card (`trl_sgcd.modelcard`): the real base model, the credit settings, the final `sgcd/` metrics."""
+        write_model_card(self, model_name=model_name, dataset_name=dataset_name)
+
+    def _issue_warnings_after_load(self, load_result):
+        # Tied weights (`lm_head.weight` of a tied-embedding model) are not saved, so a resume reports them missing
+        # although they share the loaded embedding: harmless, so not warned about.
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
+        load_result.missing_keys[:] = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(load_result)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

@@ -81,8 +81,10 @@ def test_recipe_opens_with_launch_comment(path):
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_recipe_parses_into_valid_dataclasses(path, tmp_path):
+def test_recipe_parses_into_valid_dataclasses(path, tmp_path, monkeypatch):
     raw = yaml.safe_load(path.read_text())
+    if raw.get("credit_reference_api_key_env"):  # SGCDConfig checks that a named key variable is set
+        monkeypatch.setenv(raw["credit_reference_api_key_env"], "sk-test")
     overrides = [] if raw.get("use_cpu") else CPU_OVERRIDES
     script_args, training_args, model_args = parse_args(
         ["--config", str(path), "--output_dir", str(tmp_path), *overrides]

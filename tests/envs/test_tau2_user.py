@@ -1,4 +1,4 @@
-"""User mode "simulator": τ²'s user-simulator prompt answered over real HTTP (tests/llm_server.py) through the same
+"""User mode "simulator": τ²'s user-simulator prompt answered over real HTTP (trl_sgcd.testing) through the same
 litellm client as the credit references; its hidden instructions reach only the simulator, never the agent."""
 
 import pytest
@@ -22,7 +22,7 @@ def _simulated_user(body: dict) -> str:
 
 @pytest.fixture()
 def server(monkeypatch):
-    from tests.llm_server import FakeLLMServer
+    from trl_sgcd.testing.llm_server import FakeLLMServer
 
     with FakeLLMServer(answer=_simulated_user) as server:
         monkeypatch.setenv("TRL_SGCD_TAU2_USER_MODEL", "openai/test-model")
@@ -54,9 +54,9 @@ def test_simulated_user_opens_converses_and_stops(server):
 
 
 def test_failed_simulator_falls_back_to_the_single_instruction(monkeypatch):
-    from tests.llm_server import FakeLLMServer
     from trl_sgcd.envs.tau2 import resolve
     from trl_sgcd.envs.tau2.dataset import first_user_message
+    from trl_sgcd.testing.llm_server import FakeLLMServer
 
     with FakeLLMServer(fail_first=100, fail_status=500) as server:
         monkeypatch.setenv("TRL_SGCD_TAU2_USER_MODEL", "openai/test-model")

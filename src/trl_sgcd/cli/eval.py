@@ -32,6 +32,7 @@ from .utils import (
     load_callable,
     load_dataset_dict,
     log,
+    quiet_known_noise,
     split_commas,
 )
 
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{run.max_tool_calls} max_completion_length={run.max_completion_length} temperature={run.temperature} "
         f"top_p={run.top_p} k={args.k}"
     )
+    quiet_known_noise()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.chat_template_utils import supports_tool_calling
 

@@ -29,6 +29,24 @@ def log(message: str) -> None:
         print(f"[trl-sgcd] {message}", file=sys.stderr, flush=True)
 
 
+def quiet_known_noise() -> None:
+    """
+    Silence, for the command's process, messages a command-line user can do nothing about: TRL's "environment_factory is
+    experimental" warning (the command's documented way to train with an environment) and DeepSpeed's "Setting
+    accelerator to CPU" line on a machine without a GPU (the right fallback, said on every run).
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="You are using 'environment_factory'", category=UserWarning)
+
+    class _NoCpuFallbackLine(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.getMessage()).startswith("Setting accelerator to CPU")
+
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackLine())
+
+
 def load_object(path: str, *, what: str = "object"):
     """
     Import an object from an import path.

@@ -16,7 +16,8 @@ the batch at the round limit) and `sgcd/resample/generated_groups`.
 Groups must not span ranks (each rank's local generation batch must hold whole groups) and the dataset must be
 map-style; otherwise dynamic sampling is switched off with a warning.
 
-Pure functions over TRL's generation output dicts.
+Pure functions over TRL's generation output dicts, and [`ResampleStream`], where the extra rounds come from (its
+position is saved in checkpoints, so a resumed run draws what the uninterrupted one would have).
 """
 
 from __future__ import annotations
