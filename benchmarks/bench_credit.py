@@ -139,10 +139,7 @@ def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
     from trl_sgcd.credit.teacher import sibling_context_reference
     from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS
 
-    def count(text):
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    common = dict(private_columns=AIRLINE_PRIVATE_COLUMNS, count_tokens=count)
+    common = dict(private_columns=AIRLINE_PRIVATE_COLUMNS, tokenizer=tokenizer)
     contrast = SiblingReferenceBuilder("contrast", **common).build(groups)
     llm_builder = SiblingReferenceBuilder(
         "litellm", model="openai/scripted-summariser", api_base=api_base, api_key="local", retries=1, **common
@@ -166,7 +163,8 @@ def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
 
 # --------------------------------------------------------------------------------------------------- scoring
 def _teacher_prompt(tokenizer, prompt, text, tools, max_tokens):
-    from trl_sgcd.credit.teacher import cap_reference, insert_reference
+    from trl_sgcd.credit.reference import cap_reference
+    from trl_sgcd.credit.teacher import insert_reference
 
     capped = cap_reference(text, tokenizer, max_tokens)
     return tokenizer.apply_chat_template(
@@ -424,7 +422,9 @@ def main(argv=None) -> int:
     if args.html:
         from credit_figure import write_figure
 
-        write_figure(args.html, scores, rollouts, refs, decisive, tokenizer, config=config)
+        write_figure(
+            args.html, scores, rollouts, refs, decisive, tokenizer, config=config, policy=settings["policy_name"]
+        )
         print(f"picture: {args.html}")
     return 0
 

@@ -25,7 +25,9 @@ def _pick(scores, rollouts, decisive, weights, *, reference: str, n: int) -> lis
     return picked[:n]
 
 
-def write_figure(path, scores, rollouts, refs, decisive, tokenizer, *, config, reference="contrast", n=4) -> str:
+def write_figure(
+    path, scores, rollouts, refs, decisive, tokenizer, *, config, policy="the policy", reference="contrast", n=4
+) -> str:
     """Write the HTML page to `path` and, when a Chromium is installed, `path` with `.png`; returns the HTML path."""
     from bench_credit import credit_weights_of
 
@@ -57,7 +59,7 @@ def write_figure(path, scores, rollouts, refs, decisive, tokenizer, *, config, r
         items,
         title=f"Where credit lands: {reference} reference, reverse KL",
         cap=config["credit_cap"],
-        intro="Rollouts of airline train tasks sampled from the warm-started policy, scored without training "
+        intro=f"Rollouts of airline train tasks sampled from {policy}, scored without training "
         "(benchmarks/bench_credit.py). Shade: the credit weight W; grey: not eligible (tool observations, masked "
         "literals); underlined: the ground-truth decisive tokens (trl_sgcd.envs.decisive).",
     )

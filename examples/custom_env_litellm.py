@@ -5,7 +5,7 @@ Launch against any OpenAI-compatible server (vLLM, SGLang, a hosted API):
     python examples/custom_env_litellm.py --model Qwen/Qwen2.5-0.5B-Instruct \
         --reference-model openai/Qwen3-32B --reference-api-base http://localhost:8000/v1
 Tiny random model, one step, a local OpenAI-compatible server (what the test runs). Start the server in another shell
-(`python -m trl_sgcd.testing.llm_server`, or `python -m tests.llm_server` in a checkout; it prints its URL), then:
+(`python -m trl_sgcd.testing.llm_server --port 8000`: it prints its URL and serves until Ctrl-C), then:
     python examples/custom_env_litellm.py --model builtin:tiny-context --scripted-sibling --max-steps 1 \
         --max-completion-length 48 \
         --reference-api-base http://127.0.0.1:PORT/v1
