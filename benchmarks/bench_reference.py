@@ -2,15 +2,19 @@
 
     .venv/bin/python benchmarks/bench_reference.py           # 8 / 32 / 128 groups x concurrency 8 / 32, median of 3
     .venv/bin/python benchmarks/bench_reference.py --quick   # 8 / 32 groups, one repetition
+    .venv/bin/python benchmarks/bench_reference.py --faults  # worst build time under each fault, 2 s step budget
 
 Each build renders and sanitizes the evidence of every group, sends one request per group through litellm (real HTTP
-on 127.0.0.1 to a server in its own process, no cache) and parses the answers. The ideal time is ceil(groups / concurrency) x latency; the ratio
-measured / ideal shows the overhead of evidence building, litellm and the event loop.
+on 127.0.0.1 to a server in its own process, no cache) and parses the answers. The ideal time is
+ceil(groups / concurrency) x latency; the ratio measured / ideal shows the overhead of evidence building, litellm and
+the event loop. `--faults` builds 8 groups per step against a server in each fault mode (hang, 429, 500, garbage,
+drop, a 5 MB answer) with the given step budget, deadline and retries, and prints the median and worst build time.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import statistics
@@ -77,11 +81,44 @@ def build_once(base_url: str, *, num_groups: int, concurrency: int, tag: str) ->
     return elapsed
 
 
+def faults(args) -> None:
+    print(
+        f"8 groups per build, step budget {args.budget:g} s, deadline {args.deadline:g} s, retries 3, "
+        f"{args.repeats} builds per fault, {os.cpu_count()} CPU cores"
+    )
+    print(f"{'fault':>8} {'median_s':>9} {'worst_s':>8} {'fallbacks':>9} {'attempts':>8}")
+    with FakeLLMServer() as server:
+        for mode in ("ok", "hang", "429", "500", "garbage", "drop", "huge"):
+            server.mode = mode
+            client = LiteLLMClient(MODEL, api_base=server.base_url, deadline=args.deadline, retries=3)
+            builder = SiblingReferenceBuilder("litellm", llm_client=client, step_budget=args.budget)
+            times, fallbacks, attempts = [], 0, 0
+            for r in range(args.repeats):
+                groups = [sample_group(g, tag=f"{mode}-{r}-{g}") for g in range(8)]
+                start = time.perf_counter()
+                builder.build(groups)
+                times.append(time.perf_counter() - start)
+                fallbacks += builder.last_build_stats["errors"]
+                attempts += builder.last_build_stats["attempts"]
+            print(
+                f"{mode:>8} {statistics.median(times):>9.2f} {max(times):>8.2f} {fallbacks:>9} {attempts:>8}",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 and 32 groups, one repetition")
     parser.add_argument("--latency", type=float, default=1.0, help="server latency per request in seconds")
+    parser.add_argument("--faults", action="store_true", help="build time under each fault mode")
+    parser.add_argument("--budget", type=float, default=2.0, help="step budget for --faults")
+    parser.add_argument("--deadline", type=float, default=1.0, help="per-attempt deadline for --faults")
+    parser.add_argument("--repeats", type=int, default=5, help="builds per fault for --faults")
     args = parser.parse_args()
+    if args.faults:
+        logging.disable(logging.WARNING)  # one warning per failed build would drown the table
+        faults(args)
+        return
     sizes = (8, 32) if args.quick else (8, 32, 128)
     repeats = 1 if args.quick else 3
     print(f"server latency {args.latency:g} s, median of {repeats}, {os.cpu_count()} CPU cores")

@@ -51,8 +51,11 @@ def completion_layout(tokenizer, prompt: list[dict], completion: list[dict], too
 
 
 def rollout_key(settings: dict) -> str:
-    text = json.dumps(settings, sort_keys=True)
-    return f"{settings['policy_name']}-n{settings['n_tasks']}-k{settings['k']}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    """Cache folder name of the sampling settings. The number of tasks is not in it: chunk `c` holds the same tasks
+    and seeds whatever the total, so a larger run extends a smaller one and a smaller one reuses its first chunks."""
+    kept = {k: v for k, v in settings.items() if k != "n_tasks"}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{settings['policy_name']}-k{settings['k']}-{digest}"
 
 
 def _chunk_rollouts(rows, episodes, rewards, tokenizer, schemas, chunk: int) -> list[dict]:
@@ -126,12 +129,16 @@ def sample_rollouts(
     schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
     factory = None
     rollouts = []
-    for chunk, start in enumerate(range(0, len(dataset), tasks_per_chunk)):
+    for chunk, start in enumerate(range(0, len(dataset), tasks_per_chunk)):  # chunk c: tasks [c*C, (c+1)*C)
         path = os.path.join(folder, f"chunk_{chunk:04d}.json")
+        tasks = dataset[start : start + tasks_per_chunk]
         if os.path.exists(path):
+            wanted = {t["task_id"] for t in tasks}
             with open(path) as f:
-                rollouts.extend(json.load(f))
-            continue
+                cached = [r for r in json.load(f) if r["task_id"] in wanted]
+            if {r["task_id"] for r in cached} == wanted:  # else a smaller run wrote a shorter last chunk: resample
+                rollouts.extend(cached)
+                continue
         if factory is None:
             model.eval()
             factory = prefix_cached_generate_fn(
@@ -143,7 +150,6 @@ def sample_rollouts(
                 max_new_tokens=max_new_tokens,
             )
         t0 = time.perf_counter()
-        tasks = dataset[start : start + tasks_per_chunk]
         sampled = k - expert_siblings
         rows = [row for row in tasks for _ in range(sampled)]
         episodes = []
@@ -175,3 +181,39 @@ def sample_rollouts(
                 flush=True,
             )
     return rollouts
+
+
+def literal_mask_audit(tokenizer, *, seed: int = 0) -> dict:
+    """How much of a success's decisive tokens the literal mask leaves eligible, on the expert trajectories of every
+    train task (no model): the decisive tokens of a success are its write arguments, and those are gold values,
+    which the sanitizer masks wherever they occur in the sibling evidence (so in every mixed group)."""
+    import torch
+    from transformers.utils import get_json_schema
+
+    from trl_sgcd.credit.sanitize import Sanitizer
+    from trl_sgcd.credit.teacher import literal_token_mask
+    from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset, tool_names
+    from trl_sgcd.envs.airline_tasks import get_task
+    from trl_sgcd.envs.decisive import decisive_token_mask
+    from trl_sgcd.tooluse.evaluation import environment_tools
+    from trl_sgcd.tooluse.expert import expert_conversation
+
+    schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
+    decisive_total = eligible_total = rollouts = 0
+    for row in make_airline_dataset("train", seed=seed):
+        task = get_task(row["task_id"], seed=seed)
+        conversation = expert_conversation(task)
+        _, ids, tool_mask = completion_layout(tokenizer, conversation[:2], conversation[2:], schemas)
+        decisive = decisive_token_mask(task, ids, tool_mask, tokenizer, success=True)
+        if not any(decisive):
+            continue
+        private = Sanitizer([row["gold_actions"], row["gold_answer"]], keep=tool_names()).private_values
+        literal = literal_token_mask(torch.tensor([ids]), [private], tokenizer)[0].tolist()
+        rollouts += 1
+        decisive_total += sum(decisive)
+        eligible_total += sum(d and m and not lit for d, m, lit in zip(decisive, tool_mask, literal))
+    return {
+        "rollouts": rollouts,
+        "decisive_tokens": decisive_total,
+        "eligible_share": eligible_total / max(1, decisive_total),
+    }

@@ -4,8 +4,14 @@ Launch against any OpenAI-compatible server (vLLM, SGLang, a hosted API):
     export REFERENCE_API_KEY=...            # only if the server needs one; the key never goes in a config file
     python examples/custom_env_litellm.py --model Qwen/Qwen2.5-0.5B-Instruct \
         --reference-model openai/Qwen3-32B --reference-api-base http://localhost:8000/v1
-Tiny random model, one step, a local server (what the test runs):
-    python examples/custom_env_litellm.py --model builtin:tiny --max-steps 1 --reference-api-base http://127.0.0.1:PORT/v1
+Tiny random model, one step, a local OpenAI-compatible server (what the test runs). Start the server in another shell
+(`python -m trl_sgcd.testing.llm_server --port 8000`: it prints its URL and serves until Ctrl-C), then:
+    python examples/custom_env_litellm.py --model builtin:tiny-context --scripted-sibling --max-steps 1 \
+        --max-completion-length 48 \
+        --reference-api-base http://127.0.0.1:PORT/v1
+`builtin:tiny-context` is a random model whose predictions depend on its context, and `--scripted-sibling` counts
+the first rollout of every task as a success (a scripted sibling: the random model never succeeds), so the groups
+are mixed and `sgcd/credit_tokens` is above 0 within the step. Both are for seeing the mechanism, not for training.
 
 An environment for TRL is a class with `reset(**row)` and tool methods (type hints + a Google-style docstring); the
 reward function reads the final state. If the LLM is slow, down or answers garbage, that group falls back to the
@@ -14,12 +20,13 @@ offline contrast reference and training goes on (`sgcd/reference_source/*` count
 
 import argparse
 import json
+import os
 
 import torch
 from datasets import Dataset
 
 from trl_sgcd import SGCDConfig, SGCDTrainer
-from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
+from trl_sgcd.tooluse.models import bundled_model_dir, tiny_context_model_dir, tiny_model_dir
 
 STOCK = {"widget": 12, "gadget": 0, "gizmo": 5}
 
@@ -61,6 +68,21 @@ def reservation_reward(completions, environments, item, quantity, **kwargs):
     return [float(env.reserved == {i: q}) for env, i, q in zip(environments, item, quantity)]
 
 
+def scripted_sibling(reward_func):
+    """`reward_func`, with the first rollout of each request in the batch scored 1.0 (a scripted sibling)."""
+
+    def reward(completions, environments, item, quantity, **kwargs):
+        rewards = reward_func(completions, environments, item, quantity, **kwargs)
+        seen = set()
+        for k, key in enumerate(zip(item, quantity)):
+            if key not in seen:
+                seen.add(key)
+                rewards[k] = 1.0
+        return rewards
+
+    return reward
+
+
 def dataset():
     rows = [("widget", 3), ("gizmo", 2), ("widget", 1), ("gizmo", 5)]
     return Dataset.from_list(
@@ -86,10 +108,14 @@ def main():
     parser.add_argument("--reference-api-base", required=True)
     parser.add_argument("--max-completion-length", type=int, default=128)
     parser.add_argument("--output-dir", default="outputs/sgcd-warehouse")
+    parser.add_argument("--scripted-sibling", action="store_true", help="first rollout per request succeeds")
     args = parser.parse_args()
-    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(
-        args.model, lambda: args.model
-    )()
+    builtin = {
+        "builtin:smollm2": bundled_model_dir,
+        "builtin:tiny": tiny_model_dir,
+        "builtin:tiny-context": tiny_context_model_dir,
+    }
+    model = builtin.get(args.model, lambda: args.model)()
     on_gpu = torch.cuda.is_available()
     config = SGCDConfig(
         output_dir=args.output_dir,
@@ -106,14 +132,14 @@ def main():
         credit_reference_backend="litellm",
         credit_reference_model=args.reference_model,
         credit_reference_api_base=args.reference_api_base,
-        credit_reference_api_key_env="REFERENCE_API_KEY",
+        credit_reference_api_key_env="REFERENCE_API_KEY" if os.environ.get("REFERENCE_API_KEY") else None,
         credit_reference_deadline=30.0,
         credit_reference_fallback="contrast",
         credit_private_columns=["quantity"],
     )
     trainer = SGCDTrainer(
         model=model,
-        reward_funcs=reservation_reward,
+        reward_funcs=scripted_sibling(reservation_reward) if args.scripted_sibling else reservation_reward,
         args=config,
         train_dataset=dataset(),
         environment_factory=WarehouseEnv,

@@ -4,8 +4,12 @@ Launch (CPU, bundled SmolLM2-135M-Instruct, offline contrast reference):
     python examples/sgcd_airline.py --model builtin:smollm2 --max-steps 20
 Multi-GPU (any causal LM with a tool chat template; vLLM and DeepSpeed pass straight through to TRL):
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml examples/sgcd_airline.py --model Qwen/Qwen3-4B-Instruct-2507
-Tiny random model, one step (what the test runs):
-    python examples/sgcd_airline.py --model builtin:tiny --max-steps 1 --num-tasks 2
+Tiny random model, one step, credit visible in seconds (what the test runs):
+    python examples/sgcd_airline.py --model builtin:tiny-context --scripted-sibling --max-steps 1 --num-tasks 2 \
+        --max-completion-length 48
+`builtin:tiny-context` is a random model whose predictions depend on its context; `--scripted-sibling` scores the first
+rollout of each task as a success (`trl_sgcd.envs.scripted`), so groups are mixed and `sgcd/credit_tokens` > 0. Both
+only show the mechanism; `benchmarks/bench_credit.py` measures where credit lands with real outcomes.
 
 Compared with a GRPO script only two names change; everything else is TRL's API.
 """
@@ -16,7 +20,8 @@ import torch
 
 from trl_sgcd import SGCDConfig, SGCDTrainer  # was: from trl import GRPOConfig, GRPOTrainer
 from trl_sgcd.envs import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
-from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
+from trl_sgcd.envs.scripted import scripted_sibling_reward
+from trl_sgcd.tooluse.models import bundled_model_dir, tiny_context_model_dir, tiny_model_dir
 
 
 def main():
@@ -26,10 +31,14 @@ def main():
     parser.add_argument("--num-tasks", type=int, default=None, help="train on the first N train tasks")
     parser.add_argument("--max-completion-length", type=int, default=256)
     parser.add_argument("--output-dir", default="outputs/sgcd-airline")
+    parser.add_argument("--scripted-sibling", action="store_true", help="first rollout per task succeeds (fast path)")
     args = parser.parse_args()
-    model = {"builtin:smollm2": bundled_model_dir, "builtin:tiny": tiny_model_dir}.get(
-        args.model, lambda: args.model
-    )()
+    builtin = {
+        "builtin:smollm2": bundled_model_dir,
+        "builtin:tiny": tiny_model_dir,
+        "builtin:tiny-context": tiny_context_model_dir,
+    }
+    model = builtin.get(args.model, lambda: args.model)()
     on_gpu = torch.cuda.is_available()
 
     config = SGCDConfig(  # was: GRPOConfig(...)
@@ -54,7 +63,7 @@ def main():
     )
     trainer = SGCDTrainer(  # was: GRPOTrainer(...)
         model=model,
-        reward_funcs=airline_reward,
+        reward_funcs=scripted_sibling_reward if args.scripted_sibling else airline_reward,
         args=config,
         train_dataset=make_airline_dataset("train", n=args.num_tasks),
         environment_factory=AirlineEnv,

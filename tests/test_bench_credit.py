@@ -71,6 +71,7 @@ def test_smoke_run_end_to_end(tmp_path):
     out = tmp_path / "results.json"
     argv = ["--policy", "tiny", "--tasks", "2", "--k", "2", "--expert-siblings", "1", "--threads", "1"]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--random-draws", "2"]
+    argv += ["--html", str(tmp_path / "figure.html")]
     assert bench_credit.main(argv) == 0
     results = json.loads(out.read_text())
     # the first task is a refusal, which even a random answer passes (both siblings succeed); in the second the
@@ -81,3 +82,5 @@ def test_smoke_run_end_to_end(tmp_path):
     entry = results["variants"]["contrast / reverse_kl"]
     assert entry["sgcd"]["num_rollouts"] == 2 and 0 < entry["eligible_decisive_share"] <= 1
     assert len(os.listdir(tmp_path / "cache")) == 1  # the rollouts are cached: a second run samples nothing
+    page = (tmp_path / "figure.html").read_text()
+    assert page.count('class="pair"') == 2 and "underline" in page  # the failed and the expert rollout

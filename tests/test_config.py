@@ -214,12 +214,15 @@ def test_cpu_machine_gets_fp32_with_a_log_line(tmp_path, caplog, monkeypatch):
     assert explicit.bf16 is True
 
 
-def test_default_checkpointing_raises_no_deprecation_warning(tmp_path):
+def test_checkpointing_and_ddp_defaults_are_quiet(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         config = make_config(tmp_path)
+        off = make_config(
+            tmp_path, gradient_checkpointing=False, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
     assert config.activation_checkpointing is True and config.gradient_checkpointing is True  # TRL's default kept
-    with pytest.warns(FutureWarning, match="gradient_checkpointing"):  # the user's own use of the old name still warns
-        config = make_config(tmp_path, gradient_checkpointing=False)
-    assert config.activation_checkpointing is False
+    assert off.activation_checkpointing is False and off.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert config.ddp_find_unused_parameters is False  # no DDP search (and warning) for unused parameters
+    assert make_config(tmp_path, ddp_find_unused_parameters=True).ddp_find_unused_parameters is True

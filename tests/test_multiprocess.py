@@ -209,22 +209,15 @@ def _one_process_credit(model_path, out_dir, dumps, *, rewards_per_func=None) ->
     # advantage log that `_log_credit` overwrites in place.
     trainer._batch_environments = [None] * n
     trainer._logs["advantages"].extend([0.0] * n)
-    scored = {}
-    score_rows = trainer._score_rows
-
-    def recorded(output, batch, local_refs, rows, *args, **kwargs):
-        result = score_rows(output, batch, local_refs, rows, *args, **kwargs)
-        scored.update(rows=list(rows), scores=result[0], eligible=result[1])
-        return result
-
-    trainer._score_rows = recorded
     result = trainer._apply_credit(output, batch)
-    last = trainer._credit_last_batch
+    last = trainer.last_credit
     return {
-        "weights": last["weights"],
+        "weights": last.weights,
         "advantages": result["advantages"].detach().cpu(),
-        **scored,
-        "references": [None if r is None else r.text for r in last["references"]],
+        "rows": list(last.rows),
+        "scores": last.scores,
+        "eligible": last.eligible,
+        "references": [None if r is None else r.text for r in last.references],
     }
 
 
@@ -290,7 +283,8 @@ def test_zero3_only_one_rank_has_mixed_groups(tmp_path, peft):
         assert [c["n_rows"] for c in calls] == [4, 0]  # rank 1 has nothing to score ...
         assert calls[0]["num_forwards"] == calls[1]["num_forwards"] == 4  # ... and still runs 2 micro-batches
         assert all(c["hooked_forwards"] == c["num_forwards"] for c in calls)  # counted by a backbone hook
-    assert ranks[0]["build_groups"] == [[0], [0]] and ranks[1]["build_groups"] == []
+    # Every rank calls the builder each step (its step metrics reset); only the owner of group 0 builds it.
+    assert ranks[0]["build_groups"] == [[0], [0]] and ranks[1]["build_groups"] == [[], []]
     for r in ranks:
         assert r["global_step"] == 2 and r["mixed_fraction"] == [0.5, 0.5]
         # The fused-LM-head loss that follows the scorer still works: finite losses, parameters moved.

@@ -1,6 +1,10 @@
-"""SGCDTrainer end to end on the tiny model: parity with GRPO, token exactness, every credit mode, edge cases."""
+"""SGCDTrainer end to end on the tiny model: parity with GRPO, token exactness, every credit mode, edge cases.
+
+Trained trainers are shared through module-scoped fixtures (`_run`): one training run per configuration.
+"""
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -70,8 +74,10 @@ class _Recorder:
         return result
 
 
-def _tool_trainer(tmp_path, model_path, **overrides):
-    trainer_cls = scripted_first_turn(SGCDTrainer)
+def _tool_trainer(tmp_path, model_path, script=None, **overrides):
+    trainer_cls = (
+        scripted_first_turn(SGCDTrainer) if script is None else scripted_first_turn(SGCDTrainer, script=script)
+    )
     return trainer_cls(
         model=model_path,
         reward_funcs=toy_reward,
@@ -91,11 +97,72 @@ def _record(trainer):
     return score, apply, build
 
 
-def test_teacher_inputs_are_spliced_token_exact(tmp_path, tiny_model_path):
-    trainer = _tool_trainer(tmp_path, tiny_model_path, credit_reference_max_tokens=8)
-    score, apply, build = _record(trainer)
-    params_before = {k: v.clone() for k, v in trainer.model.named_parameters()}
-    trainer.train()
+@contextmanager
+def _grpo_rounds(calls: list):
+    """Record every `GRPOTrainer._generate_and_score_completions` call: its prompts and its output (before credit)."""
+    original = GRPOTrainer._generate_and_score_completions
+
+    def recorded(self, inputs):
+        output = original(self, inputs)
+        calls.append(
+            {
+                "prompts": [x["prompt"] for x in inputs],
+                **{k: v.clone() for k, v in output.items() if torch.is_tensor(v)},
+            }
+        )
+        return output
+
+    GRPOTrainer._generate_and_score_completions = recorded
+    try:
+        yield
+    finally:
+        GRPOTrainer._generate_and_score_completions = original
+
+
+class _Run:
+    """A trained trainer and what it saw: scorer / credit / builder calls, GRPO's rounds, the loss inputs."""
+
+    def __init__(self, tmp_path, model_path, script=None, **overrides):
+        self.trainer = _tool_trainer(tmp_path, model_path, script, **overrides)
+        self.score, self.apply, self.build = _record(self.trainer)
+        self.loss = _Recorder(self.trainer._compute_loss)
+        self.trainer._compute_loss = self.loss
+        self.params_before = {k: v.detach().clone() for k, v in self.trainer.model.named_parameters()}
+        self.rounds, self.final = [], []
+        generate = self.trainer._generate_and_score_completions
+
+        def final(inputs):
+            output = generate(inputs)
+            self.final.append({k: v.clone() for k, v in output.items() if torch.is_tensor(v)})
+            return output
+
+        self.trainer._generate_and_score_completions = final
+        with _grpo_rounds(self.rounds):
+            self.out = self.trainer.train()
+
+    def changed(self) -> bool:
+        return any(not torch.equal(p, self.params_before[k]) for k, p in self.trainer.model.named_parameters())
+
+
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_path):
+    """`trained(name, **config)`: one training run per name for the whole module."""
+
+    def get(name, script=None, **overrides):
+        if name not in _RUNS:
+            _RUNS[name] = _Run(tmp_path_factory.mktemp(name), tiny_model_path, script, **overrides)
+        return _RUNS[name]
+
+    yield get
+    _RUNS.clear()
+
+
+def test_teacher_inputs_are_spliced_token_exact(trained):
+    run = trained("sgcd", credit_reference_max_tokens=8)
+    trainer, score, apply = run.trainer, run.score, run.apply
     assert score.calls, "the dense scorer never ran"
     (_, s_ids, s_mask, t_ids, t_mask, c_ids, c_mask), _, _ = score.calls[0]
     T = c_ids.size(1)
@@ -114,8 +181,7 @@ def test_teacher_inputs_are_spliced_token_exact(tmp_path, tiny_model_path):
         assert user_task in teacher_prompt
         body = teacher_prompt.split("<credit_reference>")[1].split("</credit_reference>")[0]
         assert len(tok(body, add_special_tokens=False)["input_ids"]) <= 8 + 40  # capped reference + fixed header
-    changed = any(not torch.equal(p, params_before[k]) for k, p in trainer.model.named_parameters())
-    assert changed
+    assert run.changed()
     # The tool-use audit is logged (every mode does it; `off` runs the same hook): half the rows called the tool
     # (scripted) and exactly those succeeded, so no success is tool-free and each used one tool.
     logged = trainer.state.log_history[0]
@@ -134,37 +200,71 @@ def test_teacher_inputs_are_spliced_token_exact(tmp_path, tiny_model_path):
     } <= set(output)
 
 
+def _row_key(inputs, i):
+    return (tuple(inputs["prompt_ids"][i].tolist()), tuple(inputs["completion_ids"][i].tolist()))
+
+
+def test_the_loss_receives_grpo_advantages_times_the_credit_weights(trained):
+    """What `_compute_loss` gets (after TRL's shuffle and split) is A * W for every row, A being GRPO's own
+    advantage and W the weights of `trainer.last_credit`; some rows do get W > 1."""
+    run = trained("sgcd", credit_reference_max_tokens=8)
+    (grpo,) = run.rounds  # GRPO's output before credit: A is one scalar per row
+    last = run.trainer.last_credit
+    assert grpo["advantages"].dim() == 1 and last.rows and (last.weights[last.rows] > 1.0).any()
+    expected = {_row_key(grpo, i): grpo["advantages"][i] * last.weights[i] for i in range(len(grpo["advantages"]))}
+    seen = 0
+    for (_, inputs), _, _ in run.loss.calls:
+        for i in range(inputs["advantages"].size(0)):
+            assert torch.equal(inputs["advantages"][i], expected[_row_key(inputs, i)])
+            seen += 1
+    assert seen == grpo["advantages"].numel()  # every row reached the loss (identical rows share one key)
+
+
 @pytest.mark.parametrize("mode", ["sgcd", "no_reference", "uniform", "direct_sd", "sdpo"])
-def test_every_credit_mode_trains(tmp_path, tiny_model_path, mode):
-    trainer = _tool_trainer(tmp_path, tiny_model_path, credit_mode=mode)
-    score, apply, build = _record(trainer)
-    params_before = {k: v.clone() for k, v in trainer.model.named_parameters()}
-    trainer.train()
-    stats = trainer._last_credit_stats
+def test_every_credit_mode_trains(trained, mode):
+    run = trained(mode, credit_mode=mode) if mode != "sgcd" else trained("sgcd", credit_reference_max_tokens=8)
+    trainer = run.trainer
+    stats = trainer.last_credit.stats
     assert stats.sums["rows_scored"] > 0 and stats.sums["scored_tokens"] > 0
-    output = apply.calls[0][2]
-    adv = output["advantages"]
-    assert adv.dim() == 2
-    if mode in ("sgcd", "no_reference", "uniform"):
+    assert trainer.last_credit.rows and trainer.last_credit.advantages.dim() == 2
+    if trainer.credit_mode.weights_carry_credit:
         assert stats.sums["credit_tokens"] > 0
-        w = trainer._credit_last_batch["weights"]
+        w = trainer.last_credit.weights
         assert w.min() >= 1.0 and w.max() <= trainer.args.credit_cap
-    if mode == "direct_sd":
-        assert "credit_teacher_topk_ids" in output
-        assert any(k == "sgcd/direct_sd_loss" for k in trainer._metrics["train"]) or trainer.state.log_history
-    if mode in ("no_reference", "sdpo"):
-        assert not build.calls, "sibling-context modes must not call the reference backend"
+    if trainer.credit_mode.uses_reference_builder:
+        assert run.build.calls
     else:
-        assert build.calls
-    changed = any(not torch.equal(p, params_before[k]) for k, p in trainer.model.named_parameters())
-    assert changed
+        assert not run.build.calls, "sibling-context modes must not call the reference backend"
+    assert run.changed()
     logged = trainer.state.log_history[0]
     assert "sgcd/mixed_group_fraction" in logged and logged["sgcd/mixed_group_fraction"] > 0
 
 
+@pytest.mark.parametrize("mode", ["direct_sd", "sdpo"])
+def test_the_extra_loss_reaches_the_loss(trained, mode):
+    """The auxiliary loss is in what `_compute_loss` returns: the loss moves by coef * aux when the coefficient does."""
+    run = trained(mode, credit_mode=mode)
+    trainer = run.trainer
+    (model, inputs), _, _ = run.loss.calls[0]
+    name = "sgcd/direct_sd_loss" if mode == "direct_sd" else "sgcd/sdpo_distillation_loss"
+    assert trainer.state.log_history[0][name] > 0
+    field = "credit_direct_sd_coef" if mode == "direct_sd" else "credit_sdpo_distillation_weight"
+    coef = getattr(trainer.args, field)
+    with torch.no_grad():
+        with_aux = trainer._compute_loss.fn(model, inputs)
+        setattr(trainer.args, field, 0.0)
+        try:
+            without = trainer._compute_loss.fn(model, inputs)
+        finally:
+            setattr(trainer.args, field, coef)
+        aux, _, _ = trainer.credit_pipeline.extra_loss(model, inputs, temperature=trainer.temperature)
+    assert aux > 0
+    assert torch.allclose(with_aux - without, coef * aux / trainer.current_gradient_accumulation_steps, rtol=1e-4)
+
+
 def _weights_one_where_no_credit(output, trainer):
     adv = output["advantages"]
-    w = trainer._credit_last_batch["weights"]
+    w = trainer.last_credit.weights
     assert torch.all(w == 1.0)
     assert torch.isfinite(adv).all()
 
@@ -181,19 +281,19 @@ def test_batch_with_mixed_and_non_mixed_groups(tmp_path, tiny_model_path):
     )
     score, apply, build = _record(trainer)
     trainer.train()
-    w = trainer._credit_last_batch["weights"]
-    assert trainer._last_credit_stats.sums["rows_scored"] == 4
+    w = trainer.last_credit.weights
+    assert trainer.last_credit.stats.sums["rows_scored"] == 4
     assert torch.all(w[4:] == 1.0) and w[:4].max() > 1.0
     assert [g.group_index for g in build.calls[0][0][0]] == [0]
 
 
-@pytest.mark.parametrize("case", ["all_fail", "all_success", "nan_rewards", "truncated"])
+@pytest.mark.parametrize("case", ["not_mixed", "nan_rewards", "truncated"])
 def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_path, case):
     overrides = {}
     script = lambda i, rank: False  # noqa: E731
     reward = toy_reward
-    if case == "all_success":
-        script = lambda i, rank: True  # noqa: E731
+    if case == "not_mixed":  # group 0: every sibling succeeds; group 1: every sibling fails
+        script = lambda i, rank: i < 4  # noqa: E731
     if case == "nan_rewards":
 
         def reward(completions, environments=None, **kwargs):
@@ -214,7 +314,7 @@ def test_batches_without_credit_train_with_unit_weights(tmp_path, tiny_model_pat
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     _weights_one_where_no_credit(apply.calls[0][2], trainer)
-    assert not score.calls or trainer._last_credit_stats.sums["rows_scored"] == 0
+    assert not score.calls or trainer.last_credit.stats.sums["rows_scored"] == 0
 
 
 def test_refuses_what_it_cannot_do(tmp_path, tiny_model_path):
@@ -243,27 +343,45 @@ def test_model_card_and_tags(tmp_path, tiny_model_path):
     assert "SGCD" in card and "2606.12634" in card and "sgcd" in card
 
 
-def test_dynamic_sampling_fills_the_batch_with_mixed_groups(tmp_path, tiny_model_path):
-    # Round 0: nobody calls the tool (no mixed group); round 1: every other row does (all groups mixed).
-    trainer_cls = scripted_first_turn(SGCDTrainer, script=lambda i, rank, rnd: rnd % 2 == 1 and i % 2 == 0)
-    trainer = trainer_cls(
-        model=tiny_model_path,
-        reward_funcs=toy_reward,
-        train_dataset=toy_dataset(4),
-        args=tiny_args(
-            tmp_path, credit_dynamic_sampling=True, credit_max_resample_rounds=2, credit_min_mixed_fraction=0.5
-        ),
-        environment_factory=ToyLookupEnv,
-    )
-    score, apply, build = _record(trainer)
-    out = trainer.train()
-    assert math.isfinite(out.training_loss)
-    logged = trainer.state.log_history[0]
-    assert logged["sgcd/resample_rounds"] == 1.0
+def _alternating(i, rank, rnd):
+    """Round 0: nobody calls the tool (no mixed group); round 1: every other row does (all groups mixed)."""
+    return rnd % 2 == 1 and i % 2 == 0
+
+
+_DYNAMIC = dict(script=_alternating, credit_dynamic_sampling=True, credit_max_resample_rounds=2)
+
+
+def test_dynamic_sampling_fills_the_batch_with_mixed_groups(trained):
+    run = trained("dynamic_sgcd", **_DYNAMIC)
+    assert math.isfinite(run.out.training_loss)
+    logged = run.trainer.state.log_history[0]
+    assert logged["sgcd/resample/rounds"] == 1.0 and logged["sgcd/resample/mixed_fraction"] == 1.0
+    assert logged["sgcd/resample/non_mixed_filled"] == 0.0 and logged["sgcd/resample/generated_groups"] == 4.0
     assert logged["sgcd/mixed_group_fraction"] == 1.0
-    output = apply.calls[0][2]
-    assert output["completion_ids"].size(0) == trainer.args.per_device_train_batch_size  # batch size unchanged
-    assert trainer._last_credit_stats.sums["credit_tokens"] > 0
+    output = run.apply.calls[0][2]
+    assert output["completion_ids"].size(0) == run.trainer.args.per_device_train_batch_size  # batch size unchanged
+    kept, width = run.rounds[1], run.rounds[1]["completion_ids"].size(1)  # the mixed round was kept (re-padded)
+    assert torch.equal(output["completion_ids"][:, :width], kept["completion_ids"])
+    assert not output["completion_mask"][:, width:].any()
+    assert run.trainer.last_credit.stats.sums["credit_tokens"] > 0
+
+
+def test_grpo_and_sgcd_draw_the_same_batches_and_keep_the_same_groups(trained):
+    """Dynamic sampling does not depend on the credit mode: with the same seed, `off` (GRPO) generates the same
+    rounds and trains on the same groups as `sgcd` (DAPO-style GRPO is the matched control)."""
+    sgcd, off = trained("dynamic_sgcd", **_DYNAMIC), trained("dynamic_off", credit_mode="off", **_DYNAMIC)
+    assert len(off.rounds) == len(sgcd.rounds) == 2
+    for a, b in zip(off.rounds, sgcd.rounds):
+        assert a["prompts"] == b["prompts"]
+        assert torch.equal(a["completion_ids"], b["completion_ids"]) and torch.equal(a["advantages"], b["advantages"])
+    (kept_off,), (kept_sgcd,) = off.final, sgcd.final
+    assert torch.equal(kept_off["completion_ids"], kept_sgcd["completion_ids"])
+    assert torch.equal(kept_off["prompt_ids"], kept_sgcd["prompt_ids"])
+    assert kept_off["advantages"].dim() == 1 and kept_sgcd["advantages"].dim() == 2  # only the credit differs
+    resample = [k for k in sgcd.trainer.state.log_history[0] if k.startswith("sgcd/resample/")]
+    assert resample and all(
+        off.trainer.state.log_history[0][k] == sgcd.trainer.state.log_history[0][k] for k in resample
+    )
 
 
 def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
@@ -281,7 +399,7 @@ def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
     lora = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
     assert lora
     trainer.train()
-    assert trainer._last_credit_stats.sums["credit_tokens"] > 0
+    assert trainer.last_credit.stats.sums["credit_tokens"] > 0
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(after[k], v) for k, v in lora.items() if "lora_B" in k)
 
@@ -310,27 +428,11 @@ def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     output = apply.calls[0][2]
-    w = trainer._credit_last_batch["weights"]
+    w = trainer.last_credit.weights
     empty = output["completion_mask"].sum(dim=1) == 1
     assert empty.any()
     assert torch.all(w[empty] == 1.0)
-    assert trainer._last_credit_stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
-
-
-def test_validity_checks_warn_or_raise_when_strict(tmp_path, tiny_model_path):
-    from trl_sgcd.credit.stats import CreditStats
-
-    stats = CreditStats(dict.fromkeys(CreditStats.SUM_KEYS, 0.0), dict.fromkeys(CreditStats.MAX_KEYS, 0.0))
-    stats.sums["tool_tokens_in_mask"] = 2.0
-    for strict in (False, True):
-        trainer = _tool_trainer(tmp_path / str(strict), tiny_model_path, credit_strict=strict)
-        trainer._last_credit_stats = stats
-        if strict:
-            with pytest.raises(RuntimeError, match="tool-observation"):
-                trainer._check_validity(0, torch.ones(2, 3))
-        else:
-            with pytest.warns(UserWarning, match="tool-observation"):
-                trainer._check_validity(0, torch.ones(2, 3))
+    assert trainer.last_credit.stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
 
 
 def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_path):
@@ -360,5 +462,5 @@ def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_
     out = trainer.train()
     assert math.isfinite(out.training_loss)
     assert next(trainer.model.parameters()).dtype == torch.float32
-    assert trainer._last_credit_stats.sums["rows_scored"] > 0
+    assert trainer.last_credit.stats.sums["rows_scored"] > 0
     assert seen and set(seen) == {torch.bfloat16}

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-CREDIT_MODES = ("sgcd", "off", "no_reference", "uniform", "direct_sd", "sdpo")
+from trl_sgcd.credit.modes import MODES
+
+CREDIT_MODES = tuple(MODES)
+SDPO_DISTILLATION_MODES = ("topk_logits", "sampled_token")
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 REFERENCE_BACKENDS = ("contrast", "litellm")
 REFERENCE_FALLBACKS = ("contrast", "none")
 
 logger = logging.getLogger(__name__)
+# transformers 5.24 renamed `is_gradient_checkpointing` to `is_activation_checkpointing`; TRL 1.16 still reads the old
+# name on every generation (trl.models.utils), so each run warned several times about code that is not the user's.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 _NOTED: list[bool] = []  # the CPU-precision line is logged once per process
 
 
@@ -38,10 +45,13 @@ class SGCDConfig(GRPOConfig):
     ("Keep Policy Gradient in Charge", arXiv 2606.12634). Every new field starts with `credit_`, so none shadows a
     GRPO field (`GRPOConfig` already owns `top_k`, `beta` and `temperature`).
 
-    Two defaults differ from `GRPOConfig` so that a config built on a machine without a bf16-capable GPU works as is:
-    when `bf16` is left unset (`None`) and no such GPU is found, `bf16` is set to `False` (with a log line) instead of
-    `True`; and the deprecated `gradient_checkpointing` default is passed on as `activation_checkpointing`, so
-    transformers does not warn about a value the user never set.
+    Three defaults differ from `GRPOConfig`, so that a config works as built and runs quietly: when `bf16` is left unset
+    (`None`) and no bf16-capable GPU is found, `bf16` is `False` (with a log line) instead of `True`, which
+    `TrainingArguments` would reject on such a machine; `gradient_checkpointing` (TRL's own field, default `True`) is
+    passed on as transformers' new `activation_checkpointing` name, without transformers' deprecation warning; and an
+    unset `ddp_find_unused_parameters` is `False` (every parameter that requires grad takes part in the SGCD loss, so
+    DDP's search for unused ones only costs time and warns). Set `ddp_find_unused_parameters=True` for a model with
+    parameters a forward can skip (e.g. a mixture of experts under DDP).
 
     Parameters:
         > Parameters that select the method
@@ -54,8 +64,8 @@ class SGCDConfig(GRPOConfig):
             credit reference; no LLM is called. `"uniform"`: the full pipeline, but each rollout's W is replaced by its
             mean over eligible tokens (same credit mass, no localisation). `"direct_sd"`: GRPO plus an uncapped
             teacher-matching KL auxiliary loss with gradient (the ablation the paper shows falls below GRPO).
-            `"sdpo"`: the self-distillation comparator: the advantage comes from the teacher/student divergence, with a
-            successful sibling (never the row itself) as teacher context.
+            `"sdpo"`: the SDPO comparator (paper, Table 7): self-distillation from a successful sibling (never the row
+            itself) replaces the reward; see the `credit_sdpo_*` fields. What each mode does: `trl_sgcd.credit.modes`.
         credit_gamma (`float`, *optional*, defaults to `1.0`):
             Gain gamma in W = clip(1 + gamma * s, 1, cap). Must be >= 0 (0 gives W = 1, i.e. GRPO).
         credit_cap (`float`, *optional*, defaults to `2.0`):
@@ -140,15 +150,32 @@ class SGCDConfig(GRPOConfig):
         credit_direct_sd_coef (`float`, *optional*, defaults to `0.1`):
             Coefficient of the teacher-matching KL in `credit_mode="direct_sd"`.
         credit_dynamic_sampling (`bool`, *optional*, defaults to `False`):
-            Whether to draw more prompts when too few groups of a generation batch are mixed (DAPO's rule; applies to
-            every credit mode alike).
-        credit_min_mixed_fraction (`float`, *optional*, defaults to `0.5`):
-            Target fraction of mixed groups for dynamic sampling. Must be in [0, 1].
+            Whether to run dynamic sampling (DAPO's rule), the same in every credit mode (`off` included: the matched
+            GRPO control): extra generation rounds while too few groups of a generation batch are mixed, mixed groups
+            kept first.
+        credit_min_mixed_fraction (`float`, *optional*, defaults to `1.0`):
+            Stop resampling once this fraction of the batch can be filled with mixed groups (1.0: only mixed groups,
+            DAPO's rule). At the round limit non-mixed groups fill the rest (logged). Must be in [0, 1].
         credit_max_resample_rounds (`int`, *optional*, defaults to `2`):
             Bound on extra generation rounds per batch for dynamic sampling.
+
+        > Parameters of the SDPO comparator (`credit_mode="sdpo"`)
+
+        credit_sdpo_distillation_mode (`str`, *optional*, defaults to `"topk_logits"`):
+            `"topk_logits"`: the paper's Table 7 SDPO, a divergence on the teacher's top-K support plus a tail bucket
+            as the loss (TRL SDPOTrainer's `distillation_mode="topk_logits"`, `distillation_add_tail=True`).
+            `"sampled_token"`: the teacher/student log-ratio of the sampled tokens is the advantage (TRL's default).
+        credit_sdpo_top_k (`int`, *optional*, defaults to `100`):
+            K of the top-K support in `"topk_logits"` (Table 7: about 100).
+        credit_sdpo_alpha (`float`, *optional*, defaults to `0.5`):
+            The divergence (TRL's `distillation_alpha`): 0 = KL(teacher || student), 1 = KL(student || teacher),
+            0.5 = symmetric JSD (Table 7). Must be in [0, 1].
+        credit_sdpo_distillation_weight (`float`, *optional*, defaults to `1.0`):
+            Weight w of the distillation term; GRPO's surrogate keeps 1 - w of the advantage (1.0: pure SDPO, the
+            reward replaced). TRL's `distillation_weight`. Must be in [0, 1].
         credit_strict (`bool`, *optional*, defaults to `False`):
             Whether to raise instead of warn when a validity check fails (all-zero features, inert weights, weights
-            that require grad).
+            > 1 on tokens outside TRL's loss mask, weights that require grad).
         credit_inert_steps (`int`, *optional*, defaults to `10`):
             Steps with mixed groups but no credit token before the inert-weights check fires.
         credit_log_table (`bool`, *optional*, defaults to `True`):
@@ -223,9 +250,18 @@ class SGCDConfig(GRPOConfig):
     credit_direct_sd_coef: float = field(default=0.1, metadata={"help": _help(__doc__, "credit_direct_sd_coef")})
     credit_dynamic_sampling: bool = field(default=False, metadata={"help": _help(__doc__, "credit_dynamic_sampling")})
     credit_min_mixed_fraction: float = field(
-        default=0.5, metadata={"help": _help(__doc__, "credit_min_mixed_fraction")}
+        default=1.0, metadata={"help": _help(__doc__, "credit_min_mixed_fraction")}
     )
     credit_max_resample_rounds: int = field(default=2, metadata={"help": _help(__doc__, "credit_max_resample_rounds")})
+    credit_sdpo_distillation_mode: str = field(
+        default="topk_logits",
+        metadata={"help": _help(__doc__, "credit_sdpo_distillation_mode"), "choices": list(SDPO_DISTILLATION_MODES)},
+    )
+    credit_sdpo_top_k: int = field(default=100, metadata={"help": _help(__doc__, "credit_sdpo_top_k")})
+    credit_sdpo_alpha: float = field(default=0.5, metadata={"help": _help(__doc__, "credit_sdpo_alpha")})
+    credit_sdpo_distillation_weight: float = field(
+        default=1.0, metadata={"help": _help(__doc__, "credit_sdpo_distillation_weight")}
+    )
     credit_strict: bool = field(default=False, metadata={"help": _help(__doc__, "credit_strict")})
     credit_inert_steps: int = field(default=10, metadata={"help": _help(__doc__, "credit_inert_steps")})
     credit_log_table: bool = field(default=True, metadata={"help": _help(__doc__, "credit_log_table")})
@@ -263,21 +299,20 @@ class SGCDConfig(GRPOConfig):
         super().__post_init__()
 
     def _resolve_device_defaults(self) -> None:
-        """CPU-safe `bf16` when unset, and the `gradient_checkpointing` default passed on under its new name."""
+        """CPU-safe `bf16` when unset, `gradient_checkpointing` under its new name, no DDP unused-parameter search."""
         if self.bf16 is None and not self.fp16 and not _has_bf16_accelerator():
             self.bf16 = False  # GRPOConfig would pick True, which TrainingArguments rejects without such a GPU
             if not _NOTED:
                 _NOTED.append(True)
                 logger.warning("SGCDConfig: bf16 unset and no bf16-capable GPU found: training in fp32 (bf16=False).")
-        # transformers >= 5.24 renames `gradient_checkpointing` to `activation_checkpointing` and warns whenever the old
-        # name holds a value; TRL's default (True) would warn on every config built. Passing a value the user did not
-        # set on under the new name keeps the behaviour and the warning for users who do set the old name.
-        fields_ = self.__dataclass_fields__
-        if "activation_checkpointing" in fields_ and self.activation_checkpointing is None:
-            if self.gradient_checkpointing == fields_["gradient_checkpointing"].default:
-                self.activation_checkpointing = self.gradient_checkpointing
-            if self.activation_checkpointing_kwargs is None and self.gradient_checkpointing_kwargs is None:
-                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs = None
+        # transformers >= 5.24 renames `gradient_checkpointing*` to `activation_checkpointing*` and warns whenever an old
+        # name holds a value, but TRL documents the old name as its own field (default True): every GRPO config warned.
+        if getattr(self, "activation_checkpointing", False) is None:
+            self.activation_checkpointing = self.gradient_checkpointing
+            if self.activation_checkpointing_kwargs is None:
+                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
 
 
 _CHOICES = {
@@ -285,6 +320,7 @@ _CHOICES = {
     "credit_divergence": DIVERGENCES,
     "credit_reference_backend": REFERENCE_BACKENDS,
     "credit_reference_fallback": REFERENCE_FALLBACKS,
+    "credit_sdpo_distillation_mode": SDPO_DISTILLATION_MODES,
 }
 _AT_LEAST_ONE = (
     "credit_top_k",
@@ -295,6 +331,7 @@ _AT_LEAST_ONE = (
     "credit_reference_max_tokens",
     "credit_observation_max_chars",
     "credit_inert_steps",
+    "credit_sdpo_top_k",
     "credit_scoring_batch_size",  # None (the default) is allowed
 )
 # (field, predicate, reason): checked in this order, the first failure raises a ValueError naming the field
@@ -311,6 +348,8 @@ _RULES = [
     ("credit_entropy_rise", lambda v: v >= 0, "must be >= 0"),
     ("credit_min_divergence", lambda v: v >= 0, "must be >= 0"),
     ("credit_direct_sd_coef", lambda v: v >= 0, "must be >= 0"),
+    ("credit_sdpo_alpha", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    ("credit_sdpo_distillation_weight", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
 ]
 
 

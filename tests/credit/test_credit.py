@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
-from trl_sgcd.credit.sampling import merge_outputs, select_groups
+from trl_sgcd.credit.modes import MODES, credit_mode
+from trl_sgcd.credit.reference import CreditReference
+from trl_sgcd.credit.sampling import ResampleStream, keep_resampling, merge_outputs, resample_metrics, select_groups
 from trl_sgcd.credit.stats import (
     CreditStats,
+    check_validity,
     count_spans,
     credit_metrics,
-    group_needs_teacher,
     masked_row_mean,
     total_rewards,
     validity_problems,
@@ -29,33 +31,49 @@ def test_total_rewards_weighted_and_nan_when_all_none():
     assert r[0] == 2.0 and r[1] == 2.0 and math.isnan(r[2])
 
 
-def test_group_needs_teacher():
-    assert group_needs_teacher("sgcd", 1, 4) and not group_needs_teacher("sgcd", 0, 4)
-    assert not group_needs_teacher("sgcd", 4, 4)
-    assert group_needs_teacher("sdpo", 4, 4) and not group_needs_teacher("sdpo", 0, 4)
+def test_mode_table_decides_who_gets_a_teacher():
+    assert credit_mode("sgcd").group_gets_teacher(1, 4) and not credit_mode("sgcd").group_gets_teacher(0, 4)
+    assert not credit_mode("sgcd").group_gets_teacher(4, 4)
+    assert credit_mode("sdpo").group_gets_teacher(4, 4) and not credit_mode("sdpo").group_gets_teacher(0, 4)
+    assert not credit_mode("off").scores and not credit_mode("off").group_gets_teacher(2, 4)
+    assert [m.name for m in MODES.values() if m.context == "sibling"] == ["no_reference", "sdpo"]
+    assert [m.name for m in MODES.values() if m.weights_carry_credit] == ["sgcd", "no_reference", "uniform"]
+    with pytest.raises(ValueError, match="credit_mode='nope'"):
+        credit_mode("nope")
+    with pytest.raises(ValueError, match="context"):
+        type(MODES["sgcd"])("x", "mixed", "oracle", "none", "grpo", None, "")
 
 
 def test_validity_checks():
+    common = dict(weights_carry_credit=True, weights_require_grad=False, inert_limit=10)
     zero = _stats(rows_scored=2, scored_tokens=10)
-    problems, _ = validity_problems(
-        zero, mode="sgcd", num_mixed=1, weights_require_grad=False, inert_steps=0, inert_limit=10
-    )
+    problems, _ = validity_problems(zero, num_mixed=1, inert_steps=0, **common)
     assert any("all zero" in p for p in problems)
-    leaky = _stats(tool_tokens_in_mask=3)
-    problems, _ = validity_problems(
-        leaky, mode="sgcd", num_mixed=0, weights_require_grad=True, inert_steps=0, inert_limit=10
-    )
-    assert any("tool-observation" in p for p in problems) and any("require grad" in p for p in problems)
+    leaky = _stats(weights_off_loss_mask=3)
+    problems, _ = validity_problems(leaky, num_mixed=0, inert_steps=0, **{**common, "weights_require_grad": True})
+    assert any("outside TRL's loss mask" in p for p in problems) and any("require grad" in p for p in problems)
     inert = 0
     for _ in range(3):
-        problems, inert = validity_problems(
-            _stats(), mode="sgcd", num_mixed=2, weights_require_grad=False, inert_steps=inert, inert_limit=3
-        )
+        problems, inert = validity_problems(_stats(), num_mixed=2, inert_steps=inert, **{**common, "inert_limit": 3})
     assert inert == 3 and any("inert" in p for p in problems)
     problems, inert = validity_problems(
-        _stats(credit_tokens=5), mode="sgcd", num_mixed=2, weights_require_grad=False, inert_steps=inert, inert_limit=3
+        _stats(credit_tokens=5), num_mixed=2, inert_steps=inert, **{**common, "inert_limit": 3}
     )
     assert inert == 0 and not problems
+    # A mode whose weights are W = 1 by design (direct_sd, sdpo) is never "inert".
+    problems, inert = validity_problems(
+        _stats(), num_mixed=2, inert_steps=9, **{**common, "weights_carry_credit": False}
+    )
+    assert not problems
+
+
+def test_check_validity_warns_or_raises_when_strict():
+    leaky = _stats(weights_off_loss_mask=2)
+    kwargs = dict(weights_carry_credit=True, num_mixed=0, weights_require_grad=False, inert_steps=0, inert_limit=10)
+    with pytest.warns(UserWarning, match="outside TRL's loss mask"):
+        assert check_validity(leaky, strict=False, **kwargs) == 0
+    with pytest.raises(RuntimeError, match="credit_strict=True"):
+        check_validity(leaky, strict=True, **kwargs)
 
 
 def test_metrics_do_not_report_unknown_cost_as_zero():
@@ -64,10 +82,8 @@ def test_metrics_do_not_report_unknown_cost_as_zero():
         stats,
         num_groups=4,
         num_mixed=2,
-        sources={"contrast": 2},
+        references=[CreditReference("r", {}, [], "contrast", group_index=g) for g in (0, 0, 1)],  # two groups
         latency_s=0.1,
-        cost_usd=None,
-        resample_rounds=1,
         fallback_prefix=0,
     )
     assert "sgcd/reference_cost_usd" not in m
@@ -118,3 +134,31 @@ def test_merge_outputs_repads_rows():
     assert m["advantages"].tolist() == [0.5, -1.0] and "num_items_in_batch" not in m
     with pytest.raises(ValueError, match="pixel_values"):
         merge_outputs([{**a, "pixel_values": torch.zeros(1, 3)}], [[0]], pad_token_id=9)
+
+
+def test_dynamic_sampling_rule_and_metrics():
+    assert keep_resampling(0.5, 0, min_mixed_fraction=1.0, max_rounds=2)
+    assert not keep_resampling(0.5, 2, min_mixed_fraction=1.0, max_rounds=2)  # round limit: fill the rest
+    assert not keep_resampling(1.0, 0, min_mixed_fraction=1.0, max_rounds=2)
+    m = resample_metrics(rounds=2, num_groups=4, kept_mixed=3, generated_groups=12)
+    assert m == {
+        "sgcd/resample/rounds": 2.0,
+        "sgcd/resample/mixed_fraction": 0.75,
+        "sgcd/resample/non_mixed_filled": 1.0,
+        "sgcd/resample/generated_groups": 12.0,
+    }
+
+
+def test_resample_stream_resumes_at_the_same_position():
+    def loader(epoch):
+        return [f"e{epoch}b{i}" for i in range(3)]
+
+    straight = ResampleStream(loader)
+    drawn = [straight.next() for _ in range(5)]
+    assert drawn == ["e1b0", "e1b1", "e1b2", "e2b0", "e2b1"]
+    resumed = ResampleStream(loader)
+    first = ResampleStream(loader)
+    [first.next() for _ in range(4)]
+    resumed.load_state_dict(first.state_dict())
+    assert first.state_dict() == {"epoch": 2, "consumed": 1}
+    assert resumed.next() == drawn[4]

@@ -403,10 +403,10 @@ def test_without_wandb_nothing_breaks(tmp_path):
 
 
 def _trainer_wired() -> bool:
-    """Whether trainer.py builds a `CreditTableRecorder` (read from its source: no TRL import at collection)."""
+    """Whether the credit pipeline builds a `CreditTableRecorder` (read from its source: no TRL import at collection)."""
     import importlib.util
 
-    with open(importlib.util.find_spec("trl_sgcd.trainer").origin, encoding="utf-8") as f:
+    with open(importlib.util.find_spec("trl_sgcd.credit.pipeline").origin, encoding="utf-8") as f:
         return "CreditTableRecorder(" in f.read()
 
 
@@ -464,6 +464,6 @@ def test_report_to_none_makes_no_wandb_call(tmp_path, tiny_model_path, monkeypat
     monkeypatch.setattr(wandb, "run", run)  # an active run the trainer must leave alone
     trainer = _tiny_sgcd(tmp_path, tiny_model_path, report_to="none")
     trainer.train()
-    assert trainer._last_credit_stats.sums["rows_scored"] > 0  # the credit pipeline ran
+    assert trainer.last_credit.stats.sums["rows_scored"] > 0  # the credit pipeline ran
     assert run.calls == []
-    assert getattr(trainer, "credit_table", None) is None
+    assert trainer.credit_pipeline.table is None

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -297,3 +298,22 @@ def test_the_first_call_of_a_fresh_process_is_not_charged_for_the_litellm_import
     assert proc.returncode == 0, proc.stderr[-2000:]
     source, build_s = proc.stdout.split()
     assert source == "llm" and float(build_s) <= 1.5
+
+
+def test_server_runs_as_a_module_and_stops_on_sigterm():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trl_sgcd.testing.llm_server", "--port", "0", "--mode", "500"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+        request = urllib.request.Request(
+            f"{url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError, match="500"):
+            urllib.request.urlopen(request, timeout=5)
+    finally:
+        proc.terminate()
+    assert proc.wait(timeout=10) == 0

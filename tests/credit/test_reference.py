@@ -360,3 +360,42 @@ def test_failure_warning_names_endpoint_error_and_field(caplog):
     (message,) = [r.message for r in caplog.records]
     assert "http://llm.internal:8000/v1" in message and "AuthenticationError: 401" in message
     assert "credit_reference_api_key_env" in message and "1 of 1 group(s) failed" in message
+
+
+# --- a real corpus: the reference stays useful after sanitizing tau2-bench data ----------------------------------------
+def test_tau2_observations_keep_ids_tools_and_errors_readable():
+    from pathlib import Path
+
+    tau2 = json.loads((Path(__file__).parent / "data" / "tau2_excerpt.json").read_text())
+    user, reservation = tau2["airline_users"][0], tau2["airline_reservations"][0]
+    flight = reservation["flights"][0]["flight_number"]
+    error = f"Error: flight {flight} is not available on date 2024-05-30"
+
+    def rollout(ok):
+        turns = [
+            {"role": "assistant", "content": "", "tool_calls": [_call("get_user_details", user_id=user["user_id"])]},
+            {"role": "tool", "name": "get_user_details", "content": json.dumps(user)},
+            {"role": "assistant", "content": "", "tool_calls": [_call("get_reservation_details", reservation_id="R")]},
+            {"role": "tool", "name": "get_reservation_details", "content": str(reservation)},
+        ]
+        if not ok:
+            turns += [
+                {"role": "assistant", "content": "", "tool_calls": [_call("update_reservation_flights", flights=[])]},
+                {"role": "tool", "name": "update_reservation_flights", "content": error},
+            ]
+        return turns + [{"role": "assistant", "content": "Done." if ok else "Sorry."}]
+
+    prompt = f"Change reservation {reservation['reservation_id']}; my DOB is {user['dob']}."
+    group = SiblingGroup(
+        0, [Rollout(0, prompt, rollout(True), 1.0), Rollout(1, prompt, rollout(False), 0.0)], [True, False]
+    )
+    evidence = build_evidence(group, sanitizer=Sanitizer(), max_input_tokens=12000, max_observation_chars=4000)
+    shown = evidence.task + "\n".join(evidence.traces)
+    for private in [user["dob"], user["email"], user["address"]["address1"], reservation["passengers"][0]["dob"]]:
+        assert private not in shown
+    for readable in [reservation["reservation_id"], flight, user["user_id"], "credit_card_4421486", error]:
+        assert readable in shown, readable
+    ref = SiblingReferenceBuilder().build([group])[0]
+    assert error in ref.sections["Failed branches and why"]
+    assert "update_reservation_flights" in ref.sections["Deviation points"]
+    assert "get_reservation_details(reservation_id)" in ref.sections["Successful action branches"]

@@ -1,5 +1,8 @@
 """Sanitizer: each masked category, the negatives that must stay, private values, idempotence."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from trl_sgcd.credit.sanitize import Sanitizer, sanitize
@@ -173,3 +176,128 @@ def test_idempotent_on_everything():
 def test_masked_literals_are_unique_and_in_order():
     result = sanitize("a@b.io then a@b.io then c@d.io")
     assert result.masked == ["a@b.io", "c@d.io"]
+
+
+# --- the categories of issue 15: prose forms, birth dates, addresses, expiry, SSN, passports, numeric variants -------
+@pytest.mark.parametrize(
+    "text, placeholder, literal",
+    [
+        ("card exp 11/28, CVV 913 thanks", "[SECRET]", "913"),
+        ("cvv 123", "[SECRET]", "123"),
+        ("my security code is 4567", "[SECRET]", "4567"),
+        ("CVC: 321", "[SECRET]", "321"),
+        ("card exp 11/28, CVV 913", "[EXPIRY]", "11/28"),
+        ("expires 11/2028", "[EXPIRY]", "11/2028"),
+        ("valid thru 03-27", "[EXPIRY]", "03-27"),
+        ('{"exp_month": 11, "exp_year": 2028}', "[EXPIRY]", "2028"),
+        ('{"date_of_birth": "1987-04-12"}', "[DOB]", "1987-04-12"),
+        ("{'dob': '1990-04-05'}", "[DOB]", "1990-04-05"),
+        ("Kevin Smith, DOB 2001-04-12.", "[DOB]", "2001-04-12"),
+        ("DOB 04/12/1987", "[DOB]", "04/12/1987"),
+        ("date of birth: 12.04.1987", "[DOB]", "12.04.1987"),
+        ("born on April 12, 1987", "[DOB]", "April 12, 1987"),
+        ("my birthday is 12th of April 1987", "[DOB]", "12th of April 1987"),
+        ("ship it to 975 Sunset Drive, Suite 217, Austin", "[ADDRESS]", "975 Sunset Drive, Suite 217"),
+        ("I live at 12 W 3rd Street", "[ADDRESS]", "12 W 3rd Street"),
+        ('{"address1": "831 Elm Street", "city": "Washington"}', "[ADDRESS]", "831 Elm Street"),
+        ('{"shipping_address": {"street": "1 Main St", "zip": "10001"}}', "[ADDRESS]", "1 Main St"),
+        ("my account password is hunter2.", "[SECRET]", "hunter2"),
+        ("the password for the portal is 'hun ter2'", "[SECRET]", "hun ter2"),
+        ("my passphrase is correct horse battery staple.", "[SECRET]", "correct horse battery staple"),
+        ("my PIN is 4321", "[SECRET]", "4321"),
+        ('{"payment_token": "tok_1Nv3xA2eZvKYlo"}', "[SECRET]", "tok_1Nv3xA2eZvKYlo"),
+        ("{'client_secret': 'abc-123'}", "[SECRET]", "abc-123"),
+        ('{"db_password": "pa55"}', "[SECRET]", "pa55"),
+        ("authToken=xyz98765", "[SECRET]", "xyz98765"),
+        ("payment_token: tok_abc", "[SECRET]", "tok_abc"),
+        ("SSN 123-45-6789", "[SSN]", "123-45-6789"),
+        ("social security number is 123456789", "[SSN]", "123456789"),
+        ("it is 078-05-1120, my number", "[SSN]", "078-05-1120"),
+        ("passport number is X12345678", "[PASSPORT]", "X12345678"),
+        ('{"passport_no": "P1234567"}', "[PASSPORT]", "P1234567"),
+    ],
+)
+def test_issue_15_categories(text, placeholder, literal):
+    _check(text, placeholder, literal)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Your birthday is in your user profile so you prefer not to provide it.",
+        "You are French by birth and your English is not perfect.",
+        "It takes 3 days by the way.",
+        '{"max_tokens": 512, "completion_tokens": 20, "tokenizer": "gpt2", "shipping": "fast"}',
+        "flight HAT170 on 2024-05-22 expires soon; the certificate expires 2024-06-01",
+        "Error: the passport check failed for reservation 4WQ150",
+        "pin the seat map; security level 3",
+        "order #W2611340 tracking 357962501027, product 8310926033",
+    ],
+)
+def test_issue_15_lookalikes_stay(text):
+    result = sanitize(text)
+    assert result.text == text and result.masked == []
+
+
+@pytest.mark.parametrize(
+    "stored, written",
+    [
+        (312.4, "$312.40"),
+        (312.4, "312.400"),
+        ("312.40", "312.4 USD"),
+        (1234.5, "$1,234.50"),
+        (34512, "34,512"),
+        (34512, "34512.00"),
+        ("$1,000", "1000"),
+    ],
+)
+def test_private_numbers_match_every_written_form(stored, written):
+    result = Sanitizer([stored])(f"the refund is {written} today")
+    assert result.text == "the refund is [PRIVATE] today", result.text
+
+
+def test_private_numbers_do_not_match_other_numbers():
+    text = "312.45, 1312.4, 3124, 312.41 and 2312.40"
+    assert Sanitizer([312.4]).__call__(text).text == text
+
+
+# --- a real corpus: tau2-bench user profiles, reservations and orders --------------------------------------------------
+TAU2 = json.loads((Path(__file__).parent / "data" / "tau2_excerpt.json").read_text())
+
+
+def _tau2_private_literals():
+    """Every DOB, street line and email of the excerpt: none may survive sanitizing."""
+    out = []
+    for user in TAU2["airline_users"] + TAU2["retail_users"]:
+        out += [user["email"], user["address"]["address1"], user["address"]["address2"]]
+        out += [user["dob"]] if "dob" in user else []
+        out += [p["dob"] for p in user.get("saved_passengers", [])]
+    out += [p["dob"] for r in TAU2["airline_reservations"] for p in r["passengers"]]
+    out += [o["address"]["address1"] for o in TAU2["retail_orders"]]
+    return out
+
+
+@pytest.mark.parametrize("render", [json.dumps, str], ids=["json", "python-repr"])
+def test_tau2_profiles_lose_dobs_addresses_and_emails(render):
+    corpus = "\n".join(render(x) for key in TAU2 if key != "_source" for x in TAU2[key] if isinstance(x, dict))
+    clean = sanitize(corpus).text
+    for literal in _tau2_private_literals():
+        assert literal not in clean, literal
+    for kept in [
+        "HAT170",
+        "4WQ150",
+        "mia_li_3668",
+        "credit_card_4421486",
+        "gift_card_3576581",
+        "2024-05-22",
+        "#W2611340",
+    ]:
+        assert kept in corpus and kept in clean, kept  # ids, flight numbers and flight dates stay readable
+    assert "[DOB]" in clean and "[ADDRESS]" in clean and "[EMAIL]" in clean
+
+
+def test_tau2_task_prose_masks_the_dob_and_keeps_the_rest():
+    text = TAU2["airline_task_8_instructions"]["task_instructions"]
+    clean = sanitize(text).text
+    assert "2001-04-12" not in clean and "Kevin Smith, DOB [DOB]" in clean
+    assert "$500" in clean and "Your birthday is in your user profile" in clean

@@ -1,4 +1,4 @@
-"""Sibling groups: binary success predicate, mixed test, grouping, and the pure cross-rank helpers."""
+"""Sibling groups: binary success predicate, mixed test, grouping, ownership, and the sibling teacher contexts."""
 
 import math
 
@@ -9,10 +9,9 @@ from trl_sgcd.credit.siblings import (
     Rollout,
     SiblingGroup,
     build_sibling_groups,
-    gather_for_groups,
     is_mixed,
-    local_rows,
     owner_of_group,
+    sibling_contexts,
     success_mask,
 )
 
@@ -95,12 +94,6 @@ def test_sibling_group_properties_on_dataclass():
     assert group.is_mixed and group.num_success == 1 and group.prompt == "p"
 
 
-def test_local_rows_matches_process_slice():
-    assert local_rows(0, 4) == slice(0, 4)
-    assert local_rows(3, 4) == slice(12, 16)
-    assert list(range(16))[local_rows(2, 4)] == [8, 9, 10, 11]
-
-
 def test_owner_of_group_is_round_robin():
     assert [owner_of_group(g, 3) for g in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     assert {owner_of_group(g, 1) for g in range(5)} == {0}
@@ -108,21 +101,41 @@ def test_owner_of_group_is_round_robin():
         owner_of_group(0, 0)
 
 
-def test_cross_rank_round_trip():
-    # 2 ranks x 3 rollouts, G = 2: group 1 spans both ranks.
-    num_processes, local_size, num_generations = 2, 3, 2
-    per_rank_rewards = [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
-    rewards = gather_for_groups(per_rank_rewards)
-    assert rewards == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
-    prompts, completions, rows = _batch(rewards, num_generations)
-    groups = build_sibling_groups(
-        prompts, completions, rewards, rows, num_generations=num_generations, success_threshold=1.0
-    )
-    owned = [
-        [g.group_index for g in groups if owner_of_group(g.group_index, num_processes) == rank]
-        for rank in range(num_processes)
-    ]
-    assert sorted(gather_for_groups(owned)) == [0, 1, 2]  # every group is built exactly once
-    # Per-row values computed on the gathered batch slice back to each rank.
-    per_row = [g.group_index for g in groups for _ in g.rollouts]
-    assert [per_row[local_rows(rank, local_size)] for rank in range(num_processes)] == [[0, 0, 1], [1, 2, 2]]
+def test_cross_rank_ownership_builds_every_group_once():
+    # 2 ranks x 3 rollouts, G = 2: group 1 spans both ranks; each group has exactly one owner.
+    rewards = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    prompts, completions, rows = _batch(rewards, 2)
+    groups = build_sibling_groups(prompts, completions, rewards, rows, num_generations=2, success_threshold=1.0)
+    owned = [[g.group_index for g in groups if owner_of_group(g.group_index, 2) == rank] for rank in range(2)]
+    assert sorted(owned[0] + owned[1]) == [0, 1, 2]
+
+
+def _trace(text: str, secret: str = "") -> list[dict]:
+    return [{"role": "assistant", "content": f"{text} {secret}".strip()}]
+
+
+def test_sibling_contexts_never_show_a_row_its_own_completion():
+    # Group of 4: rows 0 and 2 succeed (row 2 is the shorter), rows 1 and 3 fail; a second group has one success.
+    completions = [_trace("long successful route " * 3), _trace("failed"), _trace("short win"), _trace("failed too")]
+    completions += [_trace("lone win"), _trace("miss"), _trace("miss"), _trace("miss")]
+    rewards = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    groups = build_sibling_groups(["task"] * 8, completions, rewards, None, num_generations=4, success_threshold=1.0)
+    first = sibling_contexts(groups[0], private_columns=[], observation_max_chars=512)
+    assert "short win" in first[0].text and "long successful" not in first[0].text  # the other success, not itself
+    assert "long successful" in first[2].text and "short win" not in first[2].text
+    assert all("short win" in first[i].text for i in (1, 3))  # failures get the shortest success
+    assert {ref.source for ref in first} == {"sibling"} and {ref.group_index for ref in first} == {0}
+    lone = sibling_contexts(groups[1], private_columns=[], observation_max_chars=512)
+    assert lone[0] is None  # a lone success gets no teacher (SDPO's dont_reprompt_on_self_success)
+    assert all("lone win" in ref.text for ref in lone[1:])
+    no_success = SiblingGroup(9, groups[1].rollouts, [False] * 4)
+    assert sibling_contexts(no_success, private_columns=[], observation_max_chars=512) == [None] * 4
+
+
+def test_sibling_contexts_mask_private_values():
+    completions = [_trace("win with", "ZX-4471"), _trace("fail"), _trace("win again with", "ZX-4471"), _trace("f")]
+    rows = [{"gold": "ZX-4471"}] * 4
+    groups = build_sibling_groups(["t"] * 4, completions, [1, 0, 1, 0], rows, num_generations=4, success_threshold=1)
+    contexts = sibling_contexts(groups[0], private_columns=["gold"], observation_max_chars=512)
+    assert all("ZX-4471" not in ref.text for ref in contexts)
+    assert all("ZX-4471" in ref.masked_literals for ref in contexts)

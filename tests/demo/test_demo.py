@@ -139,9 +139,11 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
     assert main(SMOKE + ["--output-dir", str(out), "--warm-start-dir", str(tmp_path / "ws")]) == 0
     printed = capsys.readouterr().out
     assert "pass@1 (2 tasks)" in printed and "wall time" in printed and "tool failure rate" in printed
+    assert "credit lift" in printed  # the lift of its own run, next to pass@1 (n/a when nothing was scored)
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"config", "warm_start", "before", "after", "training", "checkpoint", "plot", "wall_s"} <= set(metrics)
+    assert "credit_localization" in metrics["training"]
     assert metrics["precision"] == metrics["warm_start"]["settings"]["precision"] in ("bf16", "fp32")
     for phase in ("model", "warm_start", "eval_before", "rl", "eval_after", "save", "plot", "total"):
         assert metrics["wall_s"][phase] >= 0.0

@@ -56,9 +56,9 @@ def _private(user, gold=()) -> list[str]:
 
 
 def _requests(group, private_columns):
-    from tests.llm_server import VALID_REFERENCE, FakeLLMServer
     from trl_sgcd.credit.llm import LiteLLMClient
     from trl_sgcd.credit.reference import SiblingReferenceBuilder
+    from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
 
     with FakeLLMServer(answer=VALID_REFERENCE) as server:
         client = LiteLLMClient("openai/test-model", api_base=server.base_url, backoff_base=0.01)

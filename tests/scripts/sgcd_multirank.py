@@ -177,42 +177,37 @@ def count_references_and_forwards(trainer, record: dict) -> None:
 
 def dump_credit(trainer, out: str) -> None:
     """Save, per `_apply_credit` call, its inputs, the rows scored with their features, and the weights."""
-    rank, scored, calls = trainer.accelerator.process_index, {}, []
-    score_rows, apply_credit = trainer._score_rows, trainer._apply_credit
-
-    def recorded_score_rows(output, batch, local_refs, rows, *args, **kwargs):
-        result = score_rows(output, batch, local_refs, rows, *args, **kwargs)
-        scores, eligible = result[0], result[1]
-        scored.update(
-            rows=list(rows),
-            divergence=None if scores is None else scores.divergence.cpu(),
-            entropy=None if scores is None else scores.teacher_entropy.cpu(),
-            eligible=None if eligible is None else eligible.cpu(),
-        )  # (R, T) each
-        return result
+    rank, calls = trainer.accelerator.process_index, []
+    apply_credit = trainer._apply_credit
 
     def dumped_apply_credit(output, batch, *args, **kwargs):
         before = {k: output[k].detach().cpu().clone() for k in OUTPUT_KEYS if output.get(k) is not None}
         # Everything the credit stages get: per-row lists of this rank, and gathered (global) lists and tensors.
         credit_batch = {k: v.detach().cpu() if torch.is_tensor(v) else list(v) for k, v in batch.items()}
-        scored.clear()
         result = apply_credit(output, batch, *args, **kwargs)
-        last = trainer._credit_last_batch
+        last = trainer.last_credit
+        scores = last.scores
+        scored = dict(
+            rows=list(last.rows),
+            divergence=None if scores is None else scores.divergence.cpu(),
+            entropy=None if scores is None else scores.teacher_entropy.cpu(),
+            eligible=None if last.eligible is None else last.eligible.cpu(),
+        )  # (R, T) each
         torch.save(
             {
                 "output": before,
                 "batch": credit_batch,
-                "scored": dict(scored),
-                "weights": last["weights"].clone(),
+                "scored": scored,
+                "weights": last.weights.detach().cpu().clone(),
                 "advantages_after": result["advantages"].detach().cpu(),
-                "references": [None if r is None else r.text for r in last["references"]],
+                "references": [None if r is None else r.text for r in last.references],
             },
             os.path.join(out, f"rank{rank}_step{len(calls)}.pt"),
         )
         calls.append(1)
         return result
 
-    trainer._score_rows, trainer._apply_credit = recorded_score_rows, dumped_apply_credit
+    trainer._apply_credit = dumped_apply_credit
 
 
 def gathered_trainable(trainer) -> dict[str, torch.Tensor]:

@@ -180,7 +180,7 @@ def _transfer_call_ids(tokenizer):
     return tokenizer(call, add_special_tokens=False)["input_ids"]
 
 
-@pytest.mark.parametrize("extra, turns, executed", [(-1, 1, 0), (4, 1, 1), (None, 3, 2)])
+@pytest.mark.parametrize("extra, turns, executed", [(-8, 1, 0), (4, 1, 1), (None, 3, 2)])
 def test_episode_token_budget_counts_like_trl(parsing_tokenizer, extra, turns, executed):
     """A generation is cut at the budget (no tool runs); tool results that overflow it are dropped and end the episode."""
     ids = _transfer_call_ids(parsing_tokenizer)
@@ -196,6 +196,7 @@ def test_episode_token_budget_counts_like_trl(parsing_tokenizer, extra, turns, e
     )
     (episode,) = episodes
     assert episode["num_turns"] == turns and episode["env"].tool_calls == executed
+    assert bool(episode["completion"][0].get("tool_calls")) == (extra != -8)  # a cut generation loses its call
     assert [m["role"] for m in episode["completion"]].count("tool") == (2 if extra is None else 0)
 
 

@@ -32,6 +32,8 @@ from .utils import (
     load_callable,
     load_dataset_dict,
     log,
+    quiet_known_noise,
+    resolve_env_spec,
     split_commas,
 )
 
@@ -244,15 +246,18 @@ def load_tasks(args):
 
 def resolve_rollout(args) -> tuple[Callable, Callable]:
     """`(environment_factory, reward_func)`: import paths, the airline defaults, or the environment's `get_reward`."""
+    tau2 = resolve_env_spec(args.dataset_name) if str(args.dataset_name).startswith("tau2:") else None  # τ²-bench
     factory_path = args.environment_factory or (
         "trl_sgcd.envs.airline:AirlineEnv" if args.dataset_name == BUILTIN_AIRLINE else None
     )
+    factory_path = factory_path or (tau2.environment_path if tau2 else None)
     if factory_path is None:
         raise UsageError("--environment_factory is required for a dataset other than builtin:airline.")
     factory = load_callable(factory_path, what="environment_factory")
     paths = args.reward_funcs or (
         ["trl_sgcd.envs.airline:airline_reward"] if args.dataset_name == BUILTIN_AIRLINE else []
     )
+    paths = paths or ([tau2.reward_path] if tau2 else [])
     funcs = [load_callable(p, what="reward function") for p in paths]
     if not funcs:
         if not callable(getattr(factory(), "get_reward", None)):
@@ -314,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{run.max_tool_calls} max_completion_length={run.max_completion_length} temperature={run.temperature} "
         f"top_p={run.top_p} k={args.k}"
     )
+    quiet_known_noise()
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.chat_template_utils import supports_tool_calling
 

@@ -15,87 +15,37 @@ has loaded. `--dry_run` stops after those checks.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .parser import (  # noqa: F401 - re-exported: the parser is part of this command's public surface
+    NEEDS_CONFIG_OR_MODEL,
+    PROG,
+    SGCDScriptArguments,
+    check_unknown_fields,
+    make_parser,
+    parse_args,
+    read_config_file,
+)
 from .utils import (
     BUILTIN_AIRLINE,
     UsageError,
     builtin_model_dir,
     check_columns,
+    check_environment_reset,
     get_split,
     load_callable,
     load_dataset_dict,
     log,
+    quiet_known_noise,
     resolve_model_name,
-    split_commas,
 )
 
-PROG = "trl-sgcd train"
 AIRLINE_ENV = "trl_sgcd.envs.airline:AirlineEnv"
 AIRLINE_REWARD = "trl_sgcd.envs.airline:airline_reward"
-NEEDS_CONFIG_OR_MODEL = (
-    f"needs a recipe or a model: `{PROG} --config recipes/tiny_cpu.yaml`, or "
-    f"`{PROG} --model_name_or_path MODEL --dataset_name DATA ...`; `{PROG} --help` lists every field."
-)
-
-
-@dataclass
-class SGCDScriptArguments:
-    r"""
-    Script arguments of `trl-sgcd train`: where the data, the environment, the rewards and the tools come from.
-
-    Parameters:
-        dataset_name (`str` or `None`, *optional*, defaults to `None`):
-            A local `.json`/`.jsonl`/`.csv`/`.parquet` file, a local folder, a Hub dataset name, or `"builtin:airline"`
-            (the bundled mini-airline tasks; it also defaults `environment_factory`, `reward_funcs` and
-            `credit_private_columns` to the airline ones when they are unset). `None` is allowed only with an
-            `environment_factory` whose `reset()` returns the prompt (then `max_steps` sets the length).
-        dataset_config (`str` or `None`, *optional*, defaults to `None`):
-            Dataset configuration name (`name=` of `datasets.load_dataset`).
-        dataset_train_split (`str`, *optional*, defaults to `"train"`):
-            Split to train on.
-        dataset_test_split (`str`, *optional*, defaults to `"test"`):
-            Split to evaluate on (only read when `eval_strategy` is not `"no"`).
-        prompt_column (`str`, *optional*, defaults to `"prompt"`):
-            Column holding the prompt (text or a list of chat messages); renamed to `"prompt"` for `GRPOTrainer`.
-        environment_factory (`str` or `None`, *optional*, defaults to `None`):
-            Import path `"package.module:Name"` of a callable that returns a fresh environment (TRL's
-            `environment_factory`: public methods become tools, `reset()` starts an episode, an optional
-            `get_reward()` scores it).
-        reward_funcs (`list[str]`, *optional*, defaults to `[]`):
-            Import paths of reward functions (`"package.module:name"`), summed by `GRPOTrainer`.
-        tools (`list[str]`, *optional*, defaults to `[]`):
-            Import paths of standalone tool functions (typed, with Google-style docstrings).
-        dry_run (`bool`, *optional*, defaults to `False`):
-            Run every check (fields, imports, dataset, columns), print the plan, and exit before loading the model.
-    """
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Local .json/.jsonl/.csv/.parquet file, local folder, Hub dataset name, or 'builtin:airline'."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str = field(
-        default="test", metadata={"help": "Split to evaluate on (when eval_strategy != 'no')."}
-    )
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
-    environment_factory: str | None = field(
-        default=None, metadata={"help": "Import path 'package.module:Name' of the environment factory."}
-    )
-    reward_funcs: list[str] = field(
-        default_factory=list, metadata={"help": "Import paths 'package.module:name' of reward functions."}
-    )
-    tools: list[str] = field(default_factory=list, metadata={"help": "Import paths of standalone tool functions."})
-    dry_run: bool = field(default=False, metadata={"help": "Check everything, print the plan, exit before loading."})
 
 
 @dataclass
@@ -108,155 +58,6 @@ class TrainPlan:
     tools: list[Callable] = field(default_factory=list)
     train_dataset: Any = None
     eval_dataset: Any = None
-
-
-def make_parser(prog: str = PROG):
-    """
-    The [`~trl.TrlParser`] over ([`SGCDScriptArguments`], [`SGCDConfig`], [`~trl.ModelConfig`]).
-
-    `--help` lists `--config` first, then the `credit_*` fields of SGCD under their own heading, then the script
-    arguments, the rest of `GRPOConfig` and the model arguments; each `--no_<flag>` of a boolean says that it turns
-    the flag off.
-    """
-    import argparse
-
-    from trl import ModelConfig, TrlParser
-
-    from trl_sgcd.config import SGCDConfig
-
-    class SGCDParser(TrlParser):
-        def _add_dataclass_arguments(self, dtype):
-            _add_grouped_arguments(self, dtype)
-
-    parser = SGCDParser(
-        (SGCDScriptArguments, SGCDConfig, ModelConfig),
-        prog=prog,
-        usage=f"{prog} [--config RECIPE.yaml] [--FIELD VALUE ...]",
-        description="Train a tool-use agent with SGCD (or its matched GRPO baseline). Values come from the dataclass "
-        "defaults, then the YAML file given with --config, then the flags (the last wins).",
-    )
-    parser.add_argument(  # consumed by TrlParser before argparse runs; listed here so that --help shows it
-        "--config",
-        metavar="RECIPE.yaml",
-        default=argparse.SUPPRESS,
-        help="YAML recipe of field: value pairs (e.g. recipes/tiny_cpu.yaml); flags given after it override it.",
-    )
-    parser._action_groups.sort(key=lambda g: GROUP_ORDER.index(g.title) if g.title in GROUP_ORDER else 99)
-    for action in parser._actions:
-        if action.option_strings and action.option_strings[0].startswith("--no_") and action.const is False:
-            action.help = f"Turn --{action.dest} off (same as --{action.dest} false)."
-            action.default = argparse.SUPPRESS  # the flag's own default stands; `(default: False)` would mislead
-    return parser
-
-
-CREDIT_GROUP = "SGCD credit settings (SGCDConfig, credit_*)"
-SCRIPT_GROUP = "data, environment, rewards and tools (SGCDScriptArguments)"
-TRAINING_GROUP = "training (GRPOConfig)"
-MODEL_GROUP = "model (ModelConfig)"
-GROUP_ORDER = ["positional arguments", "options", CREDIT_GROUP, SCRIPT_GROUP, TRAINING_GROUP, MODEL_GROUP]
-
-
-def _group_title(dtype, name: str) -> str:
-    if dtype is SGCDScriptArguments:
-        return SCRIPT_GROUP
-    if dtype.__name__ == "ModelConfig":
-        return MODEL_GROUP
-    return CREDIT_GROUP if name.startswith("credit_") else TRAINING_GROUP
-
-
-def _add_grouped_arguments(parser, dtype) -> None:
-    """Add a dataclass's fields as HfArgumentParser does, each into its `--help` group (see [`GROUP_ORDER`])."""
-    import dataclasses
-    from typing import get_type_hints
-
-    groups = {}
-    hints = get_type_hints(dtype)
-    for f in dataclasses.fields(dtype):
-        if f.init:
-            title = _group_title(dtype, f.name)
-            if title not in groups:
-                groups[title] = parser.add_argument_group(title)
-            f.type = hints[f.name]
-            parser._parse_dataclass_field(groups[title], f)
-
-
-def parse_args(argv: list[str] | None = None):
-    """
-    Parse `argv` (defaults < `--config` YAML < flags) into `(script_args, training_args, model_args)`.
-
-    Unknown fields are looked for first, in the YAML file and on the command line, before any dataclass is built, so
-    a typo is reported as such rather than as a side effect (e.g. TrainingArguments' device checks). The parser is
-    built afresh on every call: `TrlParser` writes the YAML values into its argument defaults.
-
-    Raises:
-        [`UsageError`]: for an unknown field (YAML key or flag, with a "did you mean" hint), an unreadable config file,
-            or an invalid value (the `ValueError` of a dataclass `__post_init__`, which names the field).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        raise UsageError(NEEDS_CONFIG_OR_MODEL)
-    parser = make_parser()
-    check_unknown_fields(parser, argv)
-    try:
-        script_args, training_args, model_args = parser.parse_args_and_config(argv)
-    except (ValueError, OSError) as e:
-        hint = " On a CPU-only machine set `use_cpu: true` and `bf16: false`." if "bf16" in str(e) else ""
-        raise UsageError(f"{e}{hint}") from e
-    training_args.credit_private_columns = split_commas(training_args.credit_private_columns)
-    script_args.reward_funcs = split_commas(script_args.reward_funcs)
-    script_args.tools = split_commas(script_args.tools)
-    return script_args, training_args, model_args
-
-
-def read_config_file(path: str) -> dict:
-    """The mapping of a YAML recipe, or a [`UsageError`] naming the file."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise UsageError(f"Cannot read --config {path!r}: {e}") from e
-    if not isinstance(config, dict):
-        raise UsageError(f"--config {path!r} must contain a YAML mapping of field: value.")
-    return config
-
-
-def check_unknown_fields(parser, argv: list[str]) -> None:
-    """Raise a [`UsageError`] naming every unknown YAML key or flag, with the closest known field as a hint."""
-    args = list(argv)
-    known = {a.dest for a in parser._actions}
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise UsageError("--config needs a path to a YAML recipe.")
-        path = args[i + 1]
-        config = read_config_file(path)
-        if config.get("credit_mode") is False:
-            raise UsageError(
-                f'credit_mode is false in --config {path!r}: write credit_mode: "off" (quoted; YAML '
-                "reads a bare off as false)."
-            )
-        yaml_keys = [str(k) for k in config if k != "env"]  # `env:` sets environment variables
-        _raise_unknown([k for k in yaml_keys if k not in known], known, f"in --config {path!r}")
-        del args[i : i + 2]
-    _, remaining = parser.parse_known_args(args)
-    names = [s[2:].split("=", 1)[0] for s in remaining if s.startswith("--")]
-    if not names and remaining:
-        raise UsageError(
-            f"Unexpected value(s) {remaining} on the command line; flags look like '--learning_rate 5e-7'."
-        )
-    _raise_unknown(names, known, "on the command line")
-
-
-def _raise_unknown(names: list[str], known: set[str], where: str) -> None:
-    if not names:
-        return
-    hints = []
-    for name in names:
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise UsageError(f"Unknown field(s) {where}: {', '.join(hints)}. `{PROG} --help` lists every field.")
 
 
 def apply_builtin_defaults(script_args, training_args) -> None:
@@ -272,23 +73,19 @@ def apply_builtin_defaults(script_args, training_args) -> None:
 
 
 def check_dependencies(training_args, model_args) -> None:
-    """Fail before loading anything when an option needs a package that is missing or a key that is not set."""
+    """
+    Fail before loading anything when an option needs a package that is missing. (A named API key variable that is
+    not set is `SGCDConfig`'s own `ValueError`, reported while parsing: the CLI and the Python API agree.)
+    """
+    from trl_sgcd.credit.reference import uses_reference_llm
     from trl_sgcd.import_utils import is_litellm_available, is_peft_available, is_vllm_available
 
     if training_args.use_vllm and not is_vllm_available():
         raise UsageError("use_vllm=True needs vLLM: `pip install trl-sgcd[vllm]`, or pass `--use_vllm false`.")
     if model_args.use_peft and not is_peft_available():
         raise UsageError("use_peft=True needs PEFT: `pip install peft`.")
-    uses_llm = training_args.credit_mode not in ("off", "no_reference")  # these two never call the reference LLM
-    if uses_llm and training_args.credit_reference_backend == "litellm":
-        if not is_litellm_available():
-            raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
-        key_env = training_args.credit_reference_api_key_env
-        if key_env and not os.environ.get(key_env):
-            raise UsageError(
-                f"credit_reference_api_key_env={key_env!r} but ${key_env} is not set: export it, or "
-                "train with the offline reference (--credit_reference_backend contrast)."
-            )
+    if uses_reference_llm(training_args) and not is_litellm_available():
+        raise UsageError("credit_reference_backend='litellm' needs litellm: `pip install litellm`.")
 
 
 def resolve_callables(script_args) -> tuple[list[Callable], Callable | None, list[Callable]]:
@@ -337,13 +134,70 @@ def resolve_datasets(script_args, training_args):
 
 
 def prepare(script_args, training_args, model_args) -> TrainPlan:
-    """Every check that needs no model: model name, dependencies, import paths, dataset, splits and columns."""
+    """
+    Every check that needs no model: model name, dependencies, import paths, dataset, splits, columns and prompts, the
+    environment's `reset` on the first row, the checkpoint to resume from, and the Hub token and endpoint for a push.
+    """
     model_name = resolve_model_name(model_args.model_name_or_path)
     check_dependencies(training_args, model_args)
+    check_resume(training_args)
+    check_push(training_args)
     apply_builtin_defaults(script_args, training_args)
     reward_funcs, env_factory, tools = resolve_callables(script_args)
     train_dataset, eval_dataset = resolve_datasets(script_args, training_args)
+    check_environment_reset(env_factory, train_dataset, dataset_name=script_args.dataset_name)
     return TrainPlan(model_name, reward_funcs, env_factory, tools, train_dataset, eval_dataset)
+
+
+def check_resume(training_args) -> None:
+    """`--resume_from_checkpoint`: `true`/`latest` needs a checkpoint in `output_dir`; a path must be a checkpoint."""
+    value = _resume_arg(training_args.resume_from_checkpoint)
+    if value is None:
+        return
+    if value is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        output_dir = training_args.output_dir
+        if not os.path.isdir(output_dir) or get_last_checkpoint(output_dir) is None:
+            raise UsageError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: no checkpoint-* folder in "
+                f"output_dir={output_dir!r} to resume from. Train with --save_strategy steps first, or pass a path."
+            )
+        return
+    if not os.path.isdir(value):
+        raise UsageError(f"--resume_from_checkpoint {value!r}: no such folder.")
+    if not os.path.isfile(os.path.join(value, "trainer_state.json")):
+        raise UsageError(
+            f"--resume_from_checkpoint {value!r} is not a training checkpoint (no trainer_state.json); a saved model "
+            "alone cannot be resumed: start from it with --model_name_or_path instead."
+        )
+
+
+def check_push(training_args) -> None:
+    """`--push_to_hub`: a Hub token and a reachable endpoint, checked before training rather than after it."""
+    if not training_args.push_to_hub:
+        return
+    from huggingface_hub import constants, get_token
+
+    token = training_args.hub_token or get_token()
+    if not token:
+        raise UsageError(
+            "--push_to_hub needs a Hub token: run `hf auth login`, set $HF_TOKEN, or pass --hub_token; "
+            "or train without --push_to_hub and upload the output_dir later."
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UsageError("--push_to_hub with HF_HUB_OFFLINE set: the push would fail after training. Unset it.")
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(
+            f"--push_to_hub: cannot reach {constants.ENDPOINT} ({e}); the push would fail after training. Check the "
+            "network, or train without --push_to_hub and upload the output_dir later."
+        ) from e
 
 
 def describe(plan: TrainPlan, training_args) -> str:
@@ -383,7 +237,7 @@ def build_trainer(plan: TrainPlan, training_args, model_args):
         truncation_side="left",
     )
     return SGCDTrainer(
-        model=model_path,
+        model=plan.model_name,  # a builtin name resolves inside the trainer (and names the model card's base model)
         reward_funcs=plan.reward_funcs or None,
         args=training_args,
         train_dataset=plan.train_dataset,
@@ -425,5 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     if script_args.dry_run:
         log("Dry run: stopping before loading the model.")
         return 0
+    quiet_known_noise()
     train(plan, script_args, training_args, model_args)
     return 0

@@ -11,7 +11,11 @@ import os
 import sys
 
 BUILTIN_AIRLINE = "builtin:airline"
-BUILTIN_MODELS = {"builtin:smollm2": "bundled_model_dir", "builtin:tiny": "tiny_model_dir"}
+BUILTIN_MODELS = {
+    "builtin:smollm2": "bundled_model_dir",
+    "builtin:tiny": "tiny_model_dir",
+    "builtin:tiny-context": "tiny_context_model_dir",
+}
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -23,6 +27,24 @@ def log(message: str) -> None:
     """Print a `[trl-sgcd]` line on the main process only (rank 0), before accelerate is set up."""
     if os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"[trl-sgcd] {message}", file=sys.stderr, flush=True)
+
+
+def quiet_known_noise() -> None:
+    """
+    Silence, for the command's process, messages a command-line user can do nothing about: TRL's "environment_factory is
+    experimental" warning (the command's documented way to train with an environment) and DeepSpeed's "Setting
+    accelerator to CPU" line on a machine without a GPU (the right fallback, said on every run).
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="You are using 'environment_factory'", category=UserWarning)
+
+    class _NoCpuFallbackLine(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.getMessage()).startswith("Setting accelerator to CPU")
+
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackLine())
 
 
 def load_object(path: str, *, what: str = "object"):
@@ -118,6 +140,8 @@ def load_dataset_dict(name: str, config: str | None = None):
 
     if name == BUILTIN_AIRLINE:
         return _AirlineSplits()
+    if name.startswith("tau2:"):  # τ²-bench: trl_sgcd.envs.tau2.resolve
+        return resolve_env_spec(name).splits
     path = os.path.expanduser(name)
     ext = os.path.splitext(path)[1].lower()
     try:
@@ -170,6 +194,17 @@ def check_data_file(path: str, name: str) -> None:
             raise UsageError(f"dataset_name={name!r}: line {number} is not valid JSON ({e.msg}): {line[:80]!r}") from e
         if not isinstance(row, dict):
             raise UsageError(f"dataset_name={name!r}: line {number} is a {type(row).__name__}, not a JSON object.")
+
+
+def resolve_env_spec(spec: str):
+    """A `"tau2:<domain>[:<user_mode>]"` spec -> its `Tau2Spec` (environment_factory, reward_funcs, private_columns,
+    splits), or a [`UsageError`] naming the spec."""
+    from trl_sgcd.envs.tau2 import resolve
+
+    try:
+        return resolve(spec)
+    except (ValueError, ImportError) as e:
+        raise UsageError(f"{spec!r}: {e}") from e
 
 
 def _is_saved_to_disk(path: str) -> bool:

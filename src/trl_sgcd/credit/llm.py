@@ -17,18 +17,16 @@ the first step's deadline measures the request, not the import (4-17 s on a load
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from dataclasses import dataclass, field
 
+from trl_sgcd.credit.llm_cache import DiskCache
 from trl_sgcd.credit.llm_result import (
     ANSWER_BYTES_PER_TOKEN,
     RETRYABLE_CLASSES,
@@ -58,39 +56,7 @@ def route_model(model: str, api_base: str | None) -> str:
     return model
 
 
-class _DiskCache:
-    """JSON files keyed by `sha256(model + "\\n" + key)`; writes are atomic (temp file + `os.replace`)."""
-
-    def __init__(self, directory: str | os.PathLike | None):
-        self.directory = Path(directory) if directory else None
-
-    def _path(self, model: str, key: str) -> Path:
-        digest = hashlib.sha256(f"{model}\n{key}".encode()).hexdigest()
-        return self.directory / f"{digest}.json"
-
-    def get(self, model: str, key: str) -> dict | None:
-        if self.directory is None:
-            return None
-        try:
-            record = json.loads(self._path(model, key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return record if record.get("model") == model and record.get("key") == key else None
-
-    def put(self, model: str, key: str, record: dict) -> None:
-        if self.directory is None:
-            return
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"model": model, "key": key, **record}, f)
-            os.replace(tmp, self._path(model, key))
-        except OSError:  # a read-only or full disk must not stop training
-            pass
-
-
-BUDGET_GRACE_S = 2.0
+BUDGET_GRACE_S = 0.5
 """Slack of the outer safety net over a batch's budget (the requests themselves stop at the budget)."""
 
 _LOOP: asyncio.AbstractEventLoop | None = None
@@ -106,6 +72,27 @@ def _background_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="trl-sgcd-litellm", daemon=True).start()
             _LOOP = loop
         return _LOOP
+
+
+@dataclass
+class _Pending:
+    """A request in flight: its attempts so far, then its result (read by the caller if it stops waiting)."""
+
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    result: LLMResult | None = None
+
+
+def _fill_unfinished(pending: list[_Pending], error: str = "step budget spent before an answer") -> list[LLMResult]:
+    """The results of `pending`, with a `budget_exhausted` failure (its attempts counted) for each unfinished one."""
+    return [
+        p.result
+        if p.result is not None
+        else failed_result(
+            error, "budget_exhausted", attempts=p.attempts, attempt_errors=tuple(p.errors), budget_exhausted=True
+        )
+        for p in pending
+    ]
 
 
 class LiteLLMClient:
@@ -167,7 +154,7 @@ class LiteLLMClient:
         self.temperature = float(temperature)
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
-        self.cache = _DiskCache(cache_dir)
+        self.cache = DiskCache(cache_dir)
         self._rng = random.Random()
         self._warm = False
 
@@ -213,17 +200,29 @@ class LiteLLMClient:
         Returns:
             `list[LLMResult]`: never raises; failures carry `error`.
         """
+        return await self._run_all(requests, budget, [_Pending() for _ in requests])
+
+    async def _run_all(self, requests, budget: float | None, pending: list[_Pending]) -> list[LLMResult]:
+        """Each result lands in `pending` as soon as it is ready (a caller that stops waiting keeps the finished ones)."""
         semaphore = asyncio.Semaphore(self.concurrency)
         stop_at = None if budget is None else time.monotonic() + budget
 
-        async def run(key: str, messages: list[dict]) -> LLMResult:
+        async def run(i: int, key: str, messages: list[dict]) -> None:
             record = self.cache.get(self.model, key)
             if record is not None:
-                return LLMResult(record["text"], None, 0.0, 0, 0, 0.0, cached=True, attempts=0)
+                pending[i].result = LLMResult(record["text"], None, 0.0, 0, 0, 0.0, cached=True, attempts=0)
+                return
             async with semaphore:
-                return await self._complete_one(key, messages, stop_at)
+                pending[i].result = await self._complete_one(key, messages, stop_at, pending[i])
 
-        return list(await asyncio.gather(*(run(key, messages) for key, messages in requests)))
+        tasks = [asyncio.ensure_future(run(i, key, messages)) for i, (key, messages) in enumerate(requests)]
+        if stop_at is None:
+            await asyncio.gather(*tasks)
+        else:  # the budget holds even where a cancelled attempt is slow to unwind
+            _, late = await asyncio.wait(tasks, timeout=max(stop_at - time.monotonic(), 0.0) + 0.05)
+            for task in late:
+                task.cancel()
+        return _fill_unfinished(pending)
 
     def complete_many(
         self, requests: Sequence[tuple[str, list[dict]]], *, budget: float | None = None
@@ -237,27 +236,22 @@ class LiteLLMClient:
         if not requests:
             return []
         self.warm()
-        coroutine = self.acomplete_many(requests, budget=budget)
         loop = _background_loop()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if (
-            running is loop
-        ):  # called from a coroutine on our own loop: a fresh loop in a worker thread avoids a deadlock
+        if running is loop:  # called from a coroutine on our own loop: a fresh loop in a worker thread, no deadlock
             with ThreadPoolExecutor(max_workers=1) as pool:
-                return pool.submit(asyncio.run, coroutine).result()
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+                return pool.submit(asyncio.run, self.acomplete_many(requests, budget=budget)).result()
+        pending = [_Pending() for _ in requests]
+        future = asyncio.run_coroutine_threadsafe(self._run_all(requests, budget, pending), loop)
         bound = self._batch_bound(len(requests)) if budget is None else budget + BUDGET_GRACE_S
         try:
             return future.result(timeout=bound)
         except Exception as exc:  # noqa: BLE001 - a safety net; each request already has its own deadline
             future.cancel()
-            cls = "budget_exhausted" if budget is not None else error_class(exc)
-            return [
-                failed_result(f"batch failed: {describe_error(exc)}", cls, budget_exhausted=True) for _ in requests
-            ]
+            return _fill_unfinished(pending, f"batch stopped: {describe_error(exc)}")
 
     def _batch_bound(self, num_requests: int) -> float:
         waves = math.ceil(num_requests / self.concurrency)
@@ -273,7 +267,9 @@ class LiteLLMClient:
             pass
         return delay * 0.5 + self._rng.uniform(0.0, delay * 0.5)
 
-    async def _complete_one(self, key: str, messages: list[dict], stop_at: float | None) -> LLMResult:
+    async def _complete_one(
+        self, key: str, messages: list[dict], stop_at: float | None, pending: _Pending
+    ) -> LLMResult:
         start = time.perf_counter()
         attempt, last_exc, classes, cut = 0, None, [], False
         while True:
@@ -283,12 +279,14 @@ class LiteLLMClient:
                 break
             timeout = min(self.deadline, left)
             attempt += 1
+            pending.attempts = attempt
             try:
                 response = await asyncio.wait_for(self._acompletion(messages, timeout), timeout=timeout)
                 return self._success(key, response, start, attempt, tuple(classes))
             except Exception as exc:  # noqa: BLE001 - the client must never raise
                 last_exc = exc
                 classes.append(error_class(exc))
+                pending.errors = list(classes)
                 cut = classes[-1] == "timeout" and timeout < self.deadline
                 if classes[-1] not in RETRYABLE_CLASSES or attempt > self.retries or cut:
                     break

@@ -95,9 +95,11 @@ class LLMResult:
     budget_exhausted: bool = False
 
 
-def failed_result(error: str, error_class: str, **fields) -> LLMResult:
+def failed_result(error: str, error_class: str, *, attempts: int = 0, **fields) -> LLMResult:
     """An [`LLMResult`] for a request that got no answer."""
-    return LLMResult(None, error, 0.0, None, None, None, cached=False, attempts=0, error_class=error_class, **fields)
+    return LLMResult(
+        None, error, 0.0, None, None, None, cached=False, attempts=attempts, error_class=error_class, **fields
+    )
 
 
 def cut_to_bytes(text: str, max_bytes: int) -> str:

@@ -12,6 +12,8 @@ import hashlib
 import re
 from typing import TYPE_CHECKING
 
+from trl_sgcd.credit.sanitize_patterns import PLACEHOLDERS
+
 if TYPE_CHECKING:
     from trl_sgcd.credit.evidence import Evidence
 
@@ -24,21 +26,21 @@ SECTION_TITLES = (
 )
 MIN_SECTIONS = 3
 
-SYSTEM_PROMPT = """You are a training-time credit analyst. You receive one task and several rollouts ("siblings") that \
+SYSTEM_PROMPT_TEMPLATE = """You are a training-time credit analyst. You receive one task and several rollouts ("siblings") that \
 the policy generated for it, each with its verifier outcome (success or failure). Write a concise, stepwise credit \
 reference that explains which steps made the successful siblings succeed and where the failed siblings went wrong.
 
 Rules:
 - Use only information present in the visible traces below.
 - Do not quote hidden labels, evaluator or oracle reports, credentials, or final answer literals. Values shown as \
-placeholders such as [PRIVATE], [SECRET], [CARD], [IBAN], [ACCOUNT], [EMAIL], [PHONE] or [EVALUATOR] stay masked: \
-never guess or reconstruct them.
+placeholders such as {placeholders} stay masked: never guess or reconstruct them.
 - Prefer abstract state checks and action choices (which tool, in which order, with which kind of argument) over \
 copying task-specific values.
 - Be concise: short bullet points, one idea each.
 
 Answer with exactly these five sections, in this order, each under its own header line:
-{headers}"""
+{{headers}}"""
+SYSTEM_PROMPT = SYSTEM_PROMPT_TEMPLATE.format(placeholders=", ".join(f"[{p}]" for p in PLACEHOLDERS))
 
 SECTION_HINTS = (
     "state the successful siblings establish before acting (what they look up or verify)",

@@ -53,7 +53,6 @@ __all__ = ["CreditReference", "SiblingReferenceBuilder", "cap_reference", "check
 BACKENDS = ("contrast", "litellm")
 FALLBACKS = ("contrast", "none")
 SOURCES = ("llm", "contrast", "fallback", "none")
-_REFERENCE_MODES = ("sgcd", "uniform", "direct_sd")  # the modes whose teacher context comes from this builder
 _QUOTED_LITERAL_RE = re.compile(r"`([^`\n]{3,80})`|\"([^\"\n]{3,80})\"")
 
 
@@ -75,7 +74,9 @@ def cap_reference(text: str, tokenizer, max_tokens: int) -> str:
 
 def uses_reference_llm(args) -> bool:
     """Whether a config's run calls the reference LLM (litellm backend, and a mode that builds references)."""
-    return args.credit_reference_backend == "litellm" and args.credit_mode in _REFERENCE_MODES
+    from trl_sgcd.credit.modes import credit_mode
+
+    return args.credit_reference_backend == "litellm" and credit_mode(args.credit_mode).uses_reference_builder
 
 
 def check_api_key(key_env: str | None) -> str | None:

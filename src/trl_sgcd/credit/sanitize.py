@@ -8,11 +8,15 @@ a secret cut in half can never slip through.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from trl_sgcd.credit.sanitize_patterns import KEYED_RULES, PLACEHOLDERS, SHAPE_RULES, Rule
 
 __all__ = [
     "PLACEHOLDERS",
@@ -24,69 +28,12 @@ __all__ = [
     "sanitize",
 ]
 
-PLACEHOLDERS = ("SECRET", "CARD", "IBAN", "ACCOUNT", "EMAIL", "PHONE", "EVALUATOR", "PRIVATE")
 PLACEHOLDER_RE = re.compile(r"\[(" + "|".join(PLACEHOLDERS) + r")\]")
 """A placeholder such as `[CARD]`; group 1 is its label."""
 MIN_PRIVATE_CHARS = 3
-
-# --- patterns ----------------------------------------------------------------------------------------------------------
-_EVAL_KEYS = (
-    r"(?:evaluator|oracle|grader|judge|verifier)(?:[ _-]?(?:report|output|result|feedback|verdict|notes?))?"
-    r"|gold(?:[ _-]?(?:answer|actions?|label|output|solution|reference|response))?"
-    r"|expected[ _-]?(?:answer|output|actions?|result)|ground[ _-]?truth|reward(?:[ _-]?(?:report|info))?"
+_NUMERIC_RE = re.compile(
+    r"[$€£]?[ \t]*(?P<n>(?:0|[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d*)(?:\.\d+)?)[ \t]*(?:usd|eur|gbp)?", re.I
 )
-_SECRET_KEYS = (
-    r"password|passwd|pwd|passphrase|passcode|client[ _-]?secret|secret(?:[ _-]?(?:access[ _-]?)?key)?"
-    r"|api[ _-]?key|apikey|access[ _-]?key(?:[ _-]?id)?|private[ _-]?key"
-    r"|(?:access|auth|refresh|api|bearer|session|id)[ _-]?token|token|pin|cvv|cvc|security[ _-]?code"
-)
-_QUOTED_KEY_RE = {
-    "EVALUATOR": re.compile(r"(?i)([\"'])(?:" + _EVAL_KEYS + r")\1\s*:\s*"),
-    "SECRET": re.compile(r"(?i)([\"'])(?:" + _SECRET_KEYS + r")\1\s*:\s*"),
-}
-_EVAL_LINE_RE = re.compile(r"(?im)^[ \t>*#-]*(?:" + _EVAL_KEYS + r")[ \t]*[:=][ \t]*(?P<v>\S[^\n]*)$")
-_SECRET_KV_RE = re.compile(r"(?i)(?<![\w\"'])(?:" + _SECRET_KEYS + r")[ \t]*[:=][ \t]*(?P<v>[^\s,;'\"}\])]+)")
-_PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
-_TOKEN_RE = re.compile(
-    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|\bhf_[A-Za-z0-9]{16,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-    r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bxox[abpr]-[A-Za-z0-9-]{10,}"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-)
-_BEARER_RE = re.compile(r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9\-._~+/]{8,}=*)")
-_CARD_RE = re.compile(
-    r"(?<![\w-])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5}|\d{13,19})(?![\w-])"
-)
-_IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-_ACCOUNT_RE = re.compile(
-    r"(?i)\b(?:bank[ _-]?)?(?:account|acct|routing|sort[ _-]?code|aba)(?:[ _-]?(?:number|no|num|nr|id))?\.?[\"']?"
-    r"[ \t]*(?:[:=#][ \t]*|is[ \t]+)?[\"']?(?P<v>\d(?:[ -]?\d){4,16})(?![\w-])"
-)
-_EMAIL_RE = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_PHONE_RE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
-    r"|\(\d{3}\)[ .-]?\d{3}[ .-]?\d{4}|\d{3}([.-])\d{3}\1\d{4}|\d{3} \d{3} \d{4})(?![\w-])"
-)
-_PHONE_KV_RE = re.compile(
-    r"(?i)\b(?:phone|tel|telephone|mobile|cell)(?:[ _-]?(?:number|no))?[\"']?[ \t]*[:=]?[ \t]*"
-    r"[\"']?(?P<v>\d{7,15})(?!\w)"
-)
-
-
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _iban_ok(compact: str) -> bool:
-    if not 15 <= len(compact) <= 34:
-        return False
-    rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
 def _scan_value(text: str, pos: int) -> int:
@@ -183,10 +130,12 @@ class Sanitizer:
             ),
             key=lambda v: (-len(v), v),
         )
+        texts = [v for v in self.private_values if _number_regex(v) is None]  # numbers: every written form, below
         self._private_re = None
-        if self.private_values:
-            alternation = "|".join(re.escape(v) for v in self.private_values)
+        if texts:
+            alternation = "|".join(re.escape(v) for v in texts)
             self._private_re = re.compile(r"(?i)(?<![A-Za-z0-9])(?:" + alternation + r")(?![A-Za-z0-9])")
+        self._number_re = _numbers_pattern(self.private_values)
 
     def keeping(self, names: Iterable[str]) -> Sanitizer:
         """A copy that also keeps `names` unmasked."""
@@ -195,22 +144,46 @@ class Sanitizer:
     def __call__(self, text: Any) -> SanitizedText:
         text = "" if text is None else str(text)
         masked: list[str] = []
-        text = _sub(_PEM_RE, text, "SECRET", masked)
-        text = _mask_quoted_values(text, _QUOTED_KEY_RE["EVALUATOR"], "EVALUATOR", masked)
-        text = _sub(_EVAL_LINE_RE, text, "EVALUATOR", masked, group="v")
-        text = _mask_quoted_values(text, _QUOTED_KEY_RE["SECRET"], "SECRET", masked)
-        text = _sub(_SECRET_KV_RE, text, "SECRET", masked, group="v")
-        text = _sub(_BEARER_RE, text, "SECRET", masked, group="v")
-        text = _sub(_TOKEN_RE, text, "SECRET", masked)
+        for rule in KEYED_RULES:
+            text = _apply(rule, text, masked)
+        if self._number_re is not None:  # 312.4 stored, "$312.40", "312.400 USD" or "1,312.4" in the text
+            text = _sub(self._number_re, text, "PRIVATE", masked)
         if self._private_re is not None:
             text = _sub(self._private_re, text, "PRIVATE", masked)
-        text = _sub(_IBAN_RE, text, "IBAN", masked, check=_iban_prefix)
-        text = _sub(_CARD_RE, text, "CARD", masked, check=lambda s: _luhn_ok(re.sub(r"\D", "", s)))
-        text = _sub(_ACCOUNT_RE, text, "ACCOUNT", masked, group="v")
-        text = _sub(_EMAIL_RE, text, "EMAIL", masked)
-        text = _sub(_PHONE_KV_RE, text, "PHONE", masked, group="v")
-        text = _sub(_PHONE_RE, text, "PHONE", masked, check=lambda s: 7 <= len(re.sub(r"\D", "", s)) <= 15)
+        for rule in SHAPE_RULES:
+            text = _apply(rule, text, masked)
         return SanitizedText(text=text, masked=list(dict.fromkeys(masked)))
+
+
+def _apply(rule: Rule, text: str, masked: list[str]) -> str:
+    if rule.quoted_key:
+        return _mask_quoted_values(text, rule.pattern, rule.label, masked)
+    return _sub(rule.pattern, text, rule.label, masked, group=rule.group, check=rule.check)
+
+
+def _number_regex(value: str) -> str | None:
+    """A regex for every written form of a numeric private value (`312.4` -> `312.40`, `$312.4`, `1,312.4`...)."""
+    match = _NUMERIC_RE.fullmatch(value.strip())
+    if match is None:
+        return None
+    try:
+        number = Decimal(match.group("n").replace(",", ""))
+    except InvalidOperation:
+        return None
+    whole, _, fraction = format(number, "f").partition(".")
+    fraction = fraction.rstrip("0")
+    head, groups = whole[: len(whole) % 3 or 3], [whole[i : i + 3] for i in range(len(whole) % 3 or 3, len(whole), 3)]
+    integer = ",?".join([head, *groups])
+    return integer + (r"\." + fraction + "0*" if fraction else r"(?:\.0+)?")
+
+
+def _numbers_pattern(values: list[str]) -> re.Pattern | None:
+    alternation = sorted({r for v in values if (r := _number_regex(v)) is not None}, key=lambda r: (-len(r), r))
+    if not alternation:
+        return None
+    return re.compile(
+        r"(?<![\w.,$€£])(?:[$€£][ \t]?)?(?:" + "|".join(alternation) + r")(?:[ \t]?(?i:usd|eur|gbp)\b)?(?![\w]|[.,]\d)"
+    )
 
 
 def sanitize(text: Any, *, private_values: Iterable[Any] = ()) -> SanitizedText:
@@ -220,15 +193,6 @@ def sanitize(text: Any, *, private_values: Iterable[Any] = ()) -> SanitizedText:
 
 def _is_placeholder(text: str) -> bool:
     return not PLACEHOLDER_RE.sub("", text).strip(" \t\n\"',;:")
-
-
-def _iban_prefix(candidate: str) -> int | bool:
-    """Length of the longest valid IBAN prefix of `candidate` (cut at group boundaries), or False."""
-    parts = candidate.split(" ")
-    for k in range(len(parts), 0, -1):
-        if _iban_ok("".join(parts[:k])):
-            return len(" ".join(parts[:k]))
-    return False
 
 
 def _sub(pattern: re.Pattern, text: str, label: str, masked: list[str], *, group: int | str = 0, check=None) -> str:
@@ -258,6 +222,15 @@ def _sub(pattern: re.Pattern, text: str, label: str, masked: list[str], *, group
     return pattern.sub(replace, text)
 
 
+def _leaves(literal: str) -> list[str]:
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return flatten_values(parse(literal))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return []
+
+
 def _mask_quoted_values(text: str, key_re: re.Pattern, label: str, masked: list[str]) -> str:
     """Mask the value (string, number, list or object) that follows a quoted JSON/Python key."""
     out, pos = [], 0
@@ -273,6 +246,8 @@ def _mask_quoted_values(text: str, key_re: re.Pattern, label: str, masked: list[
         quote = value[0] if inner is not value else ""
         out.append(text[pos:start] + f"{quote}[{label}]{quote}")
         masked.append(inner)
+        if label != "EVALUATOR" and inner[:1] in "[{":  # an address object: its lines too, for the credit mask
+            masked.extend(v for v in _leaves(inner) if len(v) >= MIN_PRIVATE_CHARS)
         pos = end
     out.append(text[pos:])
     return "".join(out)

@@ -2,11 +2,11 @@
 
 A group is *mixed* when it holds both a verified success and a failure (paper eq. 1: 0 < #success < G). Success is a
 binary predicate on the reward (`reward >= threshold`), never on the reward's standard deviation: filtering on
-shaped-reward variance destroyed policies in practice (user need 10). NaN rewards (unscorable rollouts) are never a
+shaped-reward variance destroyed policies in practice. NaN rewards (unscorable rollouts) are never a
 success.
 
-The cross-rank helpers are pure functions over lists, so they are testable without processes; the trainer feeds
-them what accelerate's `gather_object` returns and broadcasts the references built by each group's owner rank.
+Everything here is a pure function over lists, so it is testable without processes; the trainer feeds it what
+accelerate's `gather_object` returns and broadcasts the references built by each group's owner rank.
 """
 
 from __future__ import annotations
@@ -161,22 +161,6 @@ def build_sibling_groups(
     return groups
 
 
-def local_rows(process_index: int, local_size: int) -> slice:
-    """
-    The rows of the gathered batch that belong to one process (the slice TRL uses after gathering rewards).
-
-    Args:
-        process_index (`int`):
-            Rank of the process.
-        local_size (`int`):
-            Number of rollouts generated on each process.
-
-    Returns:
-        `slice`: `slice(process_index * local_size, (process_index + 1) * local_size)`.
-    """
-    return slice(process_index * local_size, (process_index + 1) * local_size)
-
-
 def owner_of_group(group_index: int, num_processes: int) -> int:
     """Rank that builds the credit reference of a group: round-robin over processes."""
     if num_processes < 1:
@@ -184,6 +168,54 @@ def owner_of_group(group_index: int, num_processes: int) -> int:
     return group_index % num_processes
 
 
-def gather_for_groups(objects_per_rank: Sequence[Sequence[Any]]) -> list:
-    """Flatten per-rank lists in rank order (what `gather_object` returns for lists of per-rollout objects)."""
-    return [obj for rank_objects in objects_per_rank for obj in rank_objects]
+def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], observation_max_chars: int) -> list:
+    """Teacher context per rollout for the sibling-context modes (`no_reference`, `sdpo`): a raw successful sibling
+    other than the rollout itself, sanitized, no LLM.
+
+    A rollout is never shown its own completion (the teacher would then hold the answer it is scoring): a failed
+    rollout gets the shortest successful sibling, a successful one the shortest *other* success, and a lone success
+    gets no teacher (`None`), as in SDPO's reference code (`dont_reprompt_on_self_success`). Ties go to the lowest row
+    index, so the choice is deterministic.
+
+    Args:
+        group ([`SiblingGroup`]):
+            The group; its rollouts' `row` dicts hold the private values.
+        private_columns (`Sequence[str]`):
+            Columns whose values are masked in the rendered sibling.
+        observation_max_chars (`int`):
+            Tool observations are truncated to this many characters (after sanitizing).
+
+    Returns:
+        `list[CreditReference | None]`: one entry per rollout of the group, in order.
+    """
+    from trl_sgcd.credit.evidence import render_sanitized_trace
+    from trl_sgcd.credit.reference import CreditReference
+    from trl_sgcd.credit.sanitize import Sanitizer, private_values
+
+    successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
+    if not successes:
+        return [None] * len(group.rollouts)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
+    # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
+    rendered = {
+        r.index: render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars)
+        for r in successes
+    }
+    ranked = sorted(rendered, key=lambda index: (len(rendered[index].text), index))  # shortest first
+    contexts = []
+    for rollout in group.rollouts:
+        chosen = next((index for index in ranked if index != rollout.index), None)
+        if chosen is None:
+            contexts.append(None)
+            continue
+        clean = rendered[chosen]
+        contexts.append(
+            CreditReference(
+                text="A successful attempt at this same task:\n" + clean.text,
+                sections={},
+                masked_literals=list(clean.masked),
+                source="sibling",
+                group_index=group.group_index,
+            )
+        )
+    return contexts

@@ -1,4 +1,4 @@
-"""Batch-level credit helpers the trainer wires together: rewards, which rows get a teacher, mode rules, statistics.
+"""Batch-level credit helpers: total rewards, per-batch statistics and metrics, the run-validity checks.
 
 Pure functions over tensors and lists; none of them holds the trainer.
 """
@@ -6,13 +6,12 @@ Pure functions over tensors and lists; none of them holds the trainer.
 from __future__ import annotations
 
 import resource
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-# Modes that need the dense teacher/student comparison, and which groups they use.
-SCORED_MODES = ("sgcd", "no_reference", "uniform", "direct_sd", "sdpo")
-SIBLING_CONTEXT_MODES = ("no_reference", "sdpo")  # teacher context = a raw successful sibling, no LLM
+from trl_sgcd.credit.modes import credit_mode
 
 
 def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
@@ -28,13 +27,6 @@ def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) 
     rewards = (rewards_per_func * weights).nansum(dim=1)  # (N,)
     rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
     return rewards
-
-
-def group_needs_teacher(mode: str, num_success: int, group_size: int) -> bool:
-    """Mixed groups get a teacher; the `sdpo` comparator also uses all-success groups (it needs one success)."""
-    if mode == "sdpo":
-        return num_success > 0
-    return 0 < num_success < group_size
 
 
 @dataclass
@@ -53,7 +45,7 @@ class CreditStats:
         "entropy",
         "weight",
         "weight_at_cap",
-        "tool_tokens_in_mask",
+        "weights_off_loss_mask",
     )
     MAX_KEYS = ("divergence_max", "entropy_max", "weight_max", "scoring_time_s", "peak_memory_gb")
 
@@ -82,12 +74,16 @@ def local_credit_stats(
     saliency: torch.Tensor,
     weights: torch.Tensor,
     eligible: torch.Tensor,
-    tool_mask: torch.Tensor | None,
+    weights_off_loss_mask: int,
     cap: float,
     scoring_time_s: float,
     peak_memory_gb: float,
 ) -> CreditStats:
-    """Sums and maxima over the scored rows' eligible tokens (all inputs `(B_scored, T)`)."""
+    """Sums and maxima over the scored rows' eligible tokens (all tensors `(B_scored, T)`).
+
+    `weights_off_loss_mask` is the number of tokens of the whole batch with W > 1 where the loss mask TRL uses
+    (`completion_mask * tool_mask`) is 0: tool observations, padding or prompt tokens must never carry credit.
+    """
     e = eligible.bool()
     n = int(e.sum())
     stats = CreditStats()
@@ -100,7 +96,7 @@ def local_credit_stats(
         "entropy": float(entropy[e].sum()) if n else 0.0,
         "weight": float(weights[e].sum()) if n else 0.0,
         "weight_at_cap": float((weights[e] >= cap - 1e-6).sum()) if n else 0.0,
-        "tool_tokens_in_mask": float((e & (tool_mask == 0)).sum()) if tool_mask is not None else 0.0,
+        "weights_off_loss_mask": float(weights_off_loss_mask),
     }
     stats.maxima = {
         "divergence_max": float(divergence[e].max()) if n else 0.0,
@@ -117,14 +113,22 @@ def credit_metrics(
     *,
     num_groups: int,
     num_mixed: int,
-    sources: dict[str, int],
+    references,
     latency_s: float,
-    cost_usd: float | None,
-    resample_rounds: int,
     fallback_prefix: int,
 ) -> dict:
-    """The `sgcd/` metrics of one generation batch, from globally reduced statistics."""
+    """The `sgcd/` metrics of one generation batch, from globally reduced statistics.
+
+    `references` are the batch's teacher contexts (any iterable of [`CreditReference`], rows of a group may share
+    one): sources, coverage and cost count one per group. An unknown cost (e.g. a local server) is not logged as 0.
+    """
     s, m = stats.sums, stats.maxima
+    per_group = {ref.group_index: ref for ref in references}
+    sources: dict[str, int] = {}
+    for ref in per_group.values():
+        sources[ref.source] = sources.get(ref.source, 0) + 1
+    costs = [ref.cost_usd for ref in per_group.values()]
+    cost_usd = sum(costs) if costs and all(c is not None for c in costs) else None
     tokens = max(s["scored_tokens"], 1.0)
     refs = sum(sources.values())
     metrics = {
@@ -145,14 +149,19 @@ def credit_metrics(
         "sgcd/weight_at_cap_fraction": s["weight_at_cap"] / tokens,
         "sgcd/scoring_time_s": m["scoring_time_s"],
         "sgcd/peak_memory_gb": m["peak_memory_gb"],
-        "sgcd/resample_rounds": float(resample_rounds),
         "sgcd/teacher_prefix_fallback": float(fallback_prefix),
     }
     for source in ("llm", "contrast", "fallback", "none", "sibling"):
         metrics[f"sgcd/reference_source/{source}"] = float(sources.get(source, 0))
-    if cost_usd is not None:  # unknown cost (e.g. a local server) is not logged as 0
+    if cost_usd is not None:
         metrics["sgcd/reference_cost_usd"] = cost_usd
     return metrics
+
+
+def replace_last(logged, values: list) -> None:
+    """Overwrite the last `len(values)` entries of a list or deque (TRL's completions-table logs) with `values`."""
+    for k, value in enumerate(values, start=len(logged) - len(values)):
+        logged[k] = value
 
 
 def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -161,33 +170,29 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-def direct_sd_targets(shape, top_k: int, rows: list[int], scores, eligible_rows, *, device) -> dict:
-    """Teacher top-K targets for the `direct_sd` ablation, as `(B, T, K)` tensors the loss step can slice."""
-    B, T = shape
-    K = scores.teacher_topk_ids.size(-1) if rows else top_k
-    ids = torch.zeros(B, T, K, dtype=torch.long, device=device)  # (B, T, K)
-    logps = torch.zeros(B, T, K, device=device)  # (B, T, K)
-    mask = torch.zeros(B, T, device=device)  # (B, T)
-    if rows:
-        ids[rows] = scores.teacher_topk_ids.to(device)
-        logps[rows] = scores.teacher_topk_logprobs.to(device)
-        mask[rows] = eligible_rows.float().to(device)
-    return {"credit_teacher_topk_ids": ids, "credit_teacher_topk_logprobs": logps, "credit_sd_mask": mask}
-
-
 def validity_problems(
-    stats: CreditStats, *, mode: str, num_mixed: int, weights_require_grad: bool, inert_steps: int, inert_limit: int
+    stats: CreditStats,
+    *,
+    weights_carry_credit: bool,
+    num_mixed: int,
+    weights_require_grad: bool,
+    inert_steps: int,
+    inert_limit: int,
 ) -> tuple[list[str], int]:
-    """The paper's run-validity checks on one batch; returns the problems and the updated inert-step counter."""
+    """The paper's run-validity checks on one batch (globally reduced `stats`); returns the problems and the updated
+    inert-step counter. `weights_carry_credit`: the mode puts W > 1 somewhere, so inert weights are a problem."""
     s, m = stats.sums, stats.maxima
     problems = []
     if s["rows_scored"] > 0 and s["scored_tokens"] > 0 and m["divergence_max"] == 0.0:
         problems.append("the dense features are all zero (teacher and student agree everywhere)")
-    if s["tool_tokens_in_mask"] > 0:
-        problems.append(f"the credit mask covers {int(s['tool_tokens_in_mask'])} tool-observation tokens")
+    if s["weights_off_loss_mask"] > 0:
+        problems.append(
+            f"{int(s['weights_off_loss_mask'])} tokens outside TRL's loss mask (tool observations, padding) have "
+            "credit weights > 1"
+        )
     if weights_require_grad:
         problems.append("the credit weights require grad (they must be detached)")
-    if num_mixed > 0 and mode in ("sgcd", "no_reference", "uniform"):
+    if num_mixed > 0 and weights_carry_credit:
         inert_steps = 0 if s["credit_tokens"] > 0 else inert_steps + 1
         if inert_steps >= inert_limit:
             problems.append(
@@ -196,18 +201,34 @@ def validity_problems(
     return problems, inert_steps
 
 
-def refuse_unsupported(args) -> None:
-    """Refuse, at construction, combinations whose credit would be silently wrong."""
-    if args.credit_mode == "off":
+def check_validity(stats: CreditStats, *, strict: bool, **kwargs) -> int:
+    """Warn about each problem [`validity_problems`] finds (raise a `RuntimeError` when `strict`); returns the
+    updated inert-step counter. `kwargs` are those of [`validity_problems`]."""
+    problems, inert_steps = validity_problems(stats, **kwargs)
+    for problem in problems:
+        message = f"SGCD validity check: {problem}."
+        if strict:
+            raise RuntimeError(message + " (credit_strict=True)")
+        warnings.warn(message, stacklevel=3)
+    return inert_steps
+
+
+def refuse_unsupported(args, *, is_vlm: bool = False) -> None:
+    """Refuse, at construction, combinations whose credit would be silently wrong (`is_vlm`: the model takes images,
+    known once TRL has loaded it)."""
+    if not credit_mode(args.credit_mode).scores:
         return
+    if is_vlm:
+        raise ValueError(
+            "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
+            "images, so its divergence would be wrong. Use a text model, or credit_mode='off' (plain GRPO)."
+        )
     if args.loss_type == "vespo":
         raise ValueError(
             f"credit_mode={args.credit_mode!r} with loss_type='vespo' is not supported: VESPO weights whole sequences "
             "by their importance ratio, so token-level credit weights have no defined meaning there. Use loss_type "
             "'dapo', 'grpo', 'bnpo' or 'dr_grpo', or credit_mode='off'."
         )
-    if args.credit_mode not in SCORED_MODES:
-        raise ValueError(f"credit_mode={args.credit_mode!r} is not implemented by SGCDTrainer.")
 
 
 def peak_memory_gb() -> float:

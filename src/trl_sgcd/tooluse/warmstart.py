@@ -223,88 +223,114 @@ def warm_start(
         if progress:
             print(f"[warm start] cached: {folder}", flush=True)
         return folder
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    from trl_sgcd.tooluse.models import prepare_tokenizer
-
     t0 = time.perf_counter()
     path, _ = _resolve_model(model_name_or_path)
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".warm-")
     try:
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        dataset = sft_dataset(n_tasks, seed)
-        bf16 = settings["precision"] == "bf16"
-        args = SFTConfig(
-            output_dir=os.path.join(tmp, "trainer"),
-            num_train_epochs=epochs,
-            max_steps=max_steps if max_steps else -1,
-            per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=1,
-            learning_rate=learning_rate,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_length=max_length,
-            assistant_only_loss=True,
-            packing=False,
-            gradient_checkpointing=False,
-            pad_to_multiple_of=64,
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=bf16,
-            fp16=False,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=not progress,
-            dataloader_num_workers=0,
-            dataset_num_proc=None,
-        )
-        if progress:
-            print(
-                f"[warm start] SFT on {len(dataset)} expert trajectories ({settings['precision']}, "
-                f"lr {learning_rate:g}, batch {batch_size}, "
-                f"{f'{max_steps} steps' if max_steps else f'{epochs:g} epochs'}) -> {folder}",
-                flush=True,
-            )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        t_train = time.perf_counter()
-        trainer.train()
-        train_s = time.perf_counter() - t_train
-        model = trainer.model
-        model.to(torch.float32)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(os.path.join(tmp, "trainer"), ignore_errors=True)
-        log = [{k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history]
+        trainer, tokenizer, train_s = _train(path, settings, tmp, epochs=epochs, progress=progress, folder=folder)
+        _save(trainer, tokenizer, tmp)
         marker = {
             "settings": settings,
             "source": path,
             "train_s": train_s,
             "total_s": time.perf_counter() - t0,
             "global_step": trainer.state.global_step,
-            "log_history": log,
+            "log_history": [
+                {k: v for k, v in entry.items() if isinstance(v, (int, float))} for entry in trainer.state.log_history
+            ],
         }
-        with open(os.path.join(tmp, WARM_START_MARKER), "w") as f:  # written last: marks the folder complete
-            json.dump(marker, f, indent=1)
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        _publish(tmp, folder, marker)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if progress:
         print(f"[warm start] done in {time.perf_counter() - t0:.0f} s: {folder}", flush=True)
     return folder
+
+
+def _sft_config(settings: dict, trainer_dir: str, *, epochs: float, progress: bool):
+    """TRL `SFTConfig` of a warm start: assistant-only loss, linear decay without warm-up, no checkpoints."""
+    import torch
+    from trl import SFTConfig
+
+    max_steps = settings["max_steps"]
+    return SFTConfig(
+        output_dir=trainer_dir,
+        num_train_epochs=epochs,
+        max_steps=max_steps if max_steps else -1,
+        per_device_train_batch_size=settings["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=settings["learning_rate"],
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_length=settings["max_length"],
+        assistant_only_loss=True,
+        packing=False,
+        gradient_checkpointing=False,
+        pad_to_multiple_of=64,
+        seed=settings["seed"],
+        data_seed=settings["seed"],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=settings["precision"] == "bf16",
+        fp16=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+
+
+def _train(path: str, settings: dict, tmp: str, *, epochs: float, progress: bool, folder: str):
+    """Run `SFTTrainer` from the model at `path`; returns `(trainer, tokenizer, training seconds)`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from trl_sgcd.tooluse.models import prepare_tokenizer
+
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dataset = sft_dataset(settings["n_tasks"], settings["seed"])
+    args = _sft_config(settings, os.path.join(tmp, "trainer"), epochs=epochs, progress=progress)
+    if progress:
+        steps = settings["max_steps"]
+        print(
+            f"[warm start] SFT on {len(dataset)} expert trajectories ({settings['precision']}, "
+            f"lr {settings['learning_rate']:g}, batch {settings['batch_size']}, "
+            f"{f'{steps} steps' if steps else f'{epochs:g} epochs'}) -> {folder}",
+            flush=True,
+        )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    t_train = time.perf_counter()
+    trainer.train()
+    return trainer, tokenizer, time.perf_counter() - t_train
+
+
+def _save(trainer, tokenizer, tmp: str) -> None:
+    """The fine-tuned model (float32) and its tokenizer into `tmp`, without the trainer's own folder."""
+    import torch
+
+    model = trainer.model
+    model.to(torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(os.path.join(tmp, "trainer"), ignore_errors=True)
+
+
+def _publish(tmp: str, folder: str, marker: dict) -> None:
+    """Write the marker last (it marks the folder complete) and move the folder into place."""
+    with open(os.path.join(tmp, WARM_START_MARKER), "w") as f:
+        json.dump(marker, f, indent=1)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
 
 
 def train_success(

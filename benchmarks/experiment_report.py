@@ -1,0 +1,184 @@
+"""The results file of `benchmarks/experiment.py` (one JSON line per finished run) and what is built from it.
+
+    .venv/bin/python benchmarks/experiment_report.py outputs/experiment      # rebuild results.md and curves.png
+
+Intervals: 95% bootstrap over seeds and held-out tasks together (seeds and tasks resampled with replacement, the same
+draw for every arm, so the SGCD - GRPO difference is paired by seed and task). With few seeds the interval is mostly the
+task noise of one evaluation; it is printed next to the number of runs it rests on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+
+ARMS = ("off", "sgcd", "direct_sd", "sdpo")
+RESULTS_FILE = "results.jsonl"
+ARM_NAMES = {"off": "GRPO", "sgcd": "SGCD", "direct_sd": "direct SD", "sdpo": "SDPO"}
+
+
+def read_results(path: str) -> list[dict]:
+    """Finished runs, in the order they ended. A torn last line (a process killed mid-write) is dropped: rerun."""
+    if not os.path.exists(path):
+        return []
+    results = []
+    with open(path) as f:
+        for line in f:
+            try:
+                results.append(json.loads(line))
+            except ValueError:
+                continue
+    return results
+
+
+def append_result(path: str, result: dict) -> None:
+    """Append one run as one JSON line, flushed to disk before returning."""
+    with open(path, "a+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():  # a torn last line must not swallow this one
+            f.seek(f.tell() - 1)
+            if f.read(1) != "\n":
+                f.write("\n")
+        f.write(json.dumps(result, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _success_table(results: list[dict], arm: str) -> dict[int, dict[str, bool]]:
+    return {r["seed"]: r["after"]["task_success"] for r in results if r["arm"] == arm}
+
+
+def bootstrap_interval(
+    tables: list[dict[int, dict[str, bool]]], weights: list[float], *, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(estimate, low, high) of sum_i weights[i] * pass@1(tables[i]), resampling seeds and tasks (paired).
+
+    Each table maps seed -> task_id -> success; only seeds and tasks present in every table are used.
+    """
+    seeds = sorted(set.intersection(*(set(t) for t in tables)))
+    tasks = sorted(set.intersection(*(set(t[s]) for t in tables for s in seeds))) if seeds else []
+    if not seeds or not tasks:
+        return float("nan"), float("nan"), float("nan")
+
+    def stat(ss, ts):
+        return sum(w * statistics.mean(float(t[s][k]) for s in ss for k in ts) for t, w in zip(tables, weights))
+
+    rng = random.Random(seed)
+    draws = sorted(
+        stat(rng.choices(seeds, k=len(seeds)), rng.choices(tasks, k=len(tasks))) for _ in range(n_boot)
+    )  # fmt: skip
+    return stat(seeds, tasks), draws[int(0.025 * n_boot)], draws[int(0.975 * n_boot) - 1]
+
+
+def _fmt(estimate, low, high) -> str:
+    return "n/a" if estimate != estimate else f"{estimate:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _mean(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{statistics.mean(values):.3f}" if values else "n/a"
+
+
+def _series(runs: list[dict], key: str) -> list[float]:
+    """Mean over runs of a logged training metric, step by step (as long as every run has it)."""
+    series = [[e[key] for e in r["log_history"] if key in e] for r in runs]
+    n = min((len(s) for s in series), default=0)
+    return [statistics.mean(s[i] for s in series) for i in range(n)]
+
+
+def results_table(record: dict, results: list[dict]) -> str:
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
+    header = ["arm", "runs", "held-out pass@1 [95% CI]", "zero-tool share", "tools/success", "train reward first/last"]
+    header.append("resample rounds/step")  # dynamic sampling, which must be the same for every arm
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in arms:
+        runs = [r for r in results if r["arm"] == arm]
+        rewards = _series(runs, "reward")
+        quarter = max(1, len(rewards) // 4)
+        trend = f"{_mean(rewards[:quarter])} / {_mean(rewards[-quarter:])}" if rewards else "n/a"
+        row = [
+            ARM_NAMES[arm],
+            str(len(runs)),
+            _fmt(*bootstrap_interval([_success_table(results, arm)], [1.0])),
+            _mean([r["after"]["audit"].get("zero_tool_success_share") for r in runs]),
+            _mean([r["after"]["audit"].get("tools_per_success") for r in runs]),
+            trend,
+            _mean(_series(runs, "sgcd/resample/rounds")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    before = record["before"]
+    lines.append(
+        f"\nWarm start (before RL), held-out greedy pass@1: {before['pass@1']:.3f} on {len(before['task_success'])} tasks"
+    )
+    for arm in arms:
+        if arm == "off" or "off" not in arms:
+            continue
+        paired = bootstrap_interval([_success_table(results, arm), _success_table(results, "off")], [1.0, -1.0])
+        lines.append(f"Paired {ARM_NAMES[arm]} - GRPO (same seeds and tasks): {_fmt(*paired)}")
+    return "\n".join(lines)
+
+
+def plot_curves(results: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    keys = (("reward", "train reward (mean over seeds)"), ("sgcd/audit/zero_tool_success_share", "zero-tool share"))
+    for arm in ARMS:
+        runs = [r for r in results if r["arm"] == arm]
+        for (key, title), ax in zip(keys, axes):
+            values = _series(runs, key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, label=ARM_NAMES[arm])
+            ax.set(title=title, xlabel="step")
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
+    for offset, category in ((-0.2, "action"), (0.2, "information")):
+        values = [
+            statistics.mean(
+                r["after"]["per_category"].get(category, {}).get("pass@1", 0.0) for r in results if r["arm"] == a
+            )
+            for a in arms
+        ]
+        axes[2].bar([i + offset for i in range(len(arms))], values, width=0.4, label=category)
+    axes[2].set_xticks(range(len(arms)), [ARM_NAMES[a] for a in arms])
+    axes[2].set(title="held-out pass@1 by category", ylim=(0, 1))
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: str, record: dict, results: list[dict], *, command: str = "") -> str:
+    """Write `results.md` (and `curves.png` when matplotlib is there) under `output_dir`; returns the markdown."""
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+    train_min = sum(r["wall_s"]["train"] + r["wall_s"]["eval"] for r in results) / 60
+    report = (
+        f"# Experiment results\n\nCommand: `{command}`\n\nMachine: {machine}. Runs: {len(results)}, "
+        f"{train_min:.1f} min of training and evaluation (warm start: {record['wall_s']['warm_start']:.0f} s).\n\n"
+        f"Settings: `{json.dumps(record['settings'])}`\n\n{results_table(record, results)}\n"
+    )
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(report)
+    try:
+        plot_curves(results, os.path.join(output_dir, "curves.png"))
+    except ImportError:
+        pass
+    return report
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.experiment import EXPERIMENT_FILE
+
+    folder = sys.argv[1] if len(sys.argv) > 1 else "outputs/experiment"
+    with open(os.path.join(folder, EXPERIMENT_FILE)) as f:
+        print(write_report(folder, json.load(f), read_results(os.path.join(folder, RESULTS_FILE))))

@@ -1,0 +1,126 @@
+r"""The SDPO comparator's distillation loss (Hübotter et al., 2026; the paper's Table 7 row).
+
+Table 7 describes SDPO as pure self-distillation that replaces the reward, with a successful peer rollout as teacher
+context and a symmetric JSD on a top-K support of about 100 tokens. TRL's experimental `SDPOTrainer`
+(`trl/experimental/sdpo`) offers the same objective as `distillation_mode="topk_logits"` with `distillation_alpha=0.5`
+and `distillation_add_tail=True`; this module computes that loss on the student's own rollout:
+
+    loss = mean over rows of ( mean over the row's loss tokens of D_alpha(p_t^K || q_t^K) )
+
+with p the student (WITH gradient), q the teacher (the current policy scored with another successful sibling in its
+prompt, detached), both reduced to the teacher's top-K ids plus one tail bucket, and D_alpha TRL's generalized JSD:
+alpha = 0 is KL(q || p), alpha = 1 is KL(p || q), 0 < alpha < 1 is (1 - alpha) KL(p || m) + alpha KL(q || m) with
+m = (1 - alpha) p + alpha q (alpha = 0.5: the symmetric JSD).
+
+Where this departs from TRL's `SDPOTrainer` (documented in docs/results.md too):
+
+* The support is the teacher's top-K (computed once, when the batch is scored), not the student's top-K recomputed
+  at the loss step; both keep a tail bucket, so the divergence is over a distribution that sums to 1 either way.
+* The teacher is the live policy as of generation time (TRL's `teacher_model_kind="live"` when the loss is computed
+  on-policy); TRL's default EMA teacher and its `base` teacher are not offered.
+* No importance-sampling correction of the distillation loss (`distillation_is_clip`): the loss step is on-policy
+  with one optimizer step per generation batch (`num_iterations=1`), where TRL's ratio is 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from trl_sgcd.credit.divergence import LOG_FLOOR
+from trl_sgcd.credit.hidden import completion_hidden
+
+# The scorer's model access (unwrapping, backbone, chunked LM head): the one place trl-sgcd runs the model.
+from trl_sgcd.credit.scorer import _backbone, _chunks, _LMHead, _unwrap
+
+
+def generalized_jsd(log_p: Tensor, log_q: Tensor, alpha: float) -> Tensor:
+    r"""
+    TRL's SDPO divergence `compute_divergence(student, teacher, alpha)` over the last dimension.
+
+    Args:
+        log_p (`torch.Tensor` of shape `(N, S)`): student log-probabilities (a full distribution over S buckets).
+        log_q (`torch.Tensor` of shape `(N, S)`): teacher log-probabilities.
+        alpha (`float`): 0 = KL(q || p), 1 = KL(p || q), 0.5 = symmetric JSD.
+
+    Returns:
+        `torch.Tensor`: `(N,)`.
+    """
+    p, q = log_p.exp(), log_q.exp()  # (N, S)
+    if alpha == 0.0:
+        return (q * (log_q - log_p)).sum(-1)
+    if alpha == 1.0:
+        return (p * (log_p - log_q)).sum(-1)
+    log_m = torch.logaddexp(log_p + torch.log1p(torch.tensor(-alpha)), log_q + torch.log(torch.tensor(alpha)))
+    kl_p = (p * (log_p - log_m)).sum(-1)  # (N,)
+    kl_q = (q * (log_q - log_m)).sum(-1)  # (N,)
+    return (1.0 - alpha) * kl_p + alpha * kl_q
+
+
+def _jsd_chunk(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor, alpha: float) -> Tensor:
+    """Per-position divergence `(n,)` on the K teacher ids plus one tail bucket each side."""
+    log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
+    log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
+    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=LOG_FLOOR)  # (n,)
+    q_tail = (1.0 - log_q.exp().sum(-1)).clamp(min=torch.finfo(torch.float32).tiny)  # (n,)
+    student = torch.cat([log_p, log_p_tail.unsqueeze(-1)], dim=-1)  # (n, K+1)
+    teacher = torch.cat([log_q.clamp(min=LOG_FLOOR), q_tail.log().unsqueeze(-1)], dim=-1)  # (n, K+1)
+    return generalized_jsd(student, teacher, alpha)
+
+
+def sdpo_distillation_loss(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    teacher_topk_ids: Tensor,
+    teacher_topk_logprobs: Tensor,
+    *,
+    alpha: float,
+    temperature: float,
+    chunk_size: int,
+) -> Tensor:
+    r"""
+    SDPO's top-K distillation loss, WITH gradient through the student (see the module docstring).
+
+    Args:
+        model: the policy (PEFT/DDP wrappers accepted); run in its current mode.
+        input_ids (`torch.Tensor` of shape `(B, L)`): student prompt + completion, completion = last T columns.
+        attention_mask (`torch.Tensor` of shape `(B, L)`).
+        completion_mask (`torch.Tensor` of shape `(B, T)`): the distilled tokens (rows without a teacher: all 0).
+        teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)`), teacher_topk_logprobs (`torch.Tensor` of shape
+            `(B, T, K)`): the teacher's top-K support and its log-probabilities.
+        alpha (`float`): the divergence, see [`generalized_jsd`].
+        temperature (`float`): sampling temperature.
+        chunk_size (`int`): positions per LM-head chunk (each chunk is recomputed in the backward).
+
+    Returns:
+        `torch.Tensor`: scalar; per-row means over `completion_mask`, averaged over the rows (TRL's aggregation).
+    """
+    mask = completion_mask.bool()  # (B, T)
+    if teacher_topk_ids.shape[:2] != mask.shape or teacher_topk_logprobs.shape != teacher_topk_ids.shape:
+        raise ValueError(
+            f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+            f"{tuple(teacher_topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
+        )
+    base = _unwrap(model)
+    head = _LMHead(base, temperature)
+    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
+    log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
+    parts = [hidden.sum(-1)[:0].float() * 0.0]  # (0,) connected to the graph even with no token
+    with head.gathered():
+        weight = head.weight.detach().clone() if head.zero3 else head.weight
+        for part in _chunks(ids.size(0), chunk_size):
+            parts.append(
+                checkpoint(_jsd_chunk, head, weight, hidden[part], ids[part], log_q[part], alpha, use_reentrant=False)
+            )
+    per_token = torch.cat(parts)  # (N,)
+    dense = torch.zeros(mask.shape, dtype=per_token.dtype, device=per_token.device)  # (B, T)
+    dense = dense.masked_scatter(mask.to(dense.device), per_token)
+    per_row = dense.sum(-1) / mask.sum(-1).clamp(min=1).to(dense.device)  # (B,)
+    return per_row.mean() + hidden.sum() * 0.0
+
+
+__all__ = ["generalized_jsd", "sdpo_distillation_loss"]

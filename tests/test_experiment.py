@@ -1,0 +1,119 @@
+"""`benchmarks/experiment.py`: resuming (no finished run repeated, the results file appended), the budget stop inside a
+run and its resume from the checkpoint, the matched config of every arm, and the report's paired intervals."""
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+
+import pytest
+
+from benchmarks import experiment
+from benchmarks.experiment_report import RESULTS_FILE, append_result, bootstrap_interval, read_results
+
+# The random tiny model, its 1-step warm start, 1 held-out task, 1-step runs of 4 short rollouts.
+TINY = [
+    "--model", "tiny", "--sft-tasks", "1", "--sft-steps", "1", "--sft-batch-size", "1", "--sft-max-length", "1400",
+    "--steps", "1", "--rollouts-per-step", "4", "--num-generations", "2", "--max-completion-length", "8",
+    "--max-tool-calls", "1", "--max-resample-rounds", "0", "--lora-r", "2", "--lora-alpha", "4",
+    "--eval-tasks", "1", "--eval-max-turns", "1", "--eval-max-new-tokens", "4",
+]  # fmt: skip
+
+
+def _tiny_settings(**overrides) -> experiment.ExperimentSettings:
+    args = experiment._parser().parse_args(TINY)
+    values = {k: getattr(args, k) for k in asdict(experiment.PROFILES["cpu"]) if getattr(args, k) is not None}
+    return replace(experiment.PROFILES["cpu"], **{**values, **overrides})
+
+
+@pytest.fixture
+def started_runs(monkeypatch):
+    """Every (arm, seed) whose training starts, in order (the real `train_run` runs)."""
+    started, real = [], experiment.train_run
+
+    def spy(settings, arm, seed, *args, **kwargs):
+        started.append(experiment.run_key(arm, seed))
+        return real(settings, arm, seed, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_run", spy)
+    return started
+
+
+def test_interrupted_experiment_resumes_without_repeating_a_run(tmp_path, started_runs):
+    out = str(tmp_path / "exp")
+    argv = [*TINY, "--arms", "off", "sgcd", "--seeds", "0", "--output-dir", out]
+    first = experiment.main([*argv, "--max-runs", "1"])  # stops after one run, as an interruption would
+    assert [r["arm"] for r in first] == ["off"] and started_runs == ["off-seed0"]
+    with open(os.path.join(out, RESULTS_FILE), "rb") as f:
+        after_first = f.read()
+    stamp = os.path.getmtime(os.path.join(out, experiment.EXPERIMENT_FILE))
+
+    second = experiment.main(argv)
+    assert started_runs == ["off-seed0", "sgcd-seed0"]  # the finished run was skipped
+    assert [(r["arm"], r["seed"]) for r in second] == [("off", 0), ("sgcd", 0)]
+    with open(os.path.join(out, RESULTS_FILE), "rb") as f:
+        assert f.read().startswith(after_first)  # appended, the first run's line untouched
+    assert os.path.getmtime(os.path.join(out, experiment.EXPERIMENT_FILE)) == stamp  # warm start + eval not redone
+
+    assert experiment.main(argv) == second and len(started_runs) == 2  # all done: nothing runs
+    for result in second:
+        assert os.path.exists(os.path.join(result["saved"], "adapter_config.json"))  # the run's adapters
+        assert result["after"]["task_success"] and "pass@1" in result["after"]
+    with open(os.path.join(out, "results.md")) as f:
+        assert "Paired SGCD - GRPO" in f.read()
+
+    with pytest.raises(ValueError, match="steps"):  # other sizes in the same folder are refused
+        experiment.main([*argv, "--steps", "2"])
+
+
+def test_budget_stops_inside_a_run_and_the_run_continues_from_its_checkpoint(tmp_path):
+    settings = _tiny_settings(steps=2, save_steps=1)
+    record = experiment.prepare(settings, str(tmp_path))
+    run_dir = str(tmp_path / "runs" / "sgcd-seed0")
+    common = dict(warm_start_dir=record["warm_start"], bf16=record["bf16"])
+    stopped = experiment.train_run(settings, "sgcd", 0, run_dir, deadline=time.monotonic(), **common)
+    assert stopped is None and "checkpoint-1" in os.listdir(run_dir)  # stopped after step 1, its state saved
+
+    result = experiment.train_run(settings, "sgcd", 0, run_dir, **common)
+    assert result["steps"] == 2 and result["resumed_from"] == "checkpoint-1"
+    steps = [e["step"] for e in result["log_history"] if "loss" in e]
+    assert steps == [1, 2]  # step 1 was not trained again
+    assert not [f for f in os.listdir(run_dir) if f.startswith("checkpoint-")]  # cleaned up once done
+
+
+def test_every_arm_gets_the_same_config_but_the_credit_mode(tmp_path):
+    settings = experiment.PROFILES["cpu"]
+    configs = {
+        arm: experiment.training_config(settings, arm, 1, str(tmp_path), bf16=False).to_dict()
+        for arm in experiment.ARMS
+    }
+    for arm, config in configs.items():
+        assert config.pop("credit_mode") == arm
+        assert config["credit_dynamic_sampling"] is True
+        assert config["per_device_train_batch_size"] == settings.rollouts_per_step
+    assert all(config == configs["off"] for config in configs.values())
+
+
+def test_results_file_survives_a_torn_last_line(tmp_path):
+    path = str(tmp_path / RESULTS_FILE)
+    append_result(path, {"arm": "off", "seed": 0})
+    with open(path, "a") as f:
+        f.write('{"arm": "sgcd", "se')  # killed mid-write
+    assert read_results(path) == [{"arm": "off", "seed": 0}]  # the torn run is not counted: it runs again
+    append_result(path, {"arm": "sgcd", "seed": 0})
+    assert read_results(path) == [{"arm": "off", "seed": 0}, {"arm": "sgcd", "seed": 0}]
+    with open(path) as f:
+        assert [json.loads(line)["arm"] for line in f if line.startswith('{"arm": "sgcd", "seed": 0}')] == ["sgcd"]
+
+
+def test_paired_bootstrap_interval():
+    sgcd = {0: {"a": True, "b": True, "c": False, "d": True}, 1: {"a": True, "b": False, "c": False, "d": True}}
+    grpo = {0: {"a": True, "b": False, "c": False, "d": False}, 1: {"a": True, "b": False, "c": False, "d": True}}
+    estimate, low, high = bootstrap_interval([sgcd], [1.0])
+    assert estimate == pytest.approx(5 / 8) and 0.0 <= low <= estimate <= high <= 1.0 and low < high
+    diff, low, high = bootstrap_interval([sgcd, grpo], [1.0, -1.0])
+    assert diff == pytest.approx(5 / 8 - 3 / 8) and low <= diff <= high
+    assert (
+        low >= 0.0
+    )  # paired: on no (seed, task) draw can SGCD fall below GRPO here, as it never fails where GRPO wins
+    assert bootstrap_interval([sgcd, sgcd], [1.0, -1.0]) == (0.0, 0.0, 0.0)
