@@ -133,6 +133,9 @@ def unpad_left(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
 
 
+_EDGES = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
 def literal_pattern(literal: str) -> re.Pattern:
     """A literal as a whole value: case-insensitive, never inside a longer alphanumeric run ("258" is not in "12580").
 
@@ -160,7 +163,8 @@ def literal_token_mask(
     * an occurrence after the literal appeared in a tool observation of the same completion (`tool_mask == 0`) is
       not masked: the environment showed it to the policy.
 
-    Occurrences are whole values (`literal_pattern`: case-insensitive, not inside a longer run of letters or digits).
+    Occurrences are whole values (`literal_pattern`: case-insensitive, not inside a longer run of letters or digits),
+    a literal's leading and trailing punctuation stripped (`$258` is the value `258`).
     Tokens are decoded one by one and their texts concatenated, so each token gets a character span; every token
     whose span overlaps a masked occurrence is marked.
 
@@ -183,7 +187,8 @@ def literal_token_mask(
         raise ValueError(f"prompt_ids has {len(prompt_ids)} rows but literals_per_row has {len(literals_per_row)}.")
     mask = torch.zeros(completion_ids.shape, dtype=torch.bool)
     for row, literals in enumerate(literals_per_row):
-        literals = sorted({lit.strip() for lit in literals if lit and lit.strip()}, key=len, reverse=True)
+        # A value is its alphanumeric core: "$258" and "'258'" are the value 258 (seen when 258 was seen).
+        literals = sorted({core for lit in literals if (core := _EDGES.sub("", lit or ""))}, key=len, reverse=True)
         if literals and prompt_ids is not None:
             prompt = tokenizer.decode(list(prompt_ids[row]))
             literals = [lit for lit in literals if not literal_pattern(lit).search(prompt)]
