@@ -272,6 +272,7 @@ class LiteLLMClient:
     ) -> LLMResult:
         start = time.perf_counter()
         attempt, last_exc, classes, cut = 0, None, [], False
+        cause_exc = None  # the last non-timeout failure: what spent the budget when a cut attempt then times out
         while True:
             left = math.inf if stop_at is None else stop_at - time.monotonic()
             if left <= 0:
@@ -286,6 +287,8 @@ class LiteLLMClient:
             except Exception as exc:  # noqa: BLE001 - the client must never raise
                 last_exc = exc
                 classes.append(error_class(exc))
+                if classes[-1] != "timeout":
+                    cause_exc = exc
                 pending.errors = list(classes)
                 cut = classes[-1] == "timeout" and timeout < self.deadline
                 if classes[-1] not in RETRYABLE_CLASSES or attempt > self.retries or cut:
@@ -300,12 +303,16 @@ class LiteLLMClient:
             return failed_result(
                 "budget exhausted before the request was sent", "budget_exhausted", budget_exhausted=True
             )
-        timed_out = classes[-1] == "timeout"
-        if timed_out:
+        timed_out, final_class = classes[-1] == "timeout", classes[-1]
+        if timed_out and cut and cause_exc is not None:
+            # a retry sent with the budget's last moments timed out: report what made the retries (e.g. rate limits)
+            final_class = error_class(cause_exc)
+            error = describe_error(cause_exc) + f" (then the step budget ran out after {attempt} attempt(s))"
+        elif timed_out:
             error = f"timeout: no answer within {timeout:g} s" + (" (step budget)" if cut else "")
         else:
             error = describe_error(last_exc)
-        if classes[-1] == "connection":
+        if final_class == "connection":
             error += f" [endpoint {self.endpoint}]"
         return LLMResult(
             None,
@@ -316,8 +323,8 @@ class LiteLLMClient:
             None,
             cached=False,
             attempts=attempt,
-            timed_out=timed_out,
-            error_class=classes[-1],
+            timed_out=final_class == "timeout",
+            error_class=final_class,
             attempt_errors=tuple(classes),
             budget_exhausted=cut,
         )

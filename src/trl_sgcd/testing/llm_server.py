@@ -79,12 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         owner = self.server.owner
         number, mode = owner._record(raw)
-        if mode == "hang":
+        failing = number <= owner.fail_first  # the first N requests fail with fail_status, whatever the mode
+        if mode == "hang" and not failing:
             owner._stopped.wait()  # released when the server stops
             return
         if owner.latency > 0 and owner._stopped.wait(owner.latency):
             return
-        status = owner.fail_status if number <= owner.fail_first else {"429": 429, "500": 500}.get(mode)
+        status = owner.fail_status if failing else {"429": 429, "500": 500}.get(mode)
         if status is not None:
             kind = "rate_limit_error" if status == 429 else "server_error"
             self._send_json(status, {"error": {"message": f"injected {status}", "type": kind, "code": status}})
