@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.credit.test_divergence import naive_topk_divergence
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores, teacher_matching_loss
+from trl_sgcd.credit.distill_losses import teacher_matching_loss
+from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores
 
 TEMPERATURE = 0.7
 
@@ -468,7 +469,8 @@ from accelerate import Accelerator, InitProcessGroupKwargs
 from transformers import AutoModelForCausalLM
 sys.path.insert(0, sys.argv[1])
 from tests.credit.test_scorer import _args, make_batch
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, teacher_matching_loss
+from trl_sgcd.credit.distill_losses import teacher_matching_loss
+from trl_sgcd.credit.scorer import DenseDivergenceScorer
 
 def load():  # before the Accelerator exists, so that nothing is partitioned at load time
     model = AutoModelForCausalLM.from_pretrained(sys.argv[2])

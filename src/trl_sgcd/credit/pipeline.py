@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from trl_sgcd.credit.distill_losses import sdpo_distillation_loss, teacher_matching_loss
 from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.modes import CreditMode, credit_mode
 from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores, teacher_matching_loss
+from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores
 from trl_sgcd.credit.siblings import SiblingGroup, build_sibling_groups, sibling_contexts
 from trl_sgcd.credit.stats import CreditStats, check_validity, credit_metrics, local_credit_stats, peak_memory_gb
 from trl_sgcd.credit.table import CreditTableRecorder
@@ -376,8 +377,6 @@ class CreditPipeline:
                 model, input_ids, attention_mask, *targets, temperature=temperature, chunk_size=chunk
             )
             return loss, "sgcd/direct_sd_loss", self.args.credit_direct_sd_coef
-        from trl_sgcd.credit.sdpo import sdpo_distillation_loss
-
         loss = sdpo_distillation_loss(
             model,
             input_ids,

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from trl_sgcd.credit.divergence import (
-    LOG_FLOOR,
     _check_divergence,
     _check_top_k,
     _student_scores,
@@ -312,73 +310,6 @@ class DenseDivergenceScorer:
             hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
         with head.gathered():
             head.logits(hidden[0, -1:])
-
-
-# --------------------------------------------------------------------------------------------- direct_sd ablation loss
-def teacher_matching_loss(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-    teacher_topk_ids: Tensor,
-    teacher_topk_logprobs: Tensor,
-    *,
-    temperature: float,
-    chunk_size: int,
-) -> Tensor:
-    r"""
-    Teacher-matching KL(q^K || p^K) of the `direct_sd` ablation, WITH gradient through the student. The only gradient
-    path outside TRL's clipped surrogate in trl-sgcd, and only in that ablation.
-
-    Args:
-        model: the policy (PEFT/DDP wrappers accepted); run in its current mode.
-        input_ids (`torch.Tensor` of shape `(B, L)`): student prompt + completion, completion = last T columns.
-        attention_mask (`torch.Tensor` of shape `(B, L)`).
-        completion_mask (`torch.Tensor` of shape `(B, T)`): tokens the loss averages over.
-        teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_ids`.
-        teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_logprobs`.
-        temperature (`float`): sampling temperature.
-        chunk_size (`int`): positions per LM-head chunk; each chunk is recomputed in the backward (checkpointed), so
-            memory stays at one chunk of logits.
-
-    Returns:
-        `torch.Tensor`: scalar, the KL averaged over the `completion_mask` tokens (0 when there is none).
-
-    Under ZeRO-3 the head is gathered once and used detached: the KL then trains the backbone but not the LM head.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
-    mask = completion_mask.bool()  # (B, T)
-    if teacher_topk_ids.shape[:2] != mask.shape or teacher_topk_logprobs.shape != teacher_topk_ids.shape:
-        raise ValueError(
-            f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
-            f"{tuple(teacher_topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
-        )
-    base = _unwrap(model)
-    head = _LMHead(base, temperature)
-    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
-    ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
-    log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
-    total = hidden.sum() * 0.0  # connected to the graph even with no token
-    with head.gathered():
-        weight = head.weight.detach().clone() if head.zero3 else head.weight
-        for part in _chunks(ids.size(0), chunk_size):
-            total = total + checkpoint(
-                _teacher_kl_sum, head, weight, hidden[part], ids[part], log_q[part], use_reentrant=False
-            )
-    return total / mask.sum().clamp(min=1)
-
-
-def _teacher_kl_sum(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor) -> Tensor:
-    """Sum over the chunk of KL(q || p) on the K teacher ids plus one tail bucket each side."""
-    log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
-    log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
-    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=LOG_FLOOR)  # (n,)
-    q = log_q.exp()  # (n, K)
-    q_tail = (1.0 - q.sum(-1)).clamp(min=0.0)  # (n,)
-    log_q_tail = q_tail.clamp(min=torch.finfo(torch.float32).tiny).log()  # (n,)
-    kl = (q * (log_q.clamp(min=LOG_FLOOR) - log_p)).sum(-1) + q_tail * (log_q_tail - log_p_tail)  # (n,)
-    return kl.sum()
 
 
 # ------------------------------------------------------------------------------------------------------------ checks
