@@ -32,7 +32,7 @@ def write_figure(
     from bench_credit import credit_weights_of
 
     from trl_sgcd.credit.render import localization_html_page
-    from trl_sgcd.credit.table import decode_token_strings
+    from trl_sgcd.credit.table_rows import decode_token_strings
 
     weights, eligible = {}, {}
     for (name, i), score in scores.items():
