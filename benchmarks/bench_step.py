@@ -44,7 +44,7 @@ from trl import GRPOTrainer  # noqa: E402
 
 from trl_sgcd import SGCDConfig, SGCDTrainer  # noqa: E402
 from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir  # noqa: E402
-from trl_sgcd.tooluse.warmstart import bf16_is_fast  # noqa: E402
+from trl_sgcd.tooluse.warmstart_cache import bf16_is_fast  # noqa: E402
 
 PHASES = ("training_step", "_generate_and_score_completions", "_generate", "_apply_credit", "compute_loss")
 
