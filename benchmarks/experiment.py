@@ -127,46 +127,27 @@ def check_experiment(output_dir: str, settings: ExperimentSettings) -> dict | No
 
 
 def training_config(settings: ExperimentSettings, arm: str, seed: int, run_dir: str, *, bf16: bool):
-    """The `SGCDConfig` of one run: every arm gets exactly this, with only `credit_mode` (and the folder) changed."""
-    import torch
+    """The `SGCDConfig` of one run: every arm gets exactly this, with only `credit_mode` (and the folder) changed.
 
-    from trl_sgcd.config import SGCDConfig
-    from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS
+    The demo's config (`trl_sgcd.demo.phases.sgcd_config`) with the experiment's checkpoints, vLLM and sampling rounds.
+    """
+    from trl_sgcd.demo.phases import sgcd_config
 
     s = settings
-    return SGCDConfig(
-        output_dir=run_dir,
-        use_cpu=not torch.cuda.is_available(),
+    return sgcd_config(
+        s,
+        run_dir,
         bf16=bf16,
-        report_to="none",
-        max_steps=s.steps,
-        per_device_train_batch_size=s.rollouts_per_step,
-        gradient_accumulation_steps=1,
-        num_generations=s.num_generations,
-        max_completion_length=s.max_completion_length,
-        max_tool_calling_iterations=s.max_tool_calls,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type="constant",
-        temperature=s.temperature,
-        top_p=s.top_p,
-        beta=0.0,
+        progress=False,
         seed=seed,
-        data_seed=seed,
-        logging_steps=1,
+        credit_mode=arm,
         save_strategy="steps",
         save_steps=s.save_steps,
         save_total_limit=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         use_vllm=s.use_vllm,
         vllm_mode="colocate",
-        credit_mode=arm,
-        credit_dynamic_sampling=True,
         credit_min_mixed_fraction=s.min_mixed_fraction,
         credit_max_resample_rounds=s.max_resample_rounds,
-        credit_reference_backend="contrast",
-        credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
-        credit_chunk_size=64,
     )
 
 
@@ -282,7 +263,8 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_sgcd.tooluse.warmstart import warm_start, warm_start_settings
+    from trl_sgcd.tooluse.warmstart import warm_start
+    from trl_sgcd.tooluse.warmstart_cache import warm_start_settings
 
     record = check_experiment(output_dir, settings)
     if record is not None:

@@ -42,13 +42,8 @@ def model_dir(name: str) -> str:
 
 def warm_start_phase(s, base_dir: str, *, warm_start_dir, progress, clock) -> dict:
     """Run (or find cached) the warm start; `{"dir", "settings", "cached", "marker", "bf16"}`."""
-    from trl_sgcd.tooluse.warmstart import (
-        is_warm_started,
-        read_marker,
-        warm_start,
-        warm_start_folder,
-        warm_start_settings,
-    )
+    from trl_sgcd.tooluse.warmstart import warm_start
+    from trl_sgcd.tooluse.warmstart_cache import is_warm_started, read_marker, warm_start_folder, warm_start_settings
 
     kwargs = dict(
         epochs=s.sft_epochs,
@@ -106,14 +101,19 @@ def make_evaluator(s, tokenizer, *, bf16: bool, progress: bool):
     return test_set, run_eval
 
 
-def sgcd_config(s, rl_dir: str, *, bf16: bool, progress: bool):
-    """The demo's `SGCDConfig` (offline contrast reference, airline private columns masked)."""
+def sgcd_config(s, rl_dir: str, *, bf16: bool, progress: bool, seed=None, credit_mode=None, **overrides):
+    """The demo's `SGCDConfig` (offline contrast reference, airline private columns masked).
+
+    `seed` and `credit_mode` default to `s.seed` and `s.credit_mode`; `overrides` are further `SGCDConfig` fields (the
+    experiment's checkpoints, vLLM and dynamic-sampling rounds: `benchmarks/experiment.py`).
+    """
     import torch
 
     from trl_sgcd.config import SGCDConfig
     from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS
 
-    return SGCDConfig(
+    seed = s.seed if seed is None else seed
+    fields = dict(
         output_dir=rl_dir,
         use_cpu=not torch.cuda.is_available(),
         bf16=bf16,
@@ -129,18 +129,19 @@ def sgcd_config(s, rl_dir: str, *, bf16: bool, progress: bool):
         temperature=s.temperature,
         top_p=s.top_p,
         beta=0.0,
-        seed=s.seed,
-        data_seed=s.seed,
+        seed=seed,
+        data_seed=seed,
         logging_steps=1,
         save_strategy="no",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
-        credit_mode=s.credit_mode,
+        credit_mode=s.credit_mode if credit_mode is None else credit_mode,
         credit_dynamic_sampling=True,  # DAPO's mixed-group sampling, the same for every credit mode (GRPO included)
         credit_reference_backend="contrast",
         credit_private_columns=list(AIRLINE_PRIVATE_COLUMNS),
         credit_chunk_size=64,
     )
+    return SGCDConfig(**{**fields, **overrides})
 
 
 def train_phase(s, model, ws_dir: str, args):
