@@ -29,7 +29,7 @@ def write_figure(
     path, scores, rollouts, refs, decisive, tokenizer, *, config, policy="the policy", reference="contrast", n=4
 ) -> str:
     """Write the HTML page to `path` and, when a Chromium is installed, `path` with `.png`; returns the HTML path."""
-    from bench_credit import credit_weights_of
+    from credit_metrics import credit_weights_of
 
     from trl_sgcd.credit.render import localization_html_page
     from trl_sgcd.credit.table_rows import decode_token_strings

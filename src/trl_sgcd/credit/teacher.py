@@ -208,34 +208,3 @@ def literal_token_mask(
                 elif not seen:
                     mask[row, tokens.start : tokens.stop] = True
     return mask.to(completion_ids.device)
-
-
-def sibling_context_reference(group, *, private_columns, observation_max_chars: int):
-    """Teacher context for the `no_reference` and `sdpo` modes: one raw successful sibling, sanitized, no LLM.
-
-    The shortest successful trace is used (ties: lowest row index), so the choice is deterministic.
-    """
-    from trl_sgcd.credit.evidence import render_sanitized_trace
-    from trl_sgcd.credit.reference import CreditReference
-    from trl_sgcd.credit.sanitize import Sanitizer, private_values
-
-    successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
-    if not successes:
-        return CreditReference(text="", sections={}, masked_literals=[], source="none", group_index=group.group_index)
-    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
-    # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
-    traces = [
-        (
-            render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars),
-            r.index,
-        )
-        for r in successes
-    ]
-    clean, _ = min(traces, key=lambda t: (len(t[0].text), t[1]))
-    return CreditReference(
-        text="A successful attempt at this same task:\n" + clean.text,
-        sections={},
-        masked_literals=list(clean.masked),
-        source="sibling",
-        group_index=group.group_index,
-    )
