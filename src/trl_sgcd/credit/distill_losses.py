@@ -45,31 +45,23 @@ from trl_sgcd.credit.hidden import completion_hidden
 from trl_sgcd.credit.scorer import _backbone, _chunks, _LMHead, _unwrap
 
 
-def _student_and_teacher(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    completion_mask: Tensor,
-    teacher_topk_ids: Tensor,
-    teacher_topk_logprobs: Tensor,
-    *,
-    temperature: float,
-) -> tuple[Tensor, _LMHead, Tensor, Tensor, Tensor]:
+def _student_and_teacher(model, input_ids, attention_mask, completion_mask, topk_ids, topk_logprobs, *, temperature):
     """
-    The inputs of a distillation loss: `(mask (B, T), head, hidden (N, H), ids (N, K), log_q (N, K))`, the student's
-    hidden states at the N `completion_mask` tokens (with gradient) and the teacher's top-K support there.
+    The inputs of a distillation loss (the arguments of [`teacher_matching_loss`]): `(mask (B, T), head, hidden (N, H),
+    ids (N, K), log_q (N, K))`, the student's hidden states at the N `completion_mask` tokens (with gradient) and the
+    teacher's top-K support `topk_ids` `(B, T, K)` and log-probabilities `topk_logprobs` `(B, T, K)` there.
     """
     mask = completion_mask.bool()  # (B, T)
-    if teacher_topk_ids.shape[:2] != mask.shape or teacher_topk_logprobs.shape != teacher_topk_ids.shape:
+    if topk_ids.shape[:2] != mask.shape or topk_logprobs.shape != topk_ids.shape:
         raise ValueError(
-            f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
-            f"{tuple(teacher_topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
+            f"teacher_topk_ids {tuple(topk_ids.shape)} and teacher_topk_logprobs "
+            f"{tuple(topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
         )
     base = _unwrap(model)
     head = _LMHead(base, temperature)
     hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
-    ids = teacher_topk_ids[mask].to(hidden.device)  # (N, K)
-    log_q = teacher_topk_logprobs[mask].to(hidden.device).float()  # (N, K)
+    ids = topk_ids[mask].to(hidden.device)  # (N, K)
+    log_q = topk_logprobs[mask].to(hidden.device).float()  # (N, K)
     return mask, head, hidden, ids, log_q
 
 
