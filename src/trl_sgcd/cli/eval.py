@@ -22,13 +22,14 @@ import sys
 from collections.abc import Callable
 
 from .utils import (
+    AIRLINE_ENV,
+    AIRLINE_REWARD,
     BUILTIN_AIRLINE,
     BUILTIN_MODELS,
     UsageError,
     builtin_model_dir,
-    check_columns,
     check_environment_reset,
-    get_split,
+    checked_split,
     load_callable,
     load_dataset_dict,
     log,
@@ -237,9 +238,13 @@ def load_tasks(args):
             )
         return make_airline_dataset(args.split, seed=args.seed, n=args.n)
     splits = load_dataset_dict(args.dataset_name, args.dataset_config)
-    dataset = get_split(splits, args.split, field_name="--split", dataset_name=args.dataset_name)
-    dataset = check_columns(
-        dataset, prompt_column=args.prompt_column, private_columns=[], dataset_name=args.dataset_name
+    dataset = checked_split(
+        splits,
+        args.split,
+        field_name="--split",
+        dataset_name=args.dataset_name,
+        prompt_column=args.prompt_column,
+        private_columns=[],
     )
     return dataset.select(range(min(args.n, len(dataset)))) if args.n else dataset
 
@@ -247,16 +252,12 @@ def load_tasks(args):
 def resolve_rollout(args) -> tuple[Callable, Callable]:
     """`(environment_factory, reward_func)`: import paths, the airline defaults, or the environment's `get_reward`."""
     tau2 = resolve_env_spec(args.dataset_name) if str(args.dataset_name).startswith("tau2:") else None  # τ²-bench
-    factory_path = args.environment_factory or (
-        "trl_sgcd.envs.airline:AirlineEnv" if args.dataset_name == BUILTIN_AIRLINE else None
-    )
+    factory_path = args.environment_factory or (AIRLINE_ENV if args.dataset_name == BUILTIN_AIRLINE else None)
     factory_path = factory_path or (tau2.environment_path if tau2 else None)
     if factory_path is None:
         raise UsageError("--environment_factory is required for a dataset other than builtin:airline.")
     factory = load_callable(factory_path, what="environment_factory")
-    paths = args.reward_funcs or (
-        ["trl_sgcd.envs.airline:airline_reward"] if args.dataset_name == BUILTIN_AIRLINE else []
-    )
+    paths = args.reward_funcs or ([AIRLINE_REWARD] if args.dataset_name == BUILTIN_AIRLINE else [])
     paths = paths or ([tau2.reward_path] if tau2 else [])
     funcs = [load_callable(p, what="reward function") for p in paths]
     if not funcs:

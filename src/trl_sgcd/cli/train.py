@@ -31,21 +31,19 @@ from .parser import (  # noqa: F401 - re-exported: the parser is part of this co
     read_config_file,
 )
 from .utils import (
+    AIRLINE_ENV,
+    AIRLINE_REWARD,
     BUILTIN_AIRLINE,
     UsageError,
     builtin_model_dir,
-    check_columns,
     check_environment_reset,
-    get_split,
+    checked_split,
     load_callable,
     load_dataset_dict,
     log,
     quiet_known_noise,
     resolve_model_name,
 )
-
-AIRLINE_ENV = "trl_sgcd.envs.airline:AirlineEnv"
-AIRLINE_REWARD = "trl_sgcd.envs.airline:airline_reward"
 
 
 @dataclass
@@ -122,14 +120,10 @@ def resolve_datasets(script_args, training_args):
         private_columns=training_args.credit_private_columns,
         dataset_name=name,
     )
-    train = get_split(splits, script_args.dataset_train_split, field_name="dataset_train_split", dataset_name=name)
-    train = check_columns(train, **columns)
+    train = checked_split(splits, script_args.dataset_train_split, field_name="dataset_train_split", **columns)
     evaluation = None
     if training_args.eval_strategy != "no":
-        evaluation = get_split(
-            splits, script_args.dataset_test_split, field_name="dataset_test_split", dataset_name=name
-        )
-        evaluation = check_columns(evaluation, **columns)
+        evaluation = checked_split(splits, script_args.dataset_test_split, field_name="dataset_test_split", **columns)
     return train, evaluation
 
 

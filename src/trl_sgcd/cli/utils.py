@@ -11,6 +11,8 @@ import os
 import sys
 
 BUILTIN_AIRLINE = "builtin:airline"
+AIRLINE_ENV = "trl_sgcd.envs.airline:AirlineEnv"  # the environment and reward of builtin:airline (train and eval)
+AIRLINE_REWARD = "trl_sgcd.envs.airline:airline_reward"
 BUILTIN_MODELS = {
     "builtin:smollm2": "bundled_model_dir",
     "builtin:tiny": "tiny_model_dir",
@@ -240,6 +242,16 @@ def get_split(dataset_dict, split: str, *, field_name: str, dataset_name: str):
         return dataset_dict[split]
     except UsageError as e:
         raise UsageError(f"{field_name}={split!r}: {e}") from e
+
+
+def checked_split(
+    dataset_dict, split: str, *, field_name: str, dataset_name: str, prompt_column: str, private_columns: list[str]
+):
+    """[`get_split`], then [`check_columns`]: one split, its columns checked and its prompt column named `"prompt"`."""
+    dataset = get_split(dataset_dict, split, field_name=field_name, dataset_name=dataset_name)
+    return check_columns(
+        dataset, prompt_column=prompt_column, private_columns=private_columns, dataset_name=dataset_name
+    )
 
 
 def check_columns(dataset, *, prompt_column: str, private_columns: list[str], dataset_name: str):
