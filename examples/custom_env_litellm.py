@@ -26,7 +26,7 @@ import torch
 from datasets import Dataset
 
 from trl_sgcd import SGCDConfig, SGCDTrainer
-from trl_sgcd.tooluse.models import bundled_model_dir, tiny_context_model_dir, tiny_model_dir
+from trl_sgcd.cli.utils import builtin_model_dir
 
 STOCK = {"widget": 12, "gadget": 0, "gizmo": 5}
 
@@ -110,12 +110,7 @@ def main():
     parser.add_argument("--output-dir", default="outputs/sgcd-warehouse")
     parser.add_argument("--scripted-sibling", action="store_true", help="first rollout per request succeeds")
     args = parser.parse_args()
-    builtin = {
-        "builtin:smollm2": bundled_model_dir,
-        "builtin:tiny": tiny_model_dir,
-        "builtin:tiny-context": tiny_context_model_dir,
-    }
-    model = builtin.get(args.model, lambda: args.model)()
+    model = builtin_model_dir(args.model)  # "builtin:smollm2" -> the bundled model's folder; other names unchanged
     on_gpu = torch.cuda.is_available()
     config = SGCDConfig(
         output_dir=args.output_dir,

@@ -19,9 +19,9 @@ import argparse
 import torch
 
 from trl_sgcd import SGCDConfig, SGCDTrainer  # was: from trl import GRPOConfig, GRPOTrainer
+from trl_sgcd.cli.utils import builtin_model_dir
 from trl_sgcd.envs import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
 from trl_sgcd.envs.scripted import scripted_sibling_reward
-from trl_sgcd.tooluse.models import bundled_model_dir, tiny_context_model_dir, tiny_model_dir
 
 
 def main():
@@ -33,12 +33,7 @@ def main():
     parser.add_argument("--output-dir", default="outputs/sgcd-airline")
     parser.add_argument("--scripted-sibling", action="store_true", help="first rollout per task succeeds (fast path)")
     args = parser.parse_args()
-    builtin = {
-        "builtin:smollm2": bundled_model_dir,
-        "builtin:tiny": tiny_model_dir,
-        "builtin:tiny-context": tiny_context_model_dir,
-    }
-    model = builtin.get(args.model, lambda: args.model)()
+    model = builtin_model_dir(args.model)  # "builtin:smollm2" -> the bundled model's folder; other names unchanged
     on_gpu = torch.cuda.is_available()
 
     config = SGCDConfig(  # was: GRPOConfig(...)
