@@ -2,13 +2,11 @@
 dataset the way `train` takes them, the training harness, and a real run of the tiny model with a progress bar."""
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.cli.subprocesses import run_side_by_side
 from trl_sgcd.cli import eval as eval_script
 from trl_sgcd.cli.utils import UsageError
 from trl_sgcd.tooluse.harness import PAPER_HARNESS
@@ -38,29 +36,14 @@ class EchoEnv:
 
 
 @pytest.fixture(scope="module")
-def usage_runs(tmp_path_factory):
+def usage_runs():
     """Three bad command lines, run side by side: each must fail with a usage error before loading anything."""
     commands = {
         "missing_model": ["--model", "outputs/no_such_run"],
         "bad_split": ["--model", "builtin:tiny", "--split", "validation"],
         "zero_n": ["--model", "builtin:tiny", "--n", "0"],
     }
-    start = time.monotonic()
-    procs = {
-        key: subprocess.Popen(
-            [sys.executable, "-m", "trl_sgcd", "eval", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for key, args in commands.items()
-    }
-    results = {}
-    for key, proc in procs.items():
-        out, err = proc.communicate(timeout=180)
-        results[key] = (proc.returncode, err, time.monotonic() - start)
-    return results
+    return run_side_by_side({key: ["eval", *args] for key, args in commands.items()})
 
 
 @pytest.mark.parametrize(
@@ -68,7 +51,7 @@ def usage_runs(tmp_path_factory):
     [("missing_model", "--model 'outputs/no_such_run'"), ("bad_split", "--split 'validation'"), ("zero_n", "--n")],
 )
 def test_bad_arguments_are_usage_errors(usage_runs, key, needle):
-    status, err, _ = usage_runs[key]
+    status, _, err, _ = usage_runs[key]
     assert status == 2, err
     assert needle in err and "Traceback" not in err and "Loading weights" not in err
 

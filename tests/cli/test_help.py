@@ -2,38 +2,19 @@
 
 import dataclasses
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from tests.cli.subprocesses import run_side_by_side
 from trl_sgcd.config import SGCDConfig
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def runs():
-    """`train --help`, `train` alone and `demo --help`, run side by side (each pays the interpreter start)."""
-    commands = {"train_help": ["train", "--help"], "train_bare": ["train"], "demo_help": ["demo", "--help"]}
-    start = time.monotonic()
-    procs = {
-        key: subprocess.Popen(
-            [sys.executable, "-m", "trl_sgcd", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for key, args in commands.items()
-    }
-    results = {}
-    for key, proc in procs.items():
-        out, err = proc.communicate(timeout=180)
-        results[key] = (proc.returncode, out, err, time.monotonic() - start)
-    return results
+    """`train --help`, `train` alone and `demo --help`, run side by side."""
+    return run_side_by_side(
+        {"train_help": ["train", "--help"], "train_bare": ["train"], "demo_help": ["demo", "--help"]}
+    )
 
 
 def help_of(out: str, flag: str) -> str:
@@ -48,6 +29,7 @@ def help_of(out: str, flag: str) -> str:
 def test_train_help_lists_config_first_then_the_credit_fields(runs):
     status, out, err, _ = runs["train_help"]
     assert status == 0, err
+    assert out.startswith("usage: trl-sgcd train")
     assert "--config RECIPE.yaml" in out.split("\n\n")[0]  # the usage line
     assert "YAML recipe" in help_of(out, "--config RECIPE.yaml")
     headings = [line for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
@@ -56,6 +38,8 @@ def test_train_help_lists_config_first_then_the_credit_fields(runs):
     credit = [f.name for f in dataclasses.fields(SGCDConfig) if f.name.startswith("credit_")]
     assert [name for name in credit if f"--{name} " not in credit_block and f"--{name}," not in credit_block] == []
     assert out.index("--credit_mode") < out.index("--dataset_name") < out.index("--learning_rate")
+    for name in ("--dataset_name", "--environment_factory", "--reward_funcs", "--model_name_or_path", "--use_peft"):
+        assert name in out
 
 
 def test_train_help_is_the_full_docstring_and_reads_the_right_way_round(runs):
