@@ -1,6 +1,8 @@
 """Scripted siblings: a gold-action expert rendered into token ids and a tool mask as TRL's tool loop would, and
 injected as the last sibling of each group."""
 
+import math
+
 import pytest
 
 from trl_sgcd.envs.tau2 import is_tau2_available
@@ -33,8 +35,8 @@ def test_expert_renders_like_the_chat_template_with_tool_results_masked(tokenize
     others = [Tau2AirlineEnv() for _ in range(4)]
     for e in others:
         e.reset(task_id="45")
-    output = ([[1]] * 4, [[7, 7]] * 4, [[1, 1]] * 4, [["model"]] * 4, None, {}, None, [])
-    _, new_ids, new_mask, new_completions, *_ = inject_scripted_siblings(
+    output = ([[1]] * 4, [[7, 7]] * 4, [[1, 1]] * 4, [["model"]] * 4, [[-0.5, -0.5]] * 4, {}, None, [])
+    _, new_ids, new_mask, new_completions, new_logprobs, *_ = inject_scripted_siblings(
         output,
         prompts=[row["prompt"]] * 4,
         environments=others,
@@ -45,6 +47,9 @@ def test_expert_renders_like_the_chat_template_with_tool_results_masked(tokenize
     )
     assert [c == ["model"] for c in new_completions] == [True, False, True, False]
     assert new_ids[1] == ids and new_mask[3] == mask and others[1].calls and not others[0].calls
+    # Not sampled by the policy: NaN sampling log-probs, which TRL's importance sampling treats as "no correction".
+    assert new_logprobs[0] == [-0.5, -0.5] and len(new_logprobs[1]) == len(ids)
+    assert all(math.isnan(x) for x in new_logprobs[1] + new_logprobs[3])
 
 
 TASKS = ("16", "19")  # action tasks, one gold write each (update_reservation_flights, cancel_reservation)
