@@ -35,7 +35,12 @@ def test_expert_renders_like_the_chat_template_with_tool_results_masked(tokenize
     others = [Tau2AirlineEnv() for _ in range(4)]
     for e in others:
         e.reset(task_id="45")
-    output = ([[1]] * 4, [[7, 7]] * 4, [[1, 1]] * 4, [["model"]] * 4, [[-0.5, -0.5]] * 4, {}, None, [])
+    prompt_ids = tokenizer.apply_chat_template(
+        row["prompt"], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    with pytest.raises(ValueError, match="renders differently"):
+        render_completion(tokenizer, row["prompt"], completion, tools, prompt_ids=[1])
+    output = ([prompt_ids] * 4, [[7, 7]] * 4, [[1, 1]] * 4, [["model"]] * 4, [[-0.5, -0.5]] * 4, {}, None, [])
     _, new_ids, new_mask, new_completions, new_logprobs, *_ = inject_scripted_siblings(
         output,
         prompts=[row["prompt"]] * 4,

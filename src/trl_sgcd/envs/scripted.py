@@ -16,7 +16,9 @@ exist; they are NaN, TRL's mark for "not scored by the generator", which TRL's v
 its off-policy sequence mask neutralise (ratio 1, no KL evidence). The PPO ratio's old log-probabilities are the current
 model's (TRL computes them when it needs them, or uses the detached new ones), so the clipped surrogate does not bound
 how far the row is from the policy: its loss is the advantage times the log-likelihood of the scripted tokens, a
-supervised term weighted by the group-relative advantage (positive when it succeeds and siblings fail).
+supervised term weighted by the group-relative advantage (positive when it succeeds and siblings fail). The row is
+not cut to `max_completion_length` (its reward is the whole episode's), and TRL's completion-length metrics, taken
+inside `_generate`, describe the policy's rollouts before the replacement.
 
 `scripted_sibling_reward` (below) is NOT a scripted sibling: a fast-path reward that labels the first rollout of each
 task a success so that a random model shows the credit mechanism (recipes/tiny_cpu.yaml). For a real expert sibling
@@ -43,7 +45,12 @@ def _render(tokenizer, messages, tools, add_generation_prompt: bool, template_kw
 
 
 def render_completion(
-    tokenizer, prompt: list[dict], completion: list[dict], tools=None, template_kwargs: dict | None = None
+    tokenizer,
+    prompt: list[dict],
+    completion: list[dict],
+    tools=None,
+    template_kwargs: dict | None = None,
+    prompt_ids: list[int] | None = None,
 ) -> tuple[list, list]:
     """
     Token ids and tool mask of a scripted completion, as TRL's tool loop would have produced them.
@@ -54,14 +61,17 @@ def render_completion(
         completion (`list[dict]`): Assistant messages (with `tool_calls`) and tool messages, ending with an assistant.
         tools (`list`, *optional*): Tool schemas or callables, as for `apply_chat_template`.
         template_kwargs (`dict`, *optional*): Extra `apply_chat_template` arguments (TRL's `chat_template_kwargs`).
+        prompt_ids (`list[int]`, *optional*): The prompt ids TRL generated from; a different rendering is an error.
 
     Returns:
         `(completion_ids, tool_mask)`: ids after the prompt's generation prompt, up to the final end-of-turn token;
         `tool_mask` is 1 on assistant tokens and 0 on tool results and the headers around them.
     """
     template_kwargs = template_kwargs or {}
-    prompt_ids = _render(tokenizer, prompt, tools, True, template_kwargs)
-    start = len(prompt_ids)
+    rendered = _render(tokenizer, prompt, tools, True, template_kwargs)
+    if prompt_ids is not None and list(prompt_ids) != rendered:
+        raise ValueError("the scripted sibling's prompt renders differently from the prompt TRL generated from")
+    prompt_ids, start = rendered, len(rendered)
     ids: list[int] = []
     mask: list[int] = []
     for k, message in enumerate(completion):
@@ -114,7 +124,9 @@ def inject_scripted_siblings(
     per_row = tools if tools and isinstance(tools[0], (list, tuple)) else [tools] * len(completion_ids)
     for row in scripted_rows(len(completion_ids), num_generations, offset):
         completion = script(environments[row])
-        ids, mask = render_completion(tokenizer, prompts[row], completion, per_row[row], template_kwargs)
+        ids, mask = render_completion(
+            tokenizer, prompts[row], completion, per_row[row], template_kwargs, prompt_ids=prompt_ids[row]
+        )
         completion_ids[row] = ids
         completions[row] = completion
         if tool_mask is not None:
