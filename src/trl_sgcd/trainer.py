@@ -8,7 +8,9 @@ After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)`
 * `_generate_and_score_completions`: dynamic sampling (every mode alike, `credit/sampling.py`), then one call of the
   credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
 * `_compute_loss`: adds the mode's extra loss, if it has one (`direct_sd`, `sdpo`);
-* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json`, so a resumed run continues exactly;
+* `_generate`: a rollout whose environment is `done` gets no further turn (`envs/episode.py`); with `scripted_sibling`,
+  the last rollout of each group is the script's (`envs/scripted.py`); `_get_tool_suffix_ids`: ends those rollouts;
+* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (`credit/state.py`), a resume is exact;
 * `create_model_card`, `_issue_warnings_after_load`: the SGCD model card; no warning for tied weights on resume.
 Only TRL hooks, gathers and rank logic live here (groups span ranks; every rank runs equal scoring forwards: ZeRO-3).
 """
@@ -16,15 +18,12 @@ Only TRL hooks, gathers and rank logic live here (groups span ranks; every rank 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import textwrap
 import time
 
 import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 
@@ -36,14 +35,16 @@ from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline, CreditResult
 from trl_sgcd.credit.reference import CreditReference
 from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.siblings import owner_of_group
+from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
 from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, replace_last, total_rewards
 from trl_sgcd.credit.weights import loss_mask
+from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
+from trl_sgcd.envs.scripted import apply_scripted_sibling
 from trl_sgcd.modelcard import ModelCardCallback, write_model_card
 from trl_sgcd.tooluse.audit import tool_use_audit
 from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
 logger = logging.get_logger(__name__)
-SGCD_STATE_FILE = "sgcd_state.json"
 
 
 class SGCDTrainer(GRPOTrainer):
@@ -51,7 +52,9 @@ class SGCDTrainer(GRPOTrainer):
 
     Takes exactly `GRPOTrainer`'s arguments (tools, `environment_factory`, `rollout_func`, PEFT, vLLM, DeepSpeed all
     pass straight through); `args` must be an [`SGCDConfig`]. `credit_mode="off"` without dynamic sampling is GRPO,
-    bit for bit; `trainer.last_credit` is the last generation batch's [`CreditResult`].
+    bit for bit; `trainer.last_credit` is the last generation batch's [`CreditResult`]. Its own argument:
+    `scripted_sibling=script` (`script(env) -> messages`) replaces each training group's last rollout by the script's
+    episode: an off-policy expert sibling (`trl_sgcd.envs.scripted`: what it changes; `tau2.scripted`, for τ²).
 
     Example:
 
@@ -79,7 +82,7 @@ class SGCDTrainer(GRPOTrainer):
             }"""),
     }
 
-    def __init__(self, model, reward_funcs=None, args: SGCDConfig | None = None, *more, **kwargs):
+    def __init__(self, model, reward_funcs=None, args=None, *more, scripted_sibling=None, **kwargs):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = SGCDConfig(f"{str(name).split('/')[-1]}-SGCD")
@@ -99,7 +102,7 @@ class SGCDTrainer(GRPOTrainer):
         pipe = self.credit_pipeline = CreditPipeline(args, self._tokenizer, num_generations=self.num_generations)
         self.credit_scorer, self.reference_builder = pipe.scorer, pipe.reference_builder
         self.last_credit: CreditResult | None = None  # the last generation batch's credit, stats reduced over ranks
-        self._credit_batch, self._credit_inert_steps = None, 0
+        self._credit_batch, self._credit_inert_steps, self.scripted_sibling = None, 0, scripted_sibling
         self._credit_stream = sampling.ResampleStream(self._resample_loader)  # dynamic sampling's extra rounds
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -124,6 +127,13 @@ class SGCDTrainer(GRPOTrainer):
         if self.args.credit_dynamic_sampling:
             output, batch = self._resample(output, batch)
         return self._apply_credit(output, batch) if self.credit_mode.scores else output
+
+    def _generate(self, prompts):
+        watch_episode_ends(self)  # tool results returned once an environment is `done` end that rollout's loop
+        return apply_scripted_sibling(self, prompts, super()._generate(prompts))
+
+    def _get_tool_suffix_ids(self, tool_messages):
+        return end_episode_suffix(self, tool_messages, super()._get_tool_suffix_ids(tool_messages))
 
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
@@ -217,8 +227,7 @@ class SGCDTrainer(GRPOTrainer):
         write_model_card(self, model_name=model_name, dataset_name=dataset_name)
 
     def _issue_warnings_after_load(self, load_result):
-        # Tied weights (`lm_head.weight` of a tied-embedding model) are not saved, so a resume reports them missing
-        # although they share the loaded embedding: harmless, so not warned about.
+        # Tied weights (a tied `lm_head.weight`) are not saved: a resume reports them missing, harmlessly; not warned.
         tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
         load_result.missing_keys[:] = [k for k in load_result.missing_keys if k not in tied]
         super()._issue_warnings_after_load(load_result)
@@ -230,20 +239,11 @@ class SGCDTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            state = {"reference_builder": self.reference_builder.state_dict(), "inert_steps": self._credit_inert_steps}
-            with open(os.path.join(self._get_output_dir(trial=trial), name, SGCD_STATE_FILE), "w") as f:
-                json.dump({**state, "resample": self._credit_stream.state_dict()}, f)
+        save_sgcd_state(self, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None and os.path.exists(path := os.path.join(checkpoint, SGCD_STATE_FILE)):
-            with open(path) as f:
-                state = json.load(f)
-            self.reference_builder.load_state_dict(state.get("reference_builder", {}))
-            self._credit_inert_steps = int(state.get("inert_steps", 0))
-            self._credit_stream.load_state_dict(state.get("resample", {}))
+        load_sgcd_state(self, checkpoint)
 
 
-__all__ = ["SGCDTrainer", "CreditReference"]
+__all__ = ["SGCDTrainer", "CreditReference", "SGCD_STATE_FILE"]

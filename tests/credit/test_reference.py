@@ -391,9 +391,15 @@ def test_tau2_observations_keep_ids_tools_and_errors_readable():
     )
     evidence = build_evidence(group, sanitizer=Sanitizer(), max_input_tokens=12000, max_observation_chars=4000)
     shown = evidence.task + "\n".join(evidence.traces)
-    for private in [user["dob"], user["email"], user["address"]["address1"], reservation["passengers"][0]["dob"]]:
+    for private in [
+        user["dob"],
+        user["email"],
+        user["address"]["address1"],
+        reservation["passengers"][0]["dob"],
+        "credit_card_4421486",
+    ]:
         assert private not in shown
-    for readable in [reservation["reservation_id"], flight, user["user_id"], "credit_card_4421486", error]:
+    for readable in [reservation["reservation_id"], flight, user["user_id"], error]:
         assert readable in shown, readable
     ref = SiblingReferenceBuilder().build([group])[0]
     assert error in ref.sections["Failed branches and why"]

@@ -210,6 +210,11 @@ def test_masked_literals_are_unique_and_in_order():
         ('{"db_password": "pa55"}', "[SECRET]", "pa55"),
         ("authToken=xyz98765", "[SECRET]", "xyz98765"),
         ("payment_token: tok_abc", "[SECRET]", "tok_abc"),
+        ('{"payment_id": "credit_card_4196779"}', "[ACCOUNT]", "credit_card_4196779"),
+        ("paid with gift_card_5094406 and certificate_8045380", "[ACCOUNT]", "gift_card_5094406"),
+        ("paid with gift_card_5094406 and certificate_8045380", "[ACCOUNT]", "certificate_8045380"),
+        ('{"brand": "visa", "last_four": "7238"}', "[CARD]", "7238"),
+        ("the visa card ending in 7238", "[CARD]", "7238"),
         ("SSN 123-45-6789", "[SSN]", "123-45-6789"),
         ("social security number is 123456789", "[SSN]", "123456789"),
         ("it is 078-05-1120, my number", "[SSN]", "078-05-1120"),
@@ -232,6 +237,8 @@ def test_issue_15_categories(text, placeholder, literal):
         "Error: the passport check failed for reservation 4WQ150",
         "pin the seat map; security level 3",
         "order #W2611340 tracking 357962501027, product 8310926033",
+        '{"reservation_id": "4WQ150", "flights": [{"flight_number": "HAT271", "date": "2024-05-10"}]}',
+        '{"payment_history": [{"payment_id": "[PRIVATE]"}]}, the certificate policy, a gift card balance',
     ],
 )
 def test_issue_15_lookalikes_stay(text):
@@ -281,19 +288,17 @@ def _tau2_private_literals():
 def test_tau2_profiles_lose_dobs_addresses_and_emails(render):
     corpus = "\n".join(render(x) for key in TAU2 if key != "_source" for x in TAU2[key] if isinstance(x, dict))
     clean = sanitize(corpus).text
-    for literal in _tau2_private_literals():
+    for literal in _tau2_private_literals() + ["credit_card_4421486", "gift_card_3576581"]:  # payment-method ids too
         assert literal not in clean, literal
     for kept in [
         "HAT170",
         "4WQ150",
         "mia_li_3668",
-        "credit_card_4421486",
-        "gift_card_3576581",
         "2024-05-22",
         "#W2611340",
     ]:
         assert kept in corpus and kept in clean, kept  # ids, flight numbers and flight dates stay readable
-    assert "[DOB]" in clean and "[ADDRESS]" in clean and "[EMAIL]" in clean
+    assert "[DOB]" in clean and "[ADDRESS]" in clean and "[EMAIL]" in clean and "[ACCOUNT]" in clean
 
 
 def test_tau2_task_prose_masks_the_dob_and_keeps_the_rest():

@@ -37,3 +37,19 @@ def test_tiny_context_model_predictions_depend_on_the_context():
             t = model(torch.tensor([ctx[:30] + ref + ctx[30:] + comp])).logits[0, len(ctx) + len(ref) - 1 : -1]
         medians.append(float(topk_divergence(s, t, torch.tensor(comp), top_k=8)[0].median()))
     assert medians[0] < 1e-4 < 1e-2 < medians[1]  # below the saliency floor, then well above it
+
+
+def test_airline_expert_script_replays_the_gold_actions_and_scores_one():
+    from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
+    from trl_sgcd.envs.scripted import airline_expert_script, scripted_rows
+
+    rows = list(make_airline_dataset("train"))
+    envs = [AirlineEnv() for _ in rows]
+    completions = []
+    for env, row in zip(envs, rows, strict=True):
+        env.reset(task_id=row["task_id"])
+        env.cancel_reservation("NOSUCH")  # the policy's episode, which the script replaces
+        completions.append(airline_expert_script(env))
+        assert [c["name"] for c in env.calls] == [a["name"] for a in env.task["gold_actions"]]
+    assert airline_reward(completions, environments=envs) == [1.0] * len(rows)
+    assert scripted_rows(6, 2) == [1, 3, 5] and scripted_rows(3, 4, offset=2) == [1]  # groups may span ranks

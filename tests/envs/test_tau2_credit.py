@@ -87,15 +87,17 @@ def test_private_profile_values_never_reach_the_reference_request(group):
     assert user["email"].lower() in [v.lower() for v in reference.masked_literals]  # its tokens get no credit
 
 
-@pytest.mark.xfail(
-    reason="sanitizer gap (the llmsafe helper is extending the sanitizer): without the adapter's private_values "
-    "column, dates of birth (1957-10-05, 2001-04-12), the street address and zip code, and payment-method ids "
-    "(credit_card_NNN, gift_card_NNN, certificate_NNN) reach the request; e-mails are masked",
-    strict=False,
-)
 def test_generic_sanitizer_alone_masks_tau2_profiles(group):
-    group, user, _ = group
+    group, user, gold = group
     messages, _ = _requests(group, [])
     text = _text(messages)
-    assert user["email"] not in text  # this part already holds
+    assert user["email"] not in text
+    # Without the private_values column: dates of birth, street address and zip, payment-method ids and last-four
+    # digits are masked by the generic patterns alone ...
     assert not [v for v in _private(user) if v.lower() in text.lower()]
+    assert "[DOB]" in text and "[ADDRESS]" in text and "[ACCOUNT]" in text and "[CARD]" in text
+    # ... while flight numbers, reservation ids and the flight dates of the search observations stay readable.
+    flights = [f["flight_number"] for f in gold[-1]["arguments"]["flights"]]
+    assert all(f in text for f in flights) and "HATHAT" in text
+    assert gold[1]["arguments"]["reservation_id"] in text  # a reservation id (6 uppercase alphanumerics)
+    assert all(f["date"] in text for f in gold[-1]["arguments"]["flights"])

@@ -3,7 +3,8 @@
 Rules run in table order on the text the previous rules left, and never inside a placeholder already written. Keyed
 rules come first (a value after a quoted JSON/Python key such as `"dob":` or `'payment_token':`, or after a keyword
 in prose such as "CVV 913", "my password is ..."), so the typed label wins over the generic shapes (cards by Luhn,
-IBANs by checksum, emails, phone numbers, SSN shapes, street addresses) that run after the private dataset values.
+IBANs by checksum, payment-method ids such as `credit_card_4196779`, emails, phone numbers, SSN shapes, street
+addresses) that run after the private dataset values.
 The README's privacy table lists every category with an example; `tests/credit/test_sanitizer.py` checks each one.
 """
 
@@ -107,6 +108,7 @@ _ADDRESS_FIELD = (
 )
 _EXPIRY_FIELD = r"(?:card[ _-]?)?exp(?:iry|iration)?(?:[ _-]?(?:date|month|year|mm|yy|yyyy))?"
 _PASSPORT_FIELD = r"passport(?:[ _-]?(?:number|no|num|nr|id))?"
+_LAST_FOUR_FIELD = r"(?:card[ _-]?)?last[ _-]?(?:four|4)(?:[ _-]?digits)?"
 _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
     r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
@@ -188,6 +190,12 @@ PHONE_KV_RE = re.compile(
     r"(?i)\b(?:phone|tel|telephone|mobile|cell)(?:[ _-]?(?:number|no))?[\"']?[ \t]*[:=]?[ \t]*"
     r"[\"']?(?P<v>\d{7,15})(?!\w)"
 )
+# payment-method ids of agent benchmarks (τ²: credit_card_4196779, gift_card_5094406, certificate_8045380, paypal_...)
+PAYMENT_ID_RE = re.compile(
+    r"(?i)\b(?:credit[ _-]?card|debit[ _-]?card|gift[ _-]?card|certificate|voucher|paypal|bank[ _-]?account"
+    r"|apple[ _-]?pay|google[ _-]?pay)_\d{3,}\b"
+)
+LAST_FOUR_RE = re.compile(r"(?i)\b(?:ending|ends)[ \t]+(?:in|with)[ \t]+(?P<v>\d{4})(?!\d)")
 STREET_RE = re.compile(
     r"\b\d{1,6}[A-Za-z]?(?:[ \t]+(?:[A-Z][A-Za-z'.-]*|\d+(?:st|nd|rd|th))){1,4}[ \t]+" + _STREET_TYPE + r"\b\.?"
     r"(?:,?[ \t]+(?i:suite|ste|apt|apartment|unit)\.?[ \t]*#?[A-Za-z0-9-]+|,?[ \t]+#[A-Za-z0-9-]+)?"
@@ -211,6 +219,7 @@ KEYED_RULES = (
     Rule("ADDRESS", _quoted(_ADDRESS_FIELD), quoted_key=True),
     Rule("EXPIRY", _quoted(_EXPIRY_FIELD), quoted_key=True),
     Rule("PASSPORT", _quoted(_PASSPORT_FIELD), quoted_key=True),
+    Rule("CARD", _quoted(_LAST_FOUR_FIELD), quoted_key=True),
     Rule("SECRET", PASSWORD_QUOTED_RE, "v"),
     Rule("SECRET", PASSPHRASE_PROSE_RE, "v"),
     Rule("SECRET", SECRET_KV_RE, "v"),
@@ -222,6 +231,7 @@ KEYED_RULES = (
     Rule("DOB", DOB_RE, "v"),
     Rule("SSN", SSN_KV_RE, "v"),
     Rule("PASSPORT", PASSPORT_RE, "v", check=_has_digit),
+    Rule("CARD", LAST_FOUR_RE, "v"),
 )
 """Rules that run before the private dataset values (a keyword or key types the value)."""
 
@@ -229,6 +239,7 @@ SHAPE_RULES = (
     Rule("IBAN", IBAN_RE, check=iban_prefix),
     Rule("CARD", CARD_RE, check=lambda s: luhn_ok(re.sub(r"\D", "", s))),
     Rule("ACCOUNT", ACCOUNT_RE, "v"),
+    Rule("ACCOUNT", PAYMENT_ID_RE),
     Rule("SSN", SSN_RE),
     Rule("EMAIL", EMAIL_RE),
     Rule("PHONE", PHONE_KV_RE, "v"),

@@ -14,10 +14,11 @@ what a τ² agent would see, and the (call, observation) pair is recorded for th
 a task on a fresh copy of the database; the copy is loaded lazily, on the first tool call (about 0.7 s for airline), so
 a rollout that calls no tool costs nothing.
 
-Ending the episode: TRL keeps generating while the model emits tool calls, and has no way for a tool to stop the
-rollout. After a successful `transfer_to_human_agents` the environment is *closed*: every later tool call returns an
-error and changes nothing, and the evaluation treats the conversation as ended there (τ²'s user simulator ends the
-conversation on a transfer too).
+Ending the episode: after a successful `transfer_to_human_agents` the environment is *closed* and `done` is true
+(also once the simulated user ends the conversation, `user.py`). `SGCDTrainer` then ends that rollout's tool loop: no
+further assistant turn is generated (`trl_sgcd.envs.episode`; plain TRL 1.16 would go on generating). Any later call
+(e.g. under a plain `GRPOTrainer`) returns an error and changes nothing, and the evaluation treats the conversation as
+ended at the transfer, as τ²'s user simulator does.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Tau2Env:
         task (τ² `Task` or `None`): The current task.
         trajectory (`list[tuple]`): The τ² `(ToolCall, ToolMessage)` pairs executed in this episode, in order.
         closed (`bool`): Whether the episode was ended by a transfer to a human agent.
+        done (`bool`): Whether the episode is over (closed, or the simulated user stopped): `SGCDTrainer` generates no
+            further turn for it (`trl_sgcd.envs.episode`).
         tool_calls (`int`), tool_failures (`int`), calls (`list[dict]`): Tool-use record of the episode.
     """
 
@@ -67,6 +70,11 @@ class Tau2Env:
         self.task = self.domain.task(task_id)
         self._clear()
         return None
+
+    @property
+    def done(self) -> bool:
+        """Whether the episode is over: a transfer to a human agent, or the simulated user ended it."""
+        return self.closed or bool(getattr(self, "user_stopped", False))
 
     @property
     def environment(self):
