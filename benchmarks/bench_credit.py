@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="outputs/bench_credit/results.json")
     p.add_argument("--html", default=None, help="write the picture of a few rollouts (HTML) here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--bf16", action="store_true", help="sample under bf16 autocast (~2x faster with AMX; scoring stays float32)"
+    )
     return p
 
 
@@ -224,6 +227,7 @@ def main(argv=None) -> int:
         "expert_siblings": args.expert_siblings,
         "seed": args.seed,
         "version": 1,
+        **({"bf16": True} if args.bf16 else {}),  # absent when off: the float32 caches keep their folder
     }
     folder = os.path.join(args.cache_dir or os.path.join(cache_root(), "credit_bench"), rollout_key(settings))
     t_sample = time.perf_counter()
@@ -239,6 +243,7 @@ def main(argv=None) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         expert_siblings=args.expert_siblings,
+        bf16=args.bf16,
     )
     sample_s = time.perf_counter() - t_sample
     print(f"[bench] {len(rollouts)} rollouts in {folder} ({sample_s:.0f} s this call)", flush=True)

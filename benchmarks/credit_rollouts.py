@@ -113,6 +113,7 @@ def sample_rollouts(
     seed: int = 0,
     expert_siblings: int = 0,
     progress: bool = True,
+    bf16: bool = False,
 ) -> list[dict]:
     """Sample (or load) `k` rollouts of each of the first `n_tasks` train tasks; returns them in group order."""
     from transformers.utils import get_json_schema
@@ -148,6 +149,7 @@ def sample_rollouts(
                 temperature=temperature,
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
+                bf16=bf16,
             )
         t0 = time.perf_counter()
         sampled = k - expert_siblings
