@@ -120,6 +120,7 @@ def test_peft_lora_model(model):
     peft = pytest.importorskip("peft")
     import copy
 
+    torch.manual_seed(0)  # the random LoRA init: an unseeded draw can leave near-ties in the teacher's top-k
     lora = peft.get_peft_model(
         copy.deepcopy(model),
         peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
