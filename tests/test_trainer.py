@@ -44,7 +44,7 @@ def test_off_mode_is_grpo_bit_for_bit(tmp_path, tiny_model_path, loss_type):
     results = []
     for trainer_cls, config_cls, extra in [
         (GRPOTrainer, GRPOConfig, {}),
-        (SGCDTrainer, SGCDConfig, {"credit_mode": "off"}),
+        (SGCDTrainer, SGCDConfig, {"credit_mode": "off", "credit_compact_lm_head": False}),
     ]:
         model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
         trainer = trainer_cls(

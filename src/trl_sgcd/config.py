@@ -89,6 +89,10 @@ class SGCDConfig(GRPOConfig):
             Whether to encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system
             message and tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to
             float rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
+        credit_compact_lm_head (`bool`, *optional*, defaults to `True`):
+            Whether to let TRL's fused LM head score only the completion positions on CPU (as it does on Triton devices)
+            instead of every prompt position too; applies in every mode, `off` included. Equal up to float rounding;
+            `False` makes `off` GRPO bit for bit on CPU. No effect on GPUs (see `trl_sgcd.lm_head`).
 
         > Parameters that control saliency (the segmenter)
 
@@ -198,6 +202,7 @@ class SGCDConfig(GRPOConfig):
         default=None, metadata={"help": _help(__doc__, "credit_scoring_batch_size")}
     )
     credit_share_prefix: bool = field(default=True, metadata={"help": _help(__doc__, "credit_share_prefix")})
+    credit_compact_lm_head: bool = field(default=True, metadata={"help": _help(__doc__, "credit_compact_lm_head")})
     credit_spike_z: float = field(default=2.0, metadata={"help": _help(__doc__, "credit_spike_z")})
     credit_saturation_z: float = field(default=4.0, metadata={"help": _help(__doc__, "credit_saturation_z")})
     credit_reset_z: float = field(default=-0.5, metadata={"help": _help(__doc__, "credit_reset_z")})

@@ -7,7 +7,7 @@ After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)`
   texts and rewards that dynamic sampling and the credit stages need;
 * `_generate_and_score_completions`: dynamic sampling (every mode alike, `credit/sampling.py`), then one call of the
   credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
-* `_compute_loss`: adds the mode's extra loss, if it has one (`direct_sd`, `sdpo`);
+* `_compute_loss`: the mode's extra loss (`direct_sd`, `sdpo`); `_get_per_token_logps_and_entropies`: `lm_head.py`;
 * `_generate`: a rollout whose environment is `done` gets no further turn (`envs/episode.py`); with `scripted_sibling`,
   the last rollout of each group is the script's (`envs/scripted.py`); `_get_tool_suffix_ids`: ends those rollouts;
 * `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (`credit/state.py`), a resume is exact;
@@ -40,6 +40,7 @@ from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupport
 from trl_sgcd.credit.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
 from trl_sgcd.envs.scripted import apply_scripted_sibling
+from trl_sgcd.lm_head import compact_lm_head
 from trl_sgcd.modelcard import ModelCardCallback, write_model_card
 from trl_sgcd.tooluse.audit import tool_use_audit
 from trl_sgcd.vllm_cpu import cpu_colocate_generation
@@ -135,6 +136,10 @@ class SGCDTrainer(GRPOTrainer):
     def _get_tool_suffix_ids(self, tool_messages):
         return end_episode_suffix(self, tool_messages, super()._get_tool_suffix_ids(tool_messages))
 
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        with compact_lm_head(self.args.credit_compact_lm_head):
+            return super()._get_per_token_logps_and_entropies(*args, **kwargs)
+
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
         # Every rank runs the extra forward, with or without targets (ZeRO-3 safety): the targets are always there.
@@ -156,9 +161,7 @@ class SGCDTrainer(GRPOTrainer):
             new, self._credit_batch = self._credit_batch, None
             return out, new
 
-        def global_sum(count: int) -> int:
-            return int(acc.gather(torch.tensor([float(count)], device=acc.device)).sum().item())
-
+        global_sum = lambda n: int(acc.gather(torch.tensor([float(n)], device=acc.device)).sum().item())  # noqa: E731
         local = slice(acc.process_index * n_local, (acc.process_index + 1) * n_local)
         outputs, batches, rewards, chosen, metrics = sampling.draw_rounds(
             output, batch, local, next_round, global_sum, args=args, reward_weights=self.reward_weights, group_size=G
@@ -206,8 +209,7 @@ class SGCDTrainer(GRPOTrainer):
         )
         advantages, output["advantages"] = output["advantages"], result.advantages
         output.update(result.extra_loss_inputs)
-        # Statistics reduced over ranks: sums and maxima, and the fallback count.
-        sums, maxima = result.stats.vectors(acc.device)
+        sums, maxima = result.stats.vectors(acc.device)  # statistics reduced over ranks: sums, maxima, fallbacks
         stats = CreditStats.from_vectors(acc.gather(sums[None]).sum(0), acc.gather(maxima[None]).max(0).values)
         fallback = int(acc.gather(torch.tensor([float(result.fallback_prefix)], device=acc.device)).sum().item())
         self.last_credit = dataclasses.replace(result, stats=stats)
@@ -227,13 +229,11 @@ class SGCDTrainer(GRPOTrainer):
         write_model_card(self, model_name=model_name, dataset_name=dataset_name)
 
     def _issue_warnings_after_load(self, load_result):
-        # Tied weights (a tied `lm_head.weight`) are not saved: a resume reports them missing, harmlessly; not warned.
-        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())  # not saved: a resume's harmless miss
         load_result.missing_keys[:] = [k for k in load_result.missing_keys if k not in tied]
         super()._issue_warnings_after_load(load_result)
 
-    def _log(self, metrics: dict) -> None:
-        """Append metrics to TRL's own buffers (averaged and logged with TRL's at the next `log`)."""
+    def _log(self, metrics: dict) -> None:  # into TRL's own buffers: averaged and logged with TRL's at the next `log`
         for name, value in metrics.items():
             self._metrics["train" if self.model.training else "eval"][name].append(value)
 
