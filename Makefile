@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install install-vllm test test-slow test-all test-vllm demo demo-quick lint bench clean
+.PHONY: install install-vllm test test-ci test-slow test-all test-vllm demo demo-quick lint bench clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+
+# The slow tests that CI runs too (`.ci/run`: lint, `make test`, then this), ~3 min on 2 cores.
+test-ci: install
+	$(PY) -m pytest -m "slow and ci" $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

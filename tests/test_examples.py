@@ -7,6 +7,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,8 @@ def test_two_name_swap_example_shows_credit(tmp_path):
     assert os.path.exists(tmp_path / "out" / "config.json")
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_custom_env_litellm_example_shows_credit(tmp_path):
     command = docstring_command("examples/custom_env_litellm.py")
     with FakeLLMServer(answer=VALID_REFERENCE) as server:

@@ -57,8 +57,8 @@ def test_the_context_restores_trl_and_nests(tiny_model_path):
 
 
 def test_the_trainer_loss_projects_only_completion_positions(tmp_path, tiny_model_path, monkeypatch):
-    from trl_sgcd import SGCDTrainer
     from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
+    from trl_sgcd import SGCDTrainer
 
     rows_seen, labelled = [], []
     original = trl_utils._ChunkedLogProbFunction.apply

@@ -435,6 +435,8 @@ def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
     assert trainer.last_credit.stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_path):
     """With `bf16=True` (float32 weights, autocast) the scorer's forwards run in bf16 like the policy's own log-probs,
     although it calls the backbone past accelerate's autocast wrapper of `model.forward`."""
