@@ -125,3 +125,28 @@ def test_dataset_errors_come_before_the_model_subprocess(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "line 2 is not valid JSON" in result.stderr and "Loading tokenizer and model" not in result.stderr
+
+
+# --- scripted sibling ------------------------------------------------------------------------------------------------
+def test_bad_scripted_sibling_path_fails_before_the_model(capsys, no_model):
+    status, err = cli_train(capsys, "--scripted_sibling", "trl_sgcd.envs.scripted:no_such_script")
+    assert status != 0 and "scripted_sibling 'trl_sgcd.envs.scripted:no_such_script'" in err, err
+
+
+def test_scripted_sibling_reaches_the_trainer(capsys, monkeypatch, tmp_path):
+    from trl_sgcd.envs.scripted import airline_expert_script
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            raise SystemExit(0)
+
+    monkeypatch.setattr("trl_sgcd.trainer.SGCDTrainer", Recorder)
+    with pytest.raises(SystemExit):
+        cli_train(
+            capsys, "--output_dir", str(tmp_path), "--scripted_sibling", "trl_sgcd.envs.scripted:airline_expert_script"
+        )
+    assert seen["scripted_sibling"] is airline_expert_script
+    assert "scripted_sibling=airline_expert_script" in capsys.readouterr().err

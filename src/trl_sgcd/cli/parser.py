@@ -45,6 +45,11 @@ class SGCDScriptArguments:
             Import paths of reward functions (`"package.module:name"`), summed by `GRPOTrainer`.
         tools (`list[str]`, *optional*, defaults to `[]`):
             Import paths of standalone tool functions (typed, with Google-style docstrings).
+        scripted_sibling (`str` or `None`, *optional*, defaults to `None`):
+            Import path of a script `script(env) -> messages` that plays the last rollout of every group in its
+            environment (an expert sibling: groups are mixed whenever the policy fails), passed as
+            `SGCDTrainer(scripted_sibling=...)`; needs `environment_factory`. Built in:
+            `trl_sgcd.envs.scripted:airline_expert_script`, `trl_sgcd.envs.tau2.scripted:tau2_expert_script`.
         dry_run (`bool`, *optional*, defaults to `False`):
             Run every check (fields, imports, dataset, columns), print the plan, and exit before loading the model.
     """
@@ -68,6 +73,10 @@ class SGCDScriptArguments:
         default_factory=list, metadata={"help": "Import paths 'package.module:name' of reward functions."}
     )
     tools: list[str] = field(default_factory=list, metadata={"help": "Import paths of standalone tool functions."})
+    scripted_sibling: str | None = field(
+        default=None,
+        metadata={"help": "Import path of a script(env) -> messages that plays the last rollout of every group."},
+    )
     dry_run: bool = field(default=False, metadata={"help": "Check everything, print the plan, exit before loading."})
 
 

@@ -56,6 +56,7 @@ class TrainPlan:
     tools: list[Callable] = field(default_factory=list)
     train_dataset: Any = None
     eval_dataset: Any = None
+    scripted_sibling: Callable | None = None
 
 
 def apply_builtin_defaults(script_args, training_args) -> None:
@@ -140,7 +141,12 @@ def prepare(script_args, training_args, model_args) -> TrainPlan:
     reward_funcs, env_factory, tools = resolve_callables(script_args)
     train_dataset, eval_dataset = resolve_datasets(script_args, training_args)
     check_environment_reset(env_factory, train_dataset, dataset_name=script_args.dataset_name)
-    return TrainPlan(model_name, reward_funcs, env_factory, tools, train_dataset, eval_dataset)
+    script = None
+    if script_args.scripted_sibling:
+        if env_factory is None:
+            raise UsageError("scripted_sibling needs an environment_factory: the script plays a row's environment.")
+        script = load_callable(script_args.scripted_sibling, what="scripted_sibling")
+    return TrainPlan(model_name, reward_funcs, env_factory, tools, train_dataset, eval_dataset, script)
 
 
 def check_resume(training_args) -> None:
@@ -201,7 +207,8 @@ def describe(plan: TrainPlan, training_args) -> str:
     env = getattr(plan.environment_factory, "__name__", None)
     return (
         f"model={plan.model_name} | train: {size} | environment={env} | reward_funcs={rewards} | "
-        f"tools={tools} | credit_mode={training_args.credit_mode} | "
+        f"tools={tools} | scripted_sibling={getattr(plan.scripted_sibling, '__name__', None)} | "
+        f"credit_mode={training_args.credit_mode} | "
         f"credit_private_columns={training_args.credit_private_columns} | output_dir={training_args.output_dir}"
     )
 
@@ -241,6 +248,7 @@ def build_trainer(plan: TrainPlan, training_args, model_args):
         peft_config=get_peft_config(model_args),
         tools=plan.tools or None,
         environment_factory=plan.environment_factory,
+        scripted_sibling=plan.scripted_sibling,
     )
 
 
