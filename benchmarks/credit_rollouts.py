@@ -188,7 +188,8 @@ def sample_rollouts(
 def literal_mask_audit(tokenizer, *, seed: int = 0) -> dict:
     """How much of a success's decisive tokens the literal mask leaves eligible, on the expert trajectories of every
     train task (no model): the decisive tokens of a success are its write arguments, and those are gold values,
-    which the sanitizer masks wherever they occur in the sibling evidence (so in every mixed group)."""
+    which the sanitizer masks wherever they occur in the sibling evidence (so in every mixed group); the trainer's
+    literal rule then unmasks the values the student sees (its prompt, earlier tool observations)."""
     import torch
     from transformers.utils import get_json_schema
 
@@ -205,12 +206,15 @@ def literal_mask_audit(tokenizer, *, seed: int = 0) -> dict:
     for row in make_airline_dataset("train", seed=seed):
         task = get_task(row["task_id"], seed=seed)
         conversation = expert_conversation(task)
-        _, ids, tool_mask = completion_layout(tokenizer, conversation[:2], conversation[2:], schemas)
+        prompt, ids, tool_mask = completion_layout(tokenizer, conversation[:2], conversation[2:], schemas)
         decisive = decisive_token_mask(task, ids, tool_mask, tokenizer, success=True)
         if not any(decisive):
             continue
         private = Sanitizer([row["gold_actions"], row["gold_answer"]], keep=tool_names()).private_values
-        literal = literal_token_mask(torch.tensor([ids]), [private], tokenizer)[0].tolist()
+        # the trainer's rule: a value in the clean prompt or in an earlier tool observation stays eligible
+        literal = literal_token_mask(
+            torch.tensor([ids]), [private], tokenizer, prompt_ids=[prompt], tool_mask=torch.tensor([tool_mask])
+        )[0].tolist()
         rollouts += 1
         decisive_total += sum(decisive)
         eligible_total += sum(d and m and not lit for d, m, lit in zip(decisive, tool_mask, literal))
