@@ -23,6 +23,23 @@ def tiny_model_path() -> str:
     return tiny_model_dir()
 
 
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_path):
+    """`trained(name, **config)`: one tiny-model training run per name for the whole module (`tests/trainer_runs.py`)."""
+    from tests.trainer_runs import _Run
+
+    def get(name, script=None, **overrides):
+        if name not in _RUNS:
+            _RUNS[name] = _Run(tmp_path_factory.mktemp(name), tiny_model_path, script, **overrides)
+        return _RUNS[name]
+
+    yield get
+    _RUNS.clear()
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_path):
     from transformers import AutoTokenizer

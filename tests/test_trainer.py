@@ -1,10 +1,10 @@
 """SGCDTrainer end to end on the tiny model: parity with GRPO, token exactness, every credit mode, edge cases.
 
-Trained trainers are shared through module-scoped fixtures (`_run`): one training run per configuration.
+Trained trainers are shared through the module-scoped fixture `trained` (`tests/trainer_runs.py`): one training run
+per configuration. Dynamic sampling: `test_trainer_sampling.py`; LoRA, empty completions, bf16: `test_trainer_variants.py`.
 """
 
 import math
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
+from tests.trainer_runs import _record, _tool_trainer
 from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
 from trl_sgcd import SGCDConfig, SGCDTrainer
 
@@ -60,104 +61,6 @@ def test_off_mode_is_grpo_bit_for_bit(tmp_path, tiny_model_path, loss_type):
     assert params_a.keys() == params_b.keys()
     for name in params_a:
         assert torch.equal(params_a[name], params_b[name]), name
-
-
-class _Recorder:
-    """Wraps a bound method, keeps its arguments and result; the real method runs."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, *args, **kwargs):
-        result = self.fn(*args, **kwargs)
-        self.calls.append((args, kwargs, result))
-        return result
-
-
-def _tool_trainer(tmp_path, model_path, script=None, **overrides):
-    trainer_cls = (
-        scripted_first_turn(SGCDTrainer) if script is None else scripted_first_turn(SGCDTrainer, script=script)
-    )
-    return trainer_cls(
-        model=model_path,
-        reward_funcs=toy_reward,
-        train_dataset=toy_dataset(4),
-        args=tiny_args(tmp_path, **overrides),
-        environment_factory=ToyLookupEnv,
-    )
-
-
-def _record(trainer):
-    score = _Recorder(trainer.credit_scorer.score)
-    trainer.credit_scorer.score = score
-    apply = _Recorder(trainer._apply_credit)
-    trainer._apply_credit = apply
-    build = _Recorder(trainer.reference_builder.build)
-    trainer.reference_builder.build = build
-    return score, apply, build
-
-
-@contextmanager
-def _grpo_rounds(calls: list):
-    """Record every `GRPOTrainer._generate_and_score_completions` call: its prompts and its output (before credit)."""
-    original = GRPOTrainer._generate_and_score_completions
-
-    def recorded(self, inputs):
-        output = original(self, inputs)
-        calls.append(
-            {
-                "prompts": [x["prompt"] for x in inputs],
-                **{k: v.clone() for k, v in output.items() if torch.is_tensor(v)},
-            }
-        )
-        return output
-
-    GRPOTrainer._generate_and_score_completions = recorded
-    try:
-        yield
-    finally:
-        GRPOTrainer._generate_and_score_completions = original
-
-
-class _Run:
-    """A trained trainer and what it saw: scorer / credit / builder calls, GRPO's rounds, the loss inputs."""
-
-    def __init__(self, tmp_path, model_path, script=None, **overrides):
-        self.trainer = _tool_trainer(tmp_path, model_path, script, **overrides)
-        self.score, self.apply, self.build = _record(self.trainer)
-        self.loss = _Recorder(self.trainer._compute_loss)
-        self.trainer._compute_loss = self.loss
-        self.params_before = {k: v.detach().clone() for k, v in self.trainer.model.named_parameters()}
-        self.rounds, self.final = [], []
-        generate = self.trainer._generate_and_score_completions
-
-        def final(inputs):
-            output = generate(inputs)
-            self.final.append({k: v.clone() for k, v in output.items() if torch.is_tensor(v)})
-            return output
-
-        self.trainer._generate_and_score_completions = final
-        with _grpo_rounds(self.rounds):
-            self.out = self.trainer.train()
-
-    def changed(self) -> bool:
-        return any(not torch.equal(p, self.params_before[k]) for k, p in self.trainer.model.named_parameters())
-
-
-_RUNS: dict = {}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_path):
-    """`trained(name, **config)`: one training run per name for the whole module."""
-
-    def get(name, script=None, **overrides):
-        if name not in _RUNS:
-            _RUNS[name] = _Run(tmp_path_factory.mktemp(name), tiny_model_path, script, **overrides)
-        return _RUNS[name]
-
-    yield get
-    _RUNS.clear()
 
 
 def test_teacher_inputs_are_spliced_token_exact(trained):
@@ -341,128 +244,3 @@ def test_model_card_and_tags(tmp_path, tiny_model_path):
     trainer.create_model_card(model_name="tiny-sgcd")
     card = (tmp_path / "README.md").read_text()
     assert "SGCD" in card and "2606.12634" in card and "sgcd" in card
-
-
-def _alternating(i, rank, rnd):
-    """Round 0: nobody calls the tool (no mixed group); round 1: every other row does (all groups mixed)."""
-    return rnd % 2 == 1 and i % 2 == 0
-
-
-_DYNAMIC = dict(script=_alternating, credit_dynamic_sampling=True, credit_max_resample_rounds=2)
-
-
-def test_dynamic_sampling_fills_the_batch_with_mixed_groups(trained):
-    run = trained("dynamic_sgcd", **_DYNAMIC)
-    assert math.isfinite(run.out.training_loss)
-    logged = run.trainer.state.log_history[0]
-    assert logged["sgcd/resample/rounds"] == 1.0 and logged["sgcd/resample/mixed_fraction"] == 1.0
-    assert logged["sgcd/resample/non_mixed_filled"] == 0.0 and logged["sgcd/resample/generated_groups"] == 4.0
-    assert logged["sgcd/mixed_group_fraction"] == 1.0
-    output = run.apply.calls[0][2]
-    assert output["completion_ids"].size(0) == run.trainer.args.per_device_train_batch_size  # batch size unchanged
-    kept, width = run.rounds[1], run.rounds[1]["completion_ids"].size(1)  # the mixed round was kept (re-padded)
-    assert torch.equal(output["completion_ids"][:, :width], kept["completion_ids"])
-    assert not output["completion_mask"][:, width:].any()
-    assert run.trainer.last_credit.stats.sums["credit_tokens"] > 0
-
-
-def test_grpo_and_sgcd_draw_the_same_batches_and_keep_the_same_groups(trained):
-    """Dynamic sampling does not depend on the credit mode: with the same seed, `off` (GRPO) generates the same
-    rounds and trains on the same groups as `sgcd` (DAPO-style GRPO is the matched control)."""
-    sgcd, off = trained("dynamic_sgcd", **_DYNAMIC), trained("dynamic_off", credit_mode="off", **_DYNAMIC)
-    assert len(off.rounds) == len(sgcd.rounds) == 2
-    for a, b in zip(off.rounds, sgcd.rounds):
-        assert a["prompts"] == b["prompts"]
-        assert torch.equal(a["completion_ids"], b["completion_ids"]) and torch.equal(a["advantages"], b["advantages"])
-    (kept_off,), (kept_sgcd,) = off.final, sgcd.final
-    assert torch.equal(kept_off["completion_ids"], kept_sgcd["completion_ids"])
-    assert torch.equal(kept_off["prompt_ids"], kept_sgcd["prompt_ids"])
-    assert kept_off["advantages"].dim() == 1 and kept_sgcd["advantages"].dim() == 2  # only the credit differs
-    resample = [k for k in sgcd.trainer.state.log_history[0] if k.startswith("sgcd/resample/")]
-    assert resample and all(
-        off.trainer.state.log_history[0][k] == sgcd.trainer.state.log_history[0][k] for k in resample
-    )
-
-
-def test_lora_adapter_is_the_teacher(tmp_path, tiny_model_path):
-    from peft import LoraConfig
-
-    trainer_cls = scripted_first_turn(SGCDTrainer)
-    trainer = trainer_cls(
-        model=tiny_model_path,
-        reward_funcs=toy_reward,
-        train_dataset=toy_dataset(4),
-        args=tiny_args(tmp_path, learning_rate=5e-2),
-        environment_factory=ToyLookupEnv,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-    )
-    lora = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
-    assert lora
-    trainer.train()
-    assert trainer.last_credit.stats.sums["credit_tokens"] > 0
-    after = dict(trainer.model.named_parameters())
-    assert any(not torch.equal(after[k], v) for k, v in lora.items() if "lora_B" in k)
-
-
-def test_empty_completions_train_with_unit_weights(tmp_path, tiny_model_path):
-    """Rows whose first turn is only the end-of-turn token (an empty answer) train without error and get W = 1."""
-    scripted = scripted_first_turn(SGCDTrainer)
-
-    class EmptyHalf(scripted):
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-            ids, logprobs = super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-            if num_generations > 1:  # first turn: odd rows answer nothing at all
-                ids = [row if i % 2 == 0 else [self.processing_class.eos_token_id] for i, row in enumerate(ids)]
-            return ids, logprobs
-
-    trainer = EmptyHalf(
-        model=tiny_model_path,
-        reward_funcs=toy_reward,
-        train_dataset=toy_dataset(4),
-        args=tiny_args(tmp_path),
-        environment_factory=ToyLookupEnv,
-    )
-    score, apply, build = _record(trainer)
-    out = trainer.train()
-    assert math.isfinite(out.training_loss)
-    output = apply.calls[0][2]
-    w = trainer.last_credit.weights
-    empty = output["completion_mask"].sum(dim=1) == 1
-    assert empty.any()
-    assert torch.all(w[empty] == 1.0)
-    assert trainer.last_credit.stats.sums["credit_tokens"] > 0  # the non-empty rows still got credit
-
-
-@pytest.mark.slow
-@pytest.mark.ci
-def test_dense_scoring_runs_in_the_policys_mixed_precision(tmp_path, tiny_model_path):
-    """With `bf16=True` (float32 weights, autocast) the scorer's forwards run in bf16 like the policy's own log-probs,
-    although it calls the backbone past accelerate's autocast wrapper of `model.forward`."""
-    trainer_cls = scripted_first_turn(SGCDTrainer)
-    trainer = trainer_cls(
-        model=tiny_model_path,
-        reward_funcs=toy_reward,
-        train_dataset=toy_dataset(4),
-        args=tiny_args(tmp_path, bf16=True),
-        environment_factory=ToyLookupEnv,
-    )
-    seen, inside = [], [False]
-    score = trainer.credit_scorer.score
-
-    def observed_score(*args, **kwargs):
-        inside[0] = True
-        try:
-            return score(*args, **kwargs)
-        finally:
-            inside[0] = False
-
-    trainer.credit_scorer.score = observed_score
-    layer = trainer.model.model.layers[0].mlp.down_proj
-    layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype) if inside[0] else None)
-    out = trainer.train()
-    assert math.isfinite(out.training_loss)
-    assert next(trainer.model.parameters()).dtype == torch.float32
-    assert trainer.last_credit.stats.sums["rows_scored"] > 0
-    assert seen and set(seen) == {torch.bfloat16}
