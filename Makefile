@@ -46,7 +46,7 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
-# The slow tests that CI runs too (`.ci/run`: lint, `make test`, then this), ~3 min on 2 cores.
+# The slow tests that CI runs too (`.ci/run`: lint, `make test`, then this): multi-process, resume, τ² rewards, ...
 test-ci: install
 	$(PY) -m pytest -m "slow and ci" $(PYTEST_ARGS)
 

@@ -65,6 +65,8 @@ def test_completion_layout_marks_generated_turns(tokenizer):
     assert 0 in mask and len(prompt_ids) > 1000
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_smoke_run_end_to_end(tmp_path):
     import bench_credit
 

@@ -39,6 +39,8 @@ def started_runs(monkeypatch):
     return started
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_interrupted_experiment_resumes_without_repeating_a_run(tmp_path, started_runs):
     out = str(tmp_path / "exp")
     argv = [*TINY, "--arms", "off", "sgcd", "--seeds", "0", "--output-dir", out]

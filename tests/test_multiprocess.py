@@ -260,7 +260,7 @@ def test_ddp_batch_with_a_non_mixed_group_scores_only_mixed_rows(ddp_run, tiny_m
 
 @needs_deepspeed
 @pytest.mark.parametrize(
-    "peft", [False, pytest.param(True, marks=[pytest.mark.slow, pytest.mark.ci])], ids=["full", "lora"]
+    "peft", [pytest.param(p, marks=[pytest.mark.slow, pytest.mark.ci]) for p in (False, True)], ids=["full", "lora"]
 )
 def test_zero3_only_one_rank_has_mixed_groups(tmp_path, peft):
     """Rank 0 holds the only mixed group, rank 1 only failures; both must run the same scoring forwards."""

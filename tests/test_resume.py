@@ -4,6 +4,7 @@ dynamic sampling included (its resampling stream is saved in sgcd_state.json and
 import json
 import os
 
+import pytest
 import torch
 
 from tests.trainer_utils import ToyLookupEnv, scripted_first_turn, tiny_args, toy_dataset, toy_reward
@@ -32,6 +33,8 @@ def _losses(trainer):
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_resume_matches_uninterrupted_run(tmp_path, tiny_model_path):
     # The uninterrupted run also writes the checkpoint the resumed run starts from (saving changes nothing else).
     straight = _trainer(tmp_path / "straight", tiny_model_path, save_strategy="steps", save_steps=1)
