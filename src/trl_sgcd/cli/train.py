@@ -144,7 +144,9 @@ def prepare(script_args, training_args, model_args) -> TrainPlan:
     script = None
     if script_args.scripted_sibling:
         if env_factory is None:
-            raise UsageError("scripted_sibling needs an environment_factory: the script plays a row's environment.")
+            from trl_sgcd.envs.scripted import NEEDS_ENVIRONMENT
+
+            raise UsageError(NEEDS_ENVIRONMENT)
         script = load_callable(script_args.scripted_sibling, what="scripted_sibling")
     return TrainPlan(model_name, reward_funcs, env_factory, tools, train_dataset, eval_dataset, script)
 

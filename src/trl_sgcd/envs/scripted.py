@@ -136,13 +136,17 @@ def inject_scripted_siblings(
     return (prompt_ids, completion_ids, tool_mask, completions, logprobs, *rest)
 
 
+NEEDS_ENVIRONMENT = "scripted_sibling needs an `environment_factory`: the script plays a row's environment."
+"""The one message of that rule: the CLI checks it before the model loads, the trainer again for the Python API."""
+
+
 def apply_scripted_sibling(trainer, prompts: list, output: tuple) -> tuple:
     """What `SGCDTrainer._generate` calls: `output` with the scripted siblings in it (training batches only)."""
     script = trainer.scripted_sibling
     if script is None or not trainer.model.training:
         return output
     if not trainer.environments:
-        raise ValueError("scripted_sibling needs an `environment_factory`: the script plays a row's environment.")
+        raise ValueError(NEEDS_ENVIRONMENT)
     if trainer.environment_factories is not None:
         tools = [trainer._env_tools[name] for name in trainer._batch_environments]
     else:
