@@ -34,7 +34,10 @@ Rules:
 - Use only information present in the visible traces below.
 - Do not quote hidden labels, evaluator or oracle reports, credentials, or final answer literals. Values shown as \
 placeholders such as {placeholders} stay masked: never guess or reconstruct them.
-- Prefer abstract state checks and action choices (which tool, in which order, with which kind of argument) over \
+- Under "Deviation points", for each failed sibling, quote its first step that leaves what the successful siblings \
+did exactly as it is written in its trace (tool name and arguments, or its answer), beside the successful \
+sibling's step at that point, and name the argument values that differ; summarize its later steps in one line.
+- Elsewhere prefer state checks and action choices (which tool, in which order, with which kind of argument) over \
 copying task-specific values.
 - Be concise: short bullet points, one idea each.
 
@@ -46,7 +49,7 @@ SECTION_HINTS = (
     "state the successful siblings establish before acting (what they look up or verify)",
     "the reusable action sequence(s) that led to success",
     "the failed branches and why the visible evidence suggests they are wrong",
-    "the first step where each failure departs from the successful evidence (name the step)",
+    "per failed sibling: its first deviating step quoted as written, beside the successful step, and what differs",
     "literals or values that must stay masked during credit scoring (describe them; do not copy secrets)",
 )
 
