@@ -190,7 +190,13 @@ def score_rollouts(model, tokenizer, rollouts, refs, *, config, temperature):
                 continue
             teacher = scorer.completion_logits(teachers[(name, i)], completion)
             per_div = dense_scores(student, teacher, completion, top_k=config["credit_top_k"], divergences=DIVERGENCES)
-            literal = literal_token_mask(torch.tensor([completion]), [refs[name][i].masked_literals], tokenizer)[0]
+            literal = literal_token_mask(  # the trainer's rule: literals in the prompt or an earlier observation count
+                torch.tensor([completion]),
+                [refs[name][i].masked_literals],
+                tokenizer,
+                prompt_ids=[r["prompt_ids"]],
+                tool_mask=torch.tensor([r["tool_mask"]]),
+            )[0]
             scores[(name, i)] = {
                 "divergence": {d: v[0].numpy() for d, v in per_div.items()},
                 "entropy": {d: v[1].numpy() for d, v in per_div.items()},

@@ -98,6 +98,23 @@ def test_wrong_tool_name_is_decisive(tokenizer):
     ]
 
 
+def test_a_failed_write_with_the_wrong_tool_name_is_a_call_error_not_a_final_answer_error(tokenizer):
+    task = _first("cancel")
+    rid = task["gold_actions"][0]["arguments"]["reservation_id"]
+    calls = [
+        ("get_reservation_details", {"reservation_id": rid}),
+        ("update_reservation_flights", {"reservation_id": rid}),  # errors (arguments missing): nothing changes
+    ]
+    turns = _turns(tokenizer, _conversation(task, calls, "Your reservation is cancelled."))
+    spans = decisive_spans(task, turns)
+    assert [(s.turn, s.kind) for s in spans] == [(1, "call_name")]
+    assert _texts(turns, spans) == ["update_reservation_flights"]
+    # the right write after the failed attempt: the attempt was not where the rollout left the gold path
+    calls.append(("cancel_reservation", {"reservation_id": rid}))
+    turns = _turns(tokenizer, _conversation(task, calls, "Sorry."))
+    assert decisive_spans(task, turns, success=False)[0].kind == "final_answer"
+
+
 def test_hallucinated_lookup_is_decisive_and_a_harmless_lookup_is_not(tokenizer):
     task = _first("cancel")
     rid = task["gold_actions"][0]["arguments"]["reservation_id"]

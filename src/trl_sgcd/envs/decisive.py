@@ -12,6 +12,9 @@ The verifier knows the gold actions of every task, so it can say, per rollout, w
   - any other call (a look-up, or a write that failed and changed nothing) stays on a gold-consistent path unless it
     uses a value the agent could not have seen (not in the instruction, the gold arguments or an earlier
     observation of this rollout: a hallucinated id). Decisive: those argument values; an unknown tool: its name;
+  - a write that failed (changed nothing) while a gold write was due, when that gold write never comes: the failed
+    attempt is the deviation. Decisive: its name when it is another tool than the due write, else the argument values
+    that differ (a wrong tool name is a call error, not a final-answer error);
   - otherwise (all calls consistent, but a gold write is missing or the answer lacks a required fact) the final
     answer is what is wrong: every token of the last assistant turn.
 * **successful rollout**: the argument values of its state-changing calls (the name of a transfer), plus, an
@@ -207,6 +210,7 @@ def decisive_spans(
         return _success_spans(task, turns, steps, answer)
     pending = [g for g in task["gold_actions"] if g["name"] in WRITE_TOOLS]
     grounded = [task["instruction"].lower(), *(v.lower() for g in task["gold_actions"] for v in _leaves(g))]
+    attempt = None  # the first write that failed while a gold write was due: the deviation if that write never comes
     for turn, call, error, observation in steps:
         if observation is None:  # not executed: part of the final turn
             break
@@ -219,6 +223,8 @@ def decisive_spans(
             else:
                 return _mismatch(call, pending[0] if pending else None, turn)
         else:
+            if attempt is None and pending and call.name in WRITE_TOOLS and error is not None:
+                attempt = (turn, call)
             unseen = [
                 k
                 for k, v in call.arguments.items()
@@ -232,6 +238,8 @@ def decisive_spans(
             if unseen:
                 return spans or [DecisiveSpan(turn, *(call.name_span or call.block), "call_name", "unseen value")]
         grounded.append(str(observation).lower())
+    if pending and attempt is not None:  # the due write was attempted with another tool or other arguments
+        return _mismatch(attempt[1], pending[0], attempt[0])
     why = "a gold write is missing" if pending else "the final answer lacks a required fact"
     return [_whole_turn(len(turns) - 1, turns[-1], "final_answer", why)]
 
