@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--random-draws", type=int, default=16, help="random-span placements per rollout")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", action="store_true", help="also re-run the segmenter over a grid of settings")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="SGCDConfig overrides, e.g. credit_reset_z=1")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="SGCDConfig overrides, e.g. credit_reset_z=1"
+    )
     p.add_argument("--output", default="outputs/bench_credit_controlled/results.json")
     p.add_argument("--threads", type=int, default=2)
     return p
@@ -243,9 +245,7 @@ def main(argv=None) -> int:
         "policy_dir": path,
         "groups": [{"task_id": r["task"]["task_id"], "kind": r["kind"], "detail": r["detail"]} for r in rows],
         "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None},
-        "contexts": {
-            c: summarize_context(scores[c], rows, draws=opts.random_draws, seed=opts.seed) for c in CONTEXTS
-        },
+        "contexts": {c: summarize_context(scores[c], rows, draws=opts.random_draws, seed=opts.seed) for c in CONTEXTS},
         "wall_s": {"scoring": round(score_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "threads": opts.threads,
         "load": os.getloadavg()[0],

@@ -51,7 +51,10 @@ def row_metrics(score: dict, decisive: np.ndarray, weights: np.ndarray, rng, dra
 def summarize_rows(metrics: list[dict], seed: int = 0) -> dict:
     from trl_sgcd.credit.localization import bootstrap_median, bootstrap_pooled_lift
 
-    out = {k: bootstrap_median([m[k] for m in metrics], seed=seed) for k in ("ratio", "auc", "share", "lift", "random_lift", "recall")}
+    out = {
+        k: bootstrap_median([m[k] for m in metrics], seed=seed)
+        for k in ("ratio", "auc", "share", "lift", "random_lift", "recall")
+    }
     out["pooled_lift"] = bootstrap_pooled_lift(metrics, seed=seed)
     n_e = sum(m["num_eligible"] for m in metrics)
     out["pooled_share"] = sum(m["num_credit"] for m in metrics) / max(n_e, 1)
@@ -114,7 +117,9 @@ def format_table(results: dict) -> str:
             if context == "identity" and kind != "all":
                 continue
             if context == "identity":
-                lines.append(f"{context:<12}{kind:<16}{s['n']:>3}  max |d| = {s['max_abs_divergence']:.3g} (must be 0)")
+                lines.append(
+                    f"{context:<12}{kind:<16}{s['n']:>3}  max |d| = {s['max_abs_divergence']:.3g} (must be 0)"
+                )
                 continue
             lines.append(
                 f"{context if kind == 'all' else '':<12}{kind:<16}{s['n']:>3}  {_ci(s['ratio']):<20}{s['auc'][0]:>6.2f}"
@@ -125,7 +130,9 @@ def format_table(results: dict) -> str:
 
 
 def format_sweep(rows: list[dict]) -> str:
-    head = f"{'reset_z':>8}{'sat_z':>7}{'max_span':>9}{'spike_z':>8}{'W>1':>7}  {'lift [95% CI]':<20}{'pooled lift':<20}"
+    head = (
+        f"{'reset_z':>8}{'sat_z':>7}{'max_span':>9}{'spike_z':>8}{'W>1':>7}  {'lift [95% CI]':<20}{'pooled lift':<20}"
+    )
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: -np.nan_to_num(r["lift"][0])):
         s = r["setting"]

@@ -185,7 +185,9 @@ def controlled_decisive_mask(tokenizer, gold_ids, gold_tool_mask, bad_ids, bad_t
     for k, (s, e) in enumerate(bad_runs):
         pieces = [tokenizer.decode([int(t)]) for t in bad_ids[s:e]]
         text = "".join(pieces)
-        gold = "".join(tokenizer.decode([int(t)]) for t in gold_ids[slice(*gold_runs[k])]) if k < len(gold_runs) else ""
+        gold = (
+            "".join(tokenizer.decode([int(t)]) for t in gold_ids[slice(*gold_runs[k])]) if k < len(gold_runs) else ""
+        )
         if text == gold:
             continue
         for j, flag in enumerate(token_mask_from_spans(pieces, [differing_span(gold, text)])):

@@ -1,5 +1,6 @@
-"""The contrast reference backend (no LLM): deterministic, names the deviation step, shapes not values, capped, and
-still useful on sanitized tau2-bench data."""
+"""The contrast reference backend (no LLM): deterministic, quotes each failed sibling's first deviating step beside the
+success's (sanitized: private values masked, the failure's own values kept), capped, and still useful on sanitized
+tau2-bench data."""
 
 import json
 
@@ -48,21 +49,71 @@ def test_contrast_names_the_deviation_step():
     group = SiblingGroup(0, [Rollout(0, prompt, good, 1.0), Rollout(1, prompt, bad, 0.0)], [True, False])
     ref = SiblingReferenceBuilder().build([group])[0]
     deviation = ref.sections["Deviation points"]
-    assert "step 2: called cancel_reservation where successes called get_reservation_details" in deviation
     assert (
-        "get_user_details(user_id) -> get_reservation_details(reservation_id)"
+        '- Sibling 2: step 2: called cancel_reservation({"reservation_id": "R1"}) where sibling 1 (success) called '
+        'get_reservation_details({"reservation_id": "R1"}). Then the final answer.'
+    ) in deviation
+    assert (
+        'get_user_details({"user_id": "u"}) -> get_reservation_details({"reservation_id": "R1"})'
         in ref.sections["Successful action branches"]
     )
     assert "details not checked" in ref.sections["Failed branches and why"]
     assert "get_reservation_details(reservation_id)" in ref.sections["State checks"]
 
 
-def test_contrast_shapes_not_values_and_no_planted_literals():
+def _change_group(bad_flight, *, bad_answer="Done.", good_answer="Done."):
+    prompt = "Change reservation R1 to flight HAT045, pay with card_7."
+
+    def rollout(flight, answer):
+        return [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [_call("get_reservation_details", reservation_id="R1")],
+            },
+            {"role": "tool", "name": "get_reservation_details", "content": "{'status': 'active'}"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [_call("update_reservation_flights", reservation_id="R1", flight_numbers=[flight])],
+            },
+            {"role": "tool", "name": "update_reservation_flights", "content": "{'status': 'updated'}"},
+            {"role": "assistant", "content": answer},
+        ]
+
+    gold = {"gold_actions": [{"name": "update_reservation_flights", "arguments": {"flight_numbers": ["HAT045"]}}]}
+    rollouts = [
+        Rollout(0, prompt, rollout("HAT045", good_answer), 1.0, gold),
+        Rollout(1, prompt, rollout(bad_flight, bad_answer), 0.0, gold),
+    ]
+    return SiblingGroup(0, rollouts, [True, False])
+
+
+def test_contrast_quotes_the_failed_call_with_its_own_wrong_value_and_masks_the_gold_one():
+    builder = SiblingReferenceBuilder(private_columns=["gold_actions"])
+    ref = builder.build([_change_group("HAT071")])[0]
+    deviation = ref.sections["Deviation points"]
+    assert deviation.startswith('- Sibling 2: step 2: called update_reservation_flights({"flight_numbers": ["HAT071"]')
+    assert '`flight_numbers` was ["HAT071"] where the success used ["[PRIVATE]"]' in deviation
+    assert "HAT045" not in ref.text and "HAT071" in ref.text  # the gold value is private, the failure's own is not
+
+
+def test_contrast_quotes_both_answers_when_the_calls_agree():
+    group = _change_group("HAT045", bad_answer="You are on flight HAT999 now.", good_answer="All changed.")
+    deviation = SiblingReferenceBuilder().build([group])[0].sections["Deviation points"]
+    assert (
+        'step 3 (final answer): answered "You are on flight HAT999 now." where sibling 1 (success) answered "All changed."'
+        in deviation
+    )
+
+
+def test_contrast_quotes_values_sanitized_and_no_planted_literals():
     builder = SiblingReferenceBuilder(private_columns=["gold_answer", "gold_actions"])
     ref = builder.build([sample_group()])[0]
-    for value in [*PLANTED.values(), "ZFA04Y", "mia_li_3668"]:
+    for value in [*PLANTED.values(), "ZFA04Y"]:  # secrets, and the gold reservation id (a private column)
         assert value not in ref.text
-    assert "cancel_reservation(reservation_id)" in ref.text
+    assert 'cancel_reservation({"reservation_id": "[PRIVATE]"})' in ref.text
+    assert '"user_id": "mia_li_3668"' in ref.text  # ids stay readable (this one is in the clean prompt too)
     assert PLANTED["card"] in ref.masked_literals and PLANTED["gold"] in ref.masked_literals
 
 
@@ -139,4 +190,4 @@ def test_tau2_observations_keep_ids_tools_and_errors_readable():
     ref = SiblingReferenceBuilder().build([group])[0]
     assert error in ref.sections["Failed branches and why"]
     assert "update_reservation_flights" in ref.sections["Deviation points"]
-    assert "get_reservation_details(reservation_id)" in ref.sections["Successful action branches"]
+    assert "get_reservation_details({" in ref.sections["Successful action branches"]

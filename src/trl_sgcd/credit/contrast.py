@@ -72,7 +72,9 @@ def _quoted_branch(steps: list[TraceStep]) -> str:
 
 
 def _errors(steps: list[TraceStep]) -> list[str]:
-    return [f"`{s.name}` returned {_cut(s.text, ERROR_SNIPPET_CHARS)}" for s in steps if s.kind == "obs" and s.is_error]
+    return [
+        f"`{s.name}` returned {_cut(s.text, ERROR_SNIPPET_CHARS)}" for s in steps if s.kind == "obs" and s.is_error
+    ]
 
 
 def _same(a: TraceStep, b: TraceStep) -> bool:
