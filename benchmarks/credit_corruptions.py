@@ -28,7 +28,7 @@ OTHER_WRITE = {
     "update_reservation_flights": "cancel_reservation",
     "book_reservation": "update_reservation_flights",
 }
-_WORD = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.$")
+_WORD = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def play(task: dict, calls: list[tuple[str, dict]], answer: str) -> tuple[list[dict], float]:
@@ -156,10 +156,17 @@ def controlled_groups(n_per_kind: int, *, seed: int = 0, kinds=KINDS) -> list[di
     return groups
 
 
+def _in_word(text: str, i: int) -> bool:
+    """A character of a value: letters, digits, `_`, `-`, and a `.` between digits (120.5, not "delayed.")."""
+    if text[i] == ".":
+        return 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
+    return text[i] in _WORD
+
+
 def _widen(text: str, start: int, end: int) -> tuple[int, int]:
-    while start > 0 and text[start - 1] in _WORD:
+    while start > 0 and _in_word(text, start - 1):
         start -= 1
-    while end < len(text) and text[end] in _WORD:
+    while end < len(text) and _in_word(text, end):
         end += 1
     return start, end
 
