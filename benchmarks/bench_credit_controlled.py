@@ -105,9 +105,9 @@ def sgcd_args(output_dir: str, temperature: float, overrides: dict):
 # ------------------------------------------------------------------------------------------------------- layout
 def layout(groups, tokenizer):
     """Per group: prompt messages, TRL-layout ids of gold and failure, the failure's decisive mask, turn texts."""
+    from credit_rollouts import completion_layout
     from transformers.utils import get_json_schema
 
-    from credit_rollouts import completion_layout
     from trl_sgcd.envs.airline import AirlineEnv, airline_prompt
     from trl_sgcd.tooluse.evaluation import environment_tools
 
