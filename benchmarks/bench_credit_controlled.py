@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="smollm2", help='"smollm2" (base, default), "warm", "tiny-context" or a folder')
     p.add_argument("--groups-per-kind", type=int, default=6, help="groups per corruption kind (train tasks)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--contexts", nargs="+", default=list(CONTEXTS), choices=CONTEXTS, help="teacher contexts to score")
     p.add_argument("--temperature", type=float, default=0.8, help="scoring temperature (the demo's sampling one)")
     p.add_argument("--random-draws", type=int, default=16, help="random-span placements per rollout")
     p.add_argument("--seed", type=int, default=0)
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
     rows, schemas = layout(groups, tokenizer)
     refs = references(rows, args, tokenizer)
     t_score = time.perf_counter()
-    scores = score(model, tokenizer, rows, refs, schemas, args)
+    scores = score(model, tokenizer, rows, {c: refs[c] for c in opts.contexts}, schemas, args)
     score_s = time.perf_counter() - t_score
     config = {f: getattr(args, f) for f in vars(args) if f.startswith("credit_")}
     results = {
@@ -245,7 +247,9 @@ def main(argv=None) -> int:
         "policy_dir": path,
         "groups": [{"task_id": r["task"]["task_id"], "kind": r["kind"], "detail": r["detail"]} for r in rows],
         "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None},
-        "contexts": {c: summarize_context(scores[c], rows, draws=opts.random_draws, seed=opts.seed) for c in CONTEXTS},
+        "contexts": {
+            c: summarize_context(scores[c], rows, draws=opts.random_draws, seed=opts.seed) for c in opts.contexts
+        },
         "wall_s": {"scoring": round(score_s, 1), "total": round(time.perf_counter() - t0, 1)},
         "threads": opts.threads,
         "load": os.getloadavg()[0],
@@ -255,6 +259,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
     with open(opts.output, "w") as f:
         json.dump(results, f, indent=1, default=float)
+    with open(os.path.splitext(opts.output)[0] + "_scores.pkl", "wb") as f:  # for re-running the segmenter offline
+        pickle.dump({"scores": scores, "rows": [{"kind": r["kind"], "decisive": r["decisive"]} for r in rows]}, f)
     print()
     print(format_table(results))
     if opts.sweep:
