@@ -18,7 +18,7 @@ inserted, spliced ids, literal mask with the prompt and tool mask, dense top-K d
 * `oracle`: an upper bound that no sanitizer would let through: the gold calls verbatim and "wrote WRONG where the
   success wrote GOLD";
 * `irrelevant`: unrelated text of the same token length (a control: credit must not concentrate);
-* `identity`: teacher = student (the divergence must be exactly 0).
+* `identity`: teacher = student on the first 4 failures (the divergence must be exactly 0).
 
 Metrics over the failures (`trl_sgcd.credit.localization`), median over groups with 95% bootstrap intervals: the raw
 divergence ratio (mean d on decisive / on other eligible tokens) and its AUC, the share of eligible tokens with W > 1,
@@ -45,6 +45,7 @@ from controlled_metrics import SWEEP, format_sweep, format_table, summarize_cont
 from credit_corruptions import KINDS, controlled_decisive_mask, controlled_groups, differing_span  # noqa: E402
 
 CONTEXTS = ("contrast", "oracle", "irrelevant", "identity")
+IDENTITY_ROWS = 4  # teacher = student is a check (exactly 0), not a measurement: a few rows suffice
 IRRELEVANT = (
     "Bread dough rises best in a warm kitchen. Mix flour, water, salt and yeast, knead for ten minutes, and let it "
     "rest under a cloth until it doubles. Shape the loaf, score the top with a sharp knife, and bake it in a hot oven "
@@ -157,7 +158,7 @@ def references(rows, args, tokenizer):
             extra.append(gold_cols)
     groups = build_sibling_groups(prompts, completions, rewards, extra, num_generations=2, success_threshold=1.0)
     contrast = SiblingReferenceBuilder.from_config(args, tokenizer=tokenizer).build(groups)
-    out = {"contrast": contrast, "identity": contrast}
+    out = {"contrast": contrast, "identity": [ref if i < IDENTITY_ROWS else None for i, ref in enumerate(contrast)]}
     out["oracle"] = [CreditReference(oracle_text(r, tokenizer), {}, [], "oracle") for r in rows]
     irrelevant = []
     for ref in contrast:
@@ -216,7 +217,7 @@ def score(model, tokenizer, rows, refs, schemas, args) -> dict:
                 "eligible": result.eligible[k, :n].numpy().astype(bool),
                 "weights": result.weights[i, :n].numpy(),
             }
-            for k, (i, n) in enumerate(zip(result.rows, lengths))
+            for k, (i, n) in enumerate(zip(result.rows, [lengths[i] for i in result.rows]))
         ]
         print(f"[score] {context}: {len(result.rows)} failures in {time.perf_counter() - t0:.1f} s", flush=True)
     return out

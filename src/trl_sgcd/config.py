@@ -96,13 +96,19 @@ class SGCDConfig(GRPOConfig):
 
         > Parameters that control saliency (the segmenter)
 
-        credit_spike_z (`float`, *optional*, defaults to `2.0`):
+        credit_spike_z (`float`, *optional*, defaults to `3.0`):
             A token is a divergence spike when its robust z-score (median / MAD over the rollout's eligible tokens)
-            reaches this value. Must be > `credit_reset_z`.
-        credit_saturation_z (`float`, *optional*, defaults to `4.0`):
+            reaches this value. Must be > `credit_reset_z`. Chosen on the controlled tier of the localization
+            benchmark (TRAIN tasks, SmolLM2): with `credit_reset_z=1`, 3.0 gives W > 1 on 9% of eligible tokens and
+            median lift 3.25 where 2.0 gives 12% and 1.08 (README "Where credit lands").
+        credit_saturation_z (`float`, *optional*, defaults to `8.0`):
             z-score at which saliency reaches 1 (s = clip(z / saturation, 0, 1) at the span's peak). Must be > 0.
-        credit_reset_z (`float`, *optional*, defaults to `-0.5`):
-            A span ends when the z-score falls below this value (the divergence resets).
+            Decisive spikes reach z 10-20 while incidental ones stay near the spike threshold, so saliency is graded
+            over that range (controlled tier: median lift 3.25 at 8.0, 2.91 at 4.0, 2.84 at 16.0).
+        credit_reset_z (`float`, *optional*, defaults to `1.0`):
+            A span ends when the z-score falls below this value (the divergence resets to the rollout's usual level).
+            The former -0.5 (below the median) kept spans open until an entropy rise or `credit_max_span`, putting
+            W > 1 on 54% of eligible tokens (pooled lift 0.68); 1.0 gives 9% and 2.45 (controlled tier).
         credit_entropy_rise (`float`, *optional*, defaults to `0.5`):
             A span ends when the teacher entropy rises more than this many nats above its value at the span start.
         credit_max_span (`int`, *optional*, defaults to `32`):
@@ -203,9 +209,9 @@ class SGCDConfig(GRPOConfig):
     )
     credit_share_prefix: bool = field(default=True, metadata={"help": _help(__doc__, "credit_share_prefix")})
     credit_compact_lm_head: bool = field(default=True, metadata={"help": _help(__doc__, "credit_compact_lm_head")})
-    credit_spike_z: float = field(default=2.0, metadata={"help": _help(__doc__, "credit_spike_z")})
-    credit_saturation_z: float = field(default=4.0, metadata={"help": _help(__doc__, "credit_saturation_z")})
-    credit_reset_z: float = field(default=-0.5, metadata={"help": _help(__doc__, "credit_reset_z")})
+    credit_spike_z: float = field(default=3.0, metadata={"help": _help(__doc__, "credit_spike_z")})
+    credit_saturation_z: float = field(default=8.0, metadata={"help": _help(__doc__, "credit_saturation_z")})
+    credit_reset_z: float = field(default=1.0, metadata={"help": _help(__doc__, "credit_reset_z")})
     credit_entropy_rise: float = field(default=0.5, metadata={"help": _help(__doc__, "credit_entropy_rise")})
     credit_max_span: int = field(default=32, metadata={"help": _help(__doc__, "credit_max_span")})
     credit_min_divergence: float = field(default=1e-4, metadata={"help": _help(__doc__, "credit_min_divergence")})

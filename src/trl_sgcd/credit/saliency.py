@@ -8,14 +8,14 @@ exact rule we implement, with the defaults of [`SGCDConfig`] (`credit_*` fields 
    of d over the rollout's eligible tokens, z_t = (d_t - m) / scale, scale = max(1.4826 * MAD, mean |d - m|, 1e-8).
    Constant divergence gives z = 0 everywhere; an isolated spike among equal values (MAD = 0) still gets a large z
    through the mean-absolute-deviation term. (The median of an even count is the mean of the two middle values.)
-2. **Spike.** An eligible token with z_t >= `spike_z` (2.0) and d_t >= `min_divergence` (1e-4 nats).
+2. **Spike.** An eligible token with z_t >= `spike_z` (3.0) and d_t >= `min_divergence` (1e-4 nats).
 3. **Span.** A span starts at a spike t0 and extends to t0+1, t0+2, ... while the token is eligible (an ineligible
    token, e.g. a tool observation, ends it), H_t <= H_{t0} + `entropy_rise` (0.5 nats; an entropy rise ends it),
-   z_t >= `reset_z` (-0.5; a divergence reset ends it), and the span is shorter than `max_span` (32) tokens. A new
-   spike inside a span continues it (and may raise its peak); it does not restart the entropy reference or the
-   length count. The token that ends a span is not in it; after a span ends, the next span starts at the next spike
-   at or after that token.
-4. **Saliency.** Every token of a span gets s = clip(z_peak / `saturation_z`, 0, 1) (saturation 4.0), z_peak the
+   z_t >= `reset_z` (1.0: a divergence reset, back to the rollout's usual level, ends it), and the span is shorter
+   than `max_span` (32) tokens. A new spike inside a span continues it (and may raise its peak); it does not restart
+   the entropy reference or the length count. The token that ends a span is not in it; after a span ends, the next
+   span starts at the next spike at or after that token.
+4. **Saliency.** Every token of a span gets s = clip(z_peak / `saturation_z`, 0, 1) (saturation 8.0), z_peak the
    largest z of the spikes in the span; s = 0 outside spans and off the eligible mask.
 5. **Degenerate input.** Tokens whose divergence or entropy is NaN or infinite count as ineligible (never a spike,
    they end a span, excluded from the median); rows with fewer than 2 eligible tokens get s = 0.
@@ -38,9 +38,9 @@ def credit_saliency(
     teacher_entropy: Tensor,
     eligible_mask: Tensor,
     *,
-    spike_z: float = 2.0,
-    saturation_z: float = 4.0,
-    reset_z: float = -0.5,
+    spike_z: float = 3.0,
+    saturation_z: float = 8.0,
+    reset_z: float = 1.0,
     entropy_rise: float = 0.5,
     max_span: int = 32,
     min_divergence: float = 1e-4,
@@ -86,9 +86,9 @@ def credit_spans(
     teacher_entropy: Tensor,
     eligible_mask: Tensor,
     *,
-    spike_z: float = 2.0,
-    saturation_z: float = 4.0,
-    reset_z: float = -0.5,
+    spike_z: float = 3.0,
+    saturation_z: float = 8.0,
+    reset_z: float = 1.0,
     entropy_rise: float = 0.5,
     max_span: int = 32,
     min_divergence: float = 1e-4,
