@@ -68,6 +68,7 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 bench: install
+	$(PY) benchmarks/bench_credit_controlled.py --groups-per-kind 3
 	$(PY) benchmarks/bench_scorer.py --quick
 	$(PY) benchmarks/bench_step.py --quick
 	$(PY) benchmarks/bench_reference.py --quick

@@ -23,7 +23,8 @@ inserted, spliced ids, literal mask with the prompt and tool mask, dense top-K d
 Metrics over the failures (`trl_sgcd.credit.localization`), median over groups with 95% bootstrap intervals: the raw
 divergence ratio (mean d on decisive / on other eligible tokens) and its AUC, the share of eligible tokens with W > 1,
 the credit-mass lift on decisive tokens against equal-mass random spans, and recall. `--sweep` re-runs the segmenter on
-the saved divergences for a grid of settings (how the defaults were chosen; TRAIN tasks only).
+the saved divergences for a grid of settings (how the defaults were chosen; TRAIN tasks only); `--from-scores` re-runs
+the segmenter and the metrics on the divergences saved by an earlier run (`<output>_scores.pkl`), without the model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from controlled_metrics import SWEEP, format_sweep, format_table, summarize_context, sweep  # noqa: E402
+from controlled_metrics import SWEEP, format_sweep, format_table, reweigh, summarize_context, sweep  # noqa: E402
 from credit_corruptions import KINDS, controlled_decisive_mask, controlled_groups, differing_span  # noqa: E402
 
 CONTEXTS = ("contrast", "oracle", "irrelevant", "identity")
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="SGCDConfig overrides, e.g. credit_reset_z=1"
     )
+    p.add_argument("--from-scores", default=None, help="re-run the segmenter on the *_scores.pkl of an earlier run")
     p.add_argument("--output", default="outputs/bench_credit_controlled/results.json")
     p.add_argument("--threads", type=int, default=2)
     return p
@@ -232,17 +234,23 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     path = policy_dir(opts.policy)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in opts.set)}
     with tempfile.TemporaryDirectory() as tmp:
         args = sgcd_args(tmp, opts.temperature, overrides)
     groups = controlled_groups(opts.groups_per_kind, seed=opts.seed, kinds=opts.kinds)
     rows, schemas = layout(groups, tokenizer)
     refs = references(rows, args, tokenizer)
-    t_score = time.perf_counter()
-    scores = score(model, tokenizer, rows, {c: refs[c] for c in opts.contexts}, schemas, args)
-    score_s = time.perf_counter() - t_score
     config = {f: getattr(args, f) for f in vars(args) if f.startswith("credit_")}
+    t_score = time.perf_counter()
+    if opts.from_scores:  # the saved divergences of an earlier run; only the segmenter and the metrics run again
+        with open(opts.from_scores, "rb") as f:
+            saved = pickle.load(f)["scores"]
+        opts.contexts = [c for c in opts.contexts if c in saved]
+        scores = {c: [{**x, "weights": reweigh(x, config)} for x in saved[c]] for c in opts.contexts}
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        scores = score(model, tokenizer, rows, {c: refs[c] for c in opts.contexts}, schemas, args)
+    score_s = time.perf_counter() - t_score
     results = {
         "policy": opts.policy,
         "policy_dir": path,

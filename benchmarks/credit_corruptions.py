@@ -14,7 +14,9 @@ succeed are dropped). The corruption kinds:
 
 Decisive tokens are known exactly: in the first assistant turn that differs from the gold one, the characters between
 the two turns' common prefix and common suffix, widened to whole words (so a flight number counts whole, not just its
-differing digits), and the tokens that overlap them ([`controlled_decisive_mask`]).
+differing digits), and the tokens that overlap them ([`controlled_decisive_mask`]). Where that turn answers while the
+gold turn calls a tool (`skipped_read`), the whole turn differs, so the decisive tokens are the turn's first token (the
+choice to answer) and the wrong value (its difference from the gold final answer).
 """
 
 from __future__ import annotations
@@ -188,16 +190,20 @@ def controlled_decisive_mask(tokenizer, gold_ids, gold_tool_mask, bad_ids, bad_t
     from trl_sgcd.envs.decisive import token_mask_from_spans, turn_runs
 
     gold_runs, bad_runs = turn_runs(gold_tool_mask), turn_runs(bad_tool_mask)
+    gold_turns = ["".join(tokenizer.decode([int(t)]) for t in gold_ids[s:e]) for s, e in gold_runs]
     mask = [False] * len(bad_ids)
     for k, (s, e) in enumerate(bad_runs):
         pieces = [tokenizer.decode([int(t)]) for t in bad_ids[s:e]]
         text = "".join(pieces)
-        gold = (
-            "".join(tokenizer.decode([int(t)]) for t in gold_ids[slice(*gold_runs[k])]) if k < len(gold_runs) else ""
-        )
+        gold = gold_turns[k] if k < len(gold_turns) else ""
         if text == gold:
             continue
+        if "<tool_call>" in gold and "<tool_call>" not in text:
+            # A skipped call: the turn answers where the gold one calls a tool. Decisive: the choice to answer (the
+            # turn's first token) and the value it then gets wrong (its difference from the gold final answer).
+            mask[s] = True
+            gold = gold_turns[-1]
         for j, flag in enumerate(token_mask_from_spans(pieces, [differing_span(gold, text)])):
-            mask[s + j] = flag
+            mask[s + j] = mask[s + j] or flag
         return mask
     raise ValueError("the corrupted completion has no assistant turn that differs from the gold one")

@@ -38,14 +38,18 @@ def test_decisive_tokens_are_exactly_the_corrupted_value(tokenizer):
     from trl_sgcd.envs.airline import airline_prompt, airline_tool_schemas
 
     tools = airline_tool_schemas()
-    for g in controlled_groups(1, kinds=("write_argument", "tool_name", "final_answer")):
+    for g in controlled_groups(1):
         prompt = airline_prompt(g["task"])
         _, gold_ids, gold_mask = completion_layout(tokenizer, prompt, g["gold"], tools)
         _, bad_ids, bad_mask = completion_layout(tokenizer, prompt, g["bad"]["completion"], tools)
         mask = controlled_decisive_mask(tokenizer, gold_ids, gold_mask, bad_ids, bad_mask)
         marked = tokenizer.decode([t for t, m in zip(bad_ids, mask) if m]).strip()
         new = g["detail"].split(" -> ")[-1].strip("[]'")
-        assert marked == new, (g["kind"], g["detail"], marked)
+        if g["kind"] == "skipped_read":  # the choice to answer instead of looking up (first token), and the value
+            first = tokenizer.decode([bad_ids[bad_mask.index(1)]]).strip()
+            assert marked.split() == [first, new], (g["detail"], marked)
+        else:
+            assert marked == new, (g["kind"], g["detail"], marked)
         assert all(bad_mask[i] for i, m in enumerate(mask) if m)  # only generated tokens
 
 

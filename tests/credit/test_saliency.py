@@ -19,6 +19,19 @@ DEFAULTS = {
 }
 
 
+LAX = {"spike_z": 2.0, "saturation_z": 4.0, "reset_z": -0.5}
+"""The segmenter's former defaults: spans run on until an entropy rise, an ineligible token or `max_span`. The tests of
+each ending rule use them, so that one rule at a time ends a span."""
+
+
+def _lax_spans(*args, **kwargs):
+    return credit_spans(*args, **{**LAX, **kwargs})
+
+
+def _lax_saliency(*args, **kwargs):
+    return credit_saliency(*args, **{**LAX, **kwargs})
+
+
 def naive_saliency(d, h, eligible, *, spike_z, saturation_z, reset_z, entropy_rise, max_span, min_divergence):
     """The module docstring's rule, written plainly: one row at a time, one token at a time."""
     out = []
@@ -66,19 +79,19 @@ def _spike_row(T=40, at=10, base=0.1, height=5.0):
 
 def test_isolated_spike_flat_entropy_gives_one_span_from_the_spike():
     d, h, m = _spike_row()
-    s = credit_saliency(d, h, m, max_span=8)
+    s = _lax_saliency(d, h, m, max_span=8)
     assert s.dtype == torch.float32 and s.shape == d.shape
     assert (s[0, :10] == 0).all() and (s[0, 18:] == 0).all()
     assert (s[0, 10:18] == 1.0).all()  # z = 39 >> saturation: s = 1 over a contiguous span of max_span tokens
-    assert credit_spans(d, h, m, max_span=8) == [[(10, 18, 1.0)]]
+    assert _lax_spans(d, h, m, max_span=8) == [[(10, 18, 1.0)]]
 
 
 def test_entropy_rise_ends_the_span():
     d, h, m = _spike_row()
     h[0, 14] = 0.6  # > H_t0 + 0.5
-    assert credit_spans(d, h, m) == [[(10, 14, 1.0)]]
+    assert _lax_spans(d, h, m) == [[(10, 14, 1.0)]]
     h[0, 14] = 0.5  # == H_t0 + 0.5: still stable
-    assert credit_spans(d, h, m)[0][0][1] > 14
+    assert _lax_spans(d, h, m)[0][0][1] > 14
 
 
 def test_divergence_reset_ends_the_span():
@@ -86,16 +99,16 @@ def test_divergence_reset_ends_the_span():
     d[0, 6] = 5.0
     d[0, 9] = -5.0  # a divergence far below the median: z < reset_z
     h, m = torch.zeros_like(d), torch.ones_like(d, dtype=torch.bool)
-    assert credit_spans(d, h, m) == [[(6, 9, 1.0)]]
+    assert _lax_spans(d, h, m) == [[(6, 9, 1.0)]]
 
 
 def test_length_cap_and_ineligible_token_end_the_span():
     d, h, m = _spike_row()
-    assert credit_spans(d, h, m, max_span=3) == [[(10, 13, 1.0)]]
-    assert credit_spans(d, h, m, max_span=1) == [[(10, 11, 1.0)]]
+    assert _lax_spans(d, h, m, max_span=3) == [[(10, 13, 1.0)]]
+    assert _lax_spans(d, h, m, max_span=1) == [[(10, 11, 1.0)]]
     m[0, 12] = False  # e.g. a tool-observation token
-    s = credit_saliency(d, h, m)
-    assert credit_spans(d, h, m) == [[(10, 12, 1.0)]]
+    s = _lax_saliency(d, h, m)
+    assert _lax_spans(d, h, m) == [[(10, 12, 1.0)]]
     assert s[0, 12] == 0 and (s[0, 13:] == 0).all()
 
 
@@ -104,14 +117,14 @@ def test_new_spike_continues_the_span_and_raises_its_peak():
     d[0, 10], d[0, 13] = 0.45, 0.9
     h, m = torch.zeros_like(d), torch.ones_like(d, dtype=torch.bool)
     scale = (0.35 + 0.8) / 40  # MAD = 0, so the scale is the mean absolute deviation from the median 0.1
-    spans = credit_spans(d, h, m, max_span=6, saturation_z=100.0)
+    spans = _lax_spans(d, h, m, max_span=6, saturation_z=100.0)
     # One span from the first spike; the second spike inside it keeps the start (no restart of the length count)
     # and raises the peak to its own z-score.
     assert len(spans[0]) == 1
     start, end, peak = spans[0][0]
     assert (start, end) == (10, 16)
     assert peak == pytest.approx(0.8 / scale / 100.0)
-    s = credit_saliency(d, h, m, max_span=6, saturation_z=100.0)
+    s = _lax_saliency(d, h, m, max_span=6, saturation_z=100.0)
     assert torch.allclose(s[0, 10:16], torch.full((6,), peak)) and s[0, 16] == 0
 
 
@@ -144,11 +157,32 @@ def test_min_divergence_and_small_rows():
 def test_nan_and_inf_are_never_spikes_nor_propagated():
     d, h, m = _spike_row()
     d[0, 20], d[0, 30] = float("nan"), float("inf")
-    s = credit_saliency(d, h, m, max_span=20)
+    s = _lax_saliency(d, h, m, max_span=20)
     assert torch.isfinite(s).all()
     assert s[0, 20] == 0 and s[0, 30] == 0 and s[0, 10] == 1
-    assert credit_spans(d, h, m, max_span=20) == [[(10, 20, 1.0)]]  # a NaN ends the span like an ineligible token
-    assert (credit_saliency(torch.full((2, 9), float("nan")), torch.zeros(2, 9), torch.ones(2, 9)) == 0).all()
+    assert _lax_spans(d, h, m, max_span=20) == [[(10, 20, 1.0)]]  # a NaN ends the span like an ineligible token
+    assert (_lax_saliency(torch.full((2, 9), float("nan")), torch.zeros(2, 9), torch.ones(2, 9)) == 0).all()
+
+
+def test_defaults_keep_credit_on_the_spike_and_grade_saliency():
+    """The defaults (spike_z 3, reset_z 1, saturation_z 8, chosen on the controlled tier): a span ends as soon as the
+    divergence is back to the rollout's usual level, so a 3-token decisive plateau gets credit and the flat rest none;
+    saliency is graded by the peak z-score up to 8."""
+    g = torch.Generator().manual_seed(0)
+    d = 0.1 + 0.01 * torch.rand(1, 60, generator=g)
+    d[0, 20:23] = torch.tensor([0.9, 1.1, 0.8])  # decisive plateau: z >> 8
+    d[0, 40] = 0.1 + 4.0 * (d[0, :20].median() - 0.1).abs().clamp_min(0.0) + 0.02  # a small bump: z ~ 3-8
+    h, m = torch.zeros_like(d), torch.ones_like(d, dtype=torch.bool)
+    s = credit_saliency(d, h, m)
+    assert s[0, 20:23].tolist() == [1.0, 1.0, 1.0] and s[0, 23] == 0 and (s[0, :20] == 0).all()
+    assert ((s[0] > 0).sum() <= 4) and (s[0, 41:] == 0).all()  # at most the plateau and the bump: sparse
+    lax = _lax_saliency(d, h, m)
+    assert (lax[0] > 0).sum() >= 32  # the former defaults: one span of max_span tokens from the plateau on
+    z_peak = 5.0  # a spike of z = 5 gets s = 5 / 8, not the former 1
+    row = torch.full((1, 41), 0.0)
+    row[0, :20], row[0, 20] = 1.0, 1.0 + z_peak  # MAD = 1 (half the tokens at 0, half at 1): scale 1.4826
+    s = credit_saliency(row, torch.zeros_like(row), torch.ones_like(row, dtype=torch.bool))
+    assert s.max().item() == pytest.approx(min((z_peak + 0.0) / 1.4826 / 8.0, 1.0), rel=1e-5)
 
 
 def test_no_gradient_even_when_inputs_require_grad():
