@@ -98,17 +98,19 @@ class SGCDConfig(GRPOConfig):
 
         credit_spike_z (`float`, *optional*, defaults to `3.0`):
             A token is a divergence spike when its robust z-score (median / MAD over the rollout's eligible tokens)
-            reaches this value. Must be > `credit_reset_z`. Chosen on the controlled tier of the localization
-            benchmark (TRAIN tasks, SmolLM2): with `credit_reset_z=1`, 3.0 gives W > 1 on 9% of eligible tokens and
-            median lift 3.25 where 2.0 gives 12% and 1.08 (README "Where credit lands").
+            reaches this value. Must be > `credit_reset_z`. The three segmenter defaults were chosen on the controlled
+            tier of the localization benchmark (`benchmarks/bench_credit_controlled.py --sweep`, 24 TRAIN-task
+            failures, README "Where credit lands"): with the others at their defaults, 3.0 gives median lift 5.52 /
+            7.78 (base / warm-started SmolLM2) where 2.0 gives 5.01 / 7.57.
         credit_saturation_z (`float`, *optional*, defaults to `8.0`):
             z-score at which saliency reaches 1 (s = clip(z / saturation, 0, 1) at the span's peak). Must be > 0.
             Decisive spikes reach z 10-20 while incidental ones stay near the spike threshold, so saliency is graded
-            over that range (controlled tier: median lift 3.25 at 8.0, 2.91 at 4.0, 2.84 at 16.0).
+            over that range: median lift 5.52 / 7.78 at 8.0, 5.13 / 7.20 at 4.0, 5.96 / 7.77 at 16.0.
         credit_reset_z (`float`, *optional*, defaults to `1.0`):
-            A span ends when the z-score falls below this value (the divergence resets to the rollout's usual level).
-            The former -0.5 (below the median) kept spans open until an entropy rise or `credit_max_span`, putting
-            W > 1 on 54% of eligible tokens (pooled lift 0.68); 1.0 gives 9% and 2.45 (controlled tier).
+            A span ends when the z-score falls below this value (the divergence is back to the rollout's usual level).
+            The former -0.5 (below the median) kept spans open until an entropy rise or `credit_max_span`: W > 1 on
+            54% / 44% of eligible tokens and median lift 1.75 / 2.04 (with the former spike 2.0 and saturation 4.0);
+            the three defaults give 9% / 5% and 5.52 / 7.78.
         credit_entropy_rise (`float`, *optional*, defaults to `0.5`):
             A span ends when the teacher entropy rises more than this many nats above its value at the span start.
         credit_max_span (`int`, *optional*, defaults to `32`):
