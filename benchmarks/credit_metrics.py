@@ -73,18 +73,21 @@ def _fmt(stat) -> str:
 
 
 def format_table(results: dict) -> str:
-    head = f"{'variant':<34}{'rollouts':>9}{'credit':>8}  {'lift [95% CI]':<20}{'recall [95% CI]':<20}{'precision [95% CI]':<20}"
+    head = (
+        f"{'variant':<34}{'rollouts':>9}{'credit':>8}{'W>1':>6}  {'lift [95% CI]':<20}{'recall [95% CI]':<20}"
+        f"{'precision [95% CI]':<20}"
+    )
     lines = [head, "-" * len(head)]
     for name, entry in results["variants"].items():
         for arm in ("sgcd", "random spans", "uniform"):
             s = entry[arm]
             label = name if arm == "sgcd" else f"  {arm} (same mass)"
             lines.append(
-                f"{label:<34}{s['num_rollouts']:>9}{s['credit_share']:>8.2f}  {_fmt(s['lift']):<20}"
+                f"{label:<34}{s['num_rollouts']:>9}{s['credit_share']:>8.2f}{s['token_share']:>6.2f}  {_fmt(s['lift']):<20}"
                 f"{_fmt(s['recall']):<20}{_fmt(s['precision']):<20}"
             )
         lines.append(
-            f"{'  raw divergence lift':<34}{'':>17}  {_fmt(entry['signal_lift']):<20}"
+            f"{'  raw divergence lift':<34}{'':>23}  {_fmt(entry['signal_lift']):<20}"
             f"decisive tokens eligible {entry['eligible_decisive_share']:.2f}"
         )
     return "\n".join(lines)

@@ -109,8 +109,8 @@ class SGCDConfig(GRPOConfig):
         credit_reset_z (`float`, *optional*, defaults to `1.0`):
             A span ends when the z-score falls below this value (the divergence is back to the rollout's usual level).
             The former -0.5 (below the median) kept spans open until an entropy rise or `credit_max_span`: W > 1 on
-            54% / 44% of eligible tokens and median lift 1.75 / 2.04 (with the former spike 2.0 and saturation 4.0);
-            the three defaults give 9% / 5% and 5.52 / 7.78.
+            54 / 44 percent of eligible tokens and median lift 1.75 / 2.04 (with the former spike 2.0 and saturation 4.0);
+            the three defaults give 9 / 5 percent and 5.52 / 7.78.
         credit_entropy_rise (`float`, *optional*, defaults to `0.5`):
             A span ends when the teacher entropy rises more than this many nats above its value at the span start.
         credit_max_span (`int`, *optional*, defaults to `32`):

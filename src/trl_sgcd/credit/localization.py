@@ -152,10 +152,12 @@ def bootstrap_pooled_lift(
 
 
 def summarize(rows: Sequence[dict], *, num_resamples: int = 2000, seed: int = 0) -> dict:
-    """Per metric `(median, low, high, n)` over rollouts, plus `pooled_lift` `(value, low, high)` and
-    `credit_share` (rollouts with any credit mass)."""
+    """Per metric `(median, low, high, n)` over rollouts, plus `pooled_lift` `(value, low, high)`, `credit_share`
+    (rollouts with any credit mass) and `token_share` (eligible tokens with W > 1, pooled)."""
     out = {m: bootstrap_median([r[m] for r in rows], num_resamples=num_resamples, seed=seed) for m in METRICS}
     out["pooled_lift"] = bootstrap_pooled_lift(rows, num_resamples=num_resamples, seed=seed)
     out["credit_share"] = sum(r["mass"] > 0 for r in rows) / len(rows) if rows else math.nan
+    eligible = sum(r["num_eligible"] for r in rows)
+    out["token_share"] = sum(r["num_credit"] for r in rows) / eligible if eligible else math.nan
     out["num_rollouts"] = len(rows)
     return out
