@@ -146,16 +146,14 @@ def test_cut_episode_scores_zero_like_tau2_max_steps(airline, Env):
 
 def test_transfer_ends_the_episode(airline, Env):
     from trl_sgcd.envs.tau2 import tau2_reward
-    from trl_sgcd.envs.tau2.env import CLOSED_ERROR
 
     env = Env()
     env.reset(task_id="13")
+    assert not env.done
     assert env.transfer_to_human_agents(summary="needs a human") == "Transfer successful"
-    assert env.closed
-    assert env.cancel_reservation(reservation_id="XEWRD9") == CLOSED_ERROR  # executes nothing
-    assert env.environment.get_db_hash() == airline.environment().get_db_hash()
-    call = {"type": "function", "function": {"name": "cancel_reservation", "arguments": {}}}
-    assert tau2_reward([[{"role": "assistant", "content": "", "tool_calls": [call]}]], [env]) == [1.0]
+    assert env.transferred and env.done
+    call = {"type": "function", "function": {"name": "transfer_to_human_agents", "arguments": {}}}
+    assert tau2_reward([[{"role": "assistant", "content": "", "tool_calls": [call]}]], [env]) == [1.0]  # USER_STOP
 
 
 def test_categories_follow_the_paper_on_the_airline_test_split(airline):

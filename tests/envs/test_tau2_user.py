@@ -53,6 +53,18 @@ def test_simulated_user_opens_converses_and_stops(server):
     assert tau2_reward([completion], [env], [prompt]) == [1.0]  # no-action task, ended by the user: USER_STOP
 
 
+def test_a_message_after_a_transfer_ends_the_conversation(server):
+    """τ²'s simulated user stops at the first message after a transfer; no τ² tool error is counted."""
+    from trl_sgcd.envs.tau2 import resolve
+    from trl_sgcd.envs.tau2.user import ENDED_ERROR
+
+    env = resolve("tau2:airline:simulator").environment_factory()
+    env.reset(task_id=TASK)
+    assert env.transfer_to_human_agents(summary="wants a human") == "Transfer successful" and env.done
+    assert env.send_message_to_user(message="Please hold on.") == ENDED_ERROR
+    assert env.user_stopped and env.errors == 0 and server.num_requests == 1
+
+
 def test_failed_simulator_falls_back_to_the_single_instruction(monkeypatch):
     from trl_sgcd.envs.tau2 import resolve
     from trl_sgcd.envs.tau2.dataset import first_user_message

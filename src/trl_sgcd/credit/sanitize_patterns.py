@@ -4,7 +4,8 @@ Rules run in table order on the text the previous rules left, and never inside a
 rules come first (a value after a quoted JSON/Python key such as `"dob":` or `'payment_token':`, or after a keyword
 in prose such as "CVV 913", "my password is ..."), so the typed label wins over the generic shapes (cards by Luhn,
 IBANs by checksum, payment-method ids such as `credit_card_4196779`, emails, phone numbers, SSN shapes, street
-addresses) that run after the private dataset values.
+addresses with the unit line next to them, "City, ST 12345", full dates with a birth-year) that run after the private
+dataset values.
 The README's privacy table lists every category with an example; `tests/credit/test_sanitizer.py` checks each one.
 """
 
@@ -123,6 +124,7 @@ _STREET_TYPE = (
     r"(?i:street|st|avenue|ave|road|rd|drive|dr|lane|ln|boulevard|blvd|court|ct|way|place|pl|terrace|circle"
     r"|parkway|pkwy|highway|hwy|square|trail|alley|plaza|crescent)"
 )
+_NAMED_STREET = r"(?i:broadway|boardwalk)"  # streets with no type word ("934 Broadway", 111 τ² addresses)
 
 # --- patterns ----------------------------------------------------------------------------------------------------------
 PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
@@ -195,15 +197,49 @@ PAYMENT_ID_RE = re.compile(
     r"(?i)\b(?:credit[ _-]?card|debit[ _-]?card|gift[ _-]?card|certificate|voucher|paypal|bank[ _-]?account"
     r"|apple[ _-]?pay|google[ _-]?pay)_\d{3,}\b"
 )
-LAST_FOUR_RE = re.compile(r"(?i)\b(?:ending|ends)[ \t]+(?:in|with)[ \t]+(?P<v>\d{4})(?!\d)")
+# "ending in 7447", "last four 7447", "last 4 digits: 7447", "last four digits of my visa are 7447"
+LAST_FOUR_RE = re.compile(
+    r"(?i)\b(?:ending(?:[ \t]+(?:in|with))?|ends[ \t]+(?:in|with)|last[ \t_-]*(?:four|4)(?:[ \t_-]*digits?)?"
+    r"(?:[ \t]+(?:of|on)[ \t]+(?:(?:the|my|your|this|that|a)[ \t]+)?[a-z]+(?:[ \t]+card)?)?)"
+    r"[\"']?[ \t]*(?:[:=#]|\b(?:is|are|was|were|of)\b)?[ \t]*[\"']?(?P<v>\d{4})(?![\d/-])"
+)
+US_STATES = (
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND OH OK OR "
+    "PA RI SC SD TN TX UT VT VA WA WV WI WY PR"
+).split()
+_ZIP = r"\d{5}(?:-\d{4})?"
+_CITY = r"[A-Z][A-Za-z.'-]*(?:[ \t]+[A-Z][A-Za-z.'-]*){0,2}"
+_STATE = r"(?:" + "|".join(US_STATES) + r")"
+_UNIT = r"(?i:suite|ste|apt|apartment|unit)\.?[ \t]*#?[A-Za-z0-9-]*\d[A-Za-z0-9-]*"
+# "Austin, TX 78750", "Seattle WA 98187", "Seattle, WA, 98193": a city, a US state code and a zip code
+CITY_STATE_ZIP_RE = re.compile(r"\b" + _CITY + r",?[ \t]+" + _STATE + r",?[ \t]+" + _ZIP + r"(?!\d)")
+# a unit line next to a masked street line: "[ADDRESS], Suite 217", "[PRIVATE]\nApt 4B", "[ADDRESS], address2: Ste 5"
+ADDRESS_UNIT_RE = re.compile(
+    r"(?:(?<=\[ADDRESS\])|(?<=\[PRIVATE\]))[,(]?[ \t]*\n?[ \t]*(?:(?i:address)[ _-]?(?:line[ _-]?)?2[\"']?[ \t]*[:=]?[ \t]*)?"
+    r"[\"']?(?P<v>" + _UNIT + r")"
+)
+# a full date with a four-digit year before DOB_BEFORE_YEAR, anywhere: a date of birth (benchmarks' own dates,
+# flights and orders, are recent and stay readable)
+DOB_BEFORE_YEAR = 2010
+BARE_DATE_RE = re.compile(r"(?<![\w/.-])(?:" + _DATE + r")(?![\w/.-]?\d)")
 STREET_RE = re.compile(
-    r"\b\d{1,6}[A-Za-z]?(?:[ \t]+(?:[A-Z][A-Za-z'.-]*|\d+(?:st|nd|rd|th))){1,4}[ \t]+" + _STREET_TYPE + r"\b\.?"
+    r"\b\d{1,6}[A-Za-z]?(?:(?:[ \t]+(?:[A-Z][A-Za-z'.-]*|\d+(?:st|nd|rd|th))){1,4}[ \t]+"
+    + _STREET_TYPE
+    + r"|[ \t]+"
+    + _NAMED_STREET
+    + r")\b\.?"
     r"(?:,?[ \t]+(?i:suite|ste|apt|apartment|unit)\.?[ \t]*#?[A-Za-z0-9-]+|,?[ \t]+#[A-Za-z0-9-]+)?"
 )
 
 
 def _has_digit(text: str) -> bool:
     return any(c.isdigit() for c in text)
+
+
+def _birth_year(text: str) -> bool:
+    """Whether a date has a four-digit year from 1900 up to (not including) `DOB_BEFORE_YEAR`."""
+    years = [int(y) for y in re.findall(r"(?<!\d)\d{4}(?!\d)", text)]
+    return bool(years) and 1900 <= years[-1] < DOB_BEFORE_YEAR
 
 
 def _digits_between(lo: int, hi: int) -> Callable[[str], bool]:
@@ -245,5 +281,8 @@ SHAPE_RULES = (
     Rule("PHONE", PHONE_KV_RE, "v"),
     Rule("PHONE", PHONE_RE, check=_digits_between(7, 15)),
     Rule("ADDRESS", STREET_RE),
+    Rule("ADDRESS", ADDRESS_UNIT_RE, "v"),
+    Rule("ADDRESS", CITY_STATE_ZIP_RE),
+    Rule("DOB", BARE_DATE_RE, check=_birth_year),
 )
 """Rules that run after the private dataset values (the shape of the value alone gives it away)."""

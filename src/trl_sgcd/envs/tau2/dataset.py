@@ -8,8 +8,9 @@ agent", conditions, what to mention, reveal, insist on or test, style instructio
 the confirmation τ²'s policies require before a write, since no one is there to say "yes".
 
 Private values (`private_values` column, for `credit_private_columns`): the task user's e-mail, date of birth,
-address, payment method ids, card last-four digits, gift card and certificate ids, and the dates of birth of saved,
-travelling and newly booked passengers, plus τ²'s `communicate_info` answer literals. The credit sanitizer masks them before any
+address (street, unit, city, "city, state", zip), payment method ids, card last-four digits, gift card and certificate
+ids, the shipping address of every order of the user (retail), the dates of birth of saved, travelling and newly booked
+passengers, and new addresses in the gold actions, plus τ²'s `communicate_info` answer literals. The credit sanitizer masks them before any
 evidence reaches a reference LLM. Flight numbers, reservation and order ids, user ids and dates stay readable.
 """
 
@@ -131,7 +132,21 @@ def _values(dump: dict, keys: tuple[str, ...]) -> list[str]:
     return out
 
 
-_PRIVATE_KEYS = ("email", "dob", "address1", "address2", "zip", "id", "payment_id", "last_four")
+_PRIVATE_KEYS = ("email", "dob", "address1", "address2", "city", "zip", "id", "payment_id", "last_four")
+_ADDRESS_KEYS = ("address1", "address2", "city", "zip")
+
+
+def _places(value) -> list[str]:
+    """Every address of a (nested) record as "City, ST" and "City ST" (a two-letter state alone is too short to mask)."""
+    if isinstance(value, list):
+        return [p for item in value for p in _places(item)]
+    if not isinstance(value, dict):
+        return []
+    out = [p for v in value.values() for p in _places(v)]
+    city, state = value.get("city"), value.get("state")
+    if city and state:
+        out += [f"{city}, {state}", f"{city} {state}"] + ([state] if len(state) > 2 else [])
+    return out
 
 
 def private_values(domain, task) -> list[str]:
@@ -140,15 +155,20 @@ def private_values(domain, task) -> list[str]:
     values = []
     for user_id in user_ids(domain, task):
         user = db.users[user_id].model_dump()
-        values += _values({k: v for k, v in user.items() if k not in ("reservations", "orders")}, _PRIVATE_KEYS)
+        profile = {k: v for k, v in user.items() if k not in ("reservations", "orders")}
+        values += _values(profile, _PRIVATE_KEYS) + _places(profile)
         records = getattr(db, "reservations", None) or getattr(db, "orders", None) or {}
         for record_id in user.get("reservations", user.get("orders", [])):
             if record_id in records:
                 record = records[record_id].model_dump()
+                shipping = record.get("address") or {}  # a retail order's shipping address
                 values += _values(
-                    {"p": record.get("passengers", []), "h": record.get("payment_history", [])}, _PRIVATE_KEYS
+                    {"p": record.get("passengers", []), "h": record.get("payment_history", []), "a": shipping},
+                    _PRIVATE_KEYS,
                 )
-    values += _values({"a": [a["arguments"] for a in domain.gold_actions(task.id)]}, ("dob",))  # new passengers
+                values += _places(shipping)
+    arguments = [a["arguments"] for a in domain.gold_actions(task.id)]
+    values += _values({"a": arguments}, ("dob", *_ADDRESS_KEYS)) + _places(arguments)  # new passengers, new addresses
     criteria = task.evaluation_criteria
     values += list((criteria.communicate_info if criteria is not None else None) or [])
     return sorted(set(values))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -127,6 +128,22 @@ def _module(name: str):
         raise ValueError(f"Unknown τ² domain {name!r}; supported: {list(DOMAINS)}")
     require_tau2()
     return importlib.import_module(f"tau2.domains.{name}.environment")
+
+
+@lru_cache(maxsize=None)
+def max_errors() -> int:
+    """τ²'s too-many-errors threshold: the default `max_errors` of its `Orchestrator` (failed tool calls per conversation).
+
+    Read from the installed package, never copied: τ² ends a conversation as `TOO_MANY_ERRORS` (scored 0) once that
+    many tool calls have returned an error.
+    """
+    require_tau2()
+    from tau2.orchestrator.orchestrator import Orchestrator
+
+    default = inspect.signature(Orchestrator.__init__).parameters["max_errors"].default
+    if not isinstance(default, int) or default <= 0:
+        raise RuntimeError(f"τ²'s Orchestrator has no positive integer default for max_errors (got {default!r}).")
+    return default
 
 
 @lru_cache(maxsize=None)

@@ -14,11 +14,15 @@ what a τ² agent would see, and the (call, observation) pair is recorded for th
 a task on a fresh copy of the database; the copy is loaded lazily, on the first tool call (about 0.7 s for airline), so
 a rollout that calls no tool costs nothing.
 
-Ending the episode: after a successful `transfer_to_human_agents` the environment is *closed* and `done` is true
-(also once the simulated user ends the conversation, `user.py`). `SGCDTrainer` then ends that rollout's tool loop: no
-further assistant turn is generated (`trl_sgcd.envs.episode`; plain TRL 1.16 would go on generating). Any later call
-(e.g. under a plain `GRPOTrainer`) returns an error and changes nothing, and the evaluation treats the conversation as
-ended at the transfer, as τ²'s user simulator does.
+Ending the episode, as τ²'s `Orchestrator` ends a conversation: `done` becomes true after a successful
+`transfer_to_human_agents`, once τ²'s too-many-errors threshold of failed tool calls is reached (`max_errors`, read
+from τ²'s orchestrator), or when the simulated user ends the conversation (`user.py`). `SGCDTrainer` then ends that
+rollout's tool loop: no further assistant turn is generated (`trl_sgcd.envs.episode`; plain TRL 1.16 would go on
+generating). Calls that are made anyway (the rest of the same turn, or later turns under a plain `GRPOTrainer`) run as
+τ² runs them: a call after a transfer is executed (τ²'s orchestrator executes every agent tool call until the user
+ends the conversation), and the reward of a rollout that reached the error threshold is 0 whatever follows
+(`TOO_MANY_ERRORS`, see `reward.py`). Only after the simulated user has stopped does a call execute nothing, since
+τ² never reaches it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .domain import TRANSFER_TOOL, load_domain, require_tau2
+from .domain import TRANSFER_TOOL, load_domain, max_errors, require_tau2
 from .schemas import SCHEMA_ATTRIBUTE, fallback_annotation, google_docstring, install_schema_hook
 
-CLOSED_ERROR = "Error: the conversation has ended (the user was transferred to a human agent); nothing was done."
+ENDED_ERROR = "Error: the customer has ended the conversation; nothing was done."
 
 
 class Tau2Env:
@@ -39,10 +43,14 @@ class Tau2Env:
     Attributes:
         task (τ² `Task` or `None`): The current task.
         trajectory (`list[tuple]`): The τ² `(ToolCall, ToolMessage)` pairs executed in this episode, in order.
-        closed (`bool`): Whether the episode was ended by a transfer to a human agent.
-        done (`bool`): Whether the episode is over (closed, or the simulated user stopped): `SGCDTrainer` generates no
-            further turn for it (`trl_sgcd.envs.episode`).
-        tool_calls (`int`), tool_failures (`int`), calls (`list[dict]`): Tool-use record of the episode.
+        transferred (`bool`): Whether a `transfer_to_human_agents` call succeeded.
+        user_stopped (`bool`): Whether the simulated user ended the conversation (never, with the single-message user).
+        errors (`int`): Failed tool calls as τ²'s orchestrator counts them (calls the environment answered with an error).
+        too_many_errors (`bool`): Whether `errors` reached τ²'s threshold ([`max_errors`]).
+        done (`bool`): Whether the episode is over (transferred, too many errors, or the user stopped): `SGCDTrainer`
+            generates no further turn for it (`trl_sgcd.envs.episode`).
+        tool_calls (`int`), tool_failures (`int`), calls (`list[dict]`): Tool-use record of the episode (failures include
+            calls refused after the user stopped).
     """
 
     domain_name: str = ""
@@ -58,7 +66,9 @@ class Tau2Env:
     def _clear(self) -> None:
         self._environment = None
         self.trajectory: list[tuple] = []
-        self.closed = False
+        self.transferred = False
+        self.user_stopped = False
+        self.errors = 0
         self.tool_calls = 0
         self.tool_failures = 0
         self.calls: list[dict] = []
@@ -72,9 +82,14 @@ class Tau2Env:
         return None
 
     @property
+    def too_many_errors(self) -> bool:
+        """Whether τ²'s orchestrator would have ended the conversation as `TOO_MANY_ERRORS`."""
+        return self.errors >= max_errors()
+
+    @property
     def done(self) -> bool:
-        """Whether the episode is over: a transfer to a human agent, or the simulated user ended it."""
-        return self.closed or bool(getattr(self, "user_stopped", False))
+        """Whether the episode is over: a transfer to a human agent, too many errors, or the simulated user ended it."""
+        return self.transferred or self.user_stopped or self.too_many_errors
 
     @property
     def environment(self):
@@ -89,17 +104,18 @@ class Tau2Env:
         from tau2.data_model.message import ToolCall
 
         self.tool_calls += 1
-        if self.closed:
+        if self.user_stopped:  # τ² never executes a call after the user's stop
             self.tool_failures += 1
-            self.calls.append({"name": name, "arguments": arguments, "error": CLOSED_ERROR})
-            return CLOSED_ERROR
+            self.calls.append({"name": name, "arguments": arguments, "error": ENDED_ERROR})
+            return ENDED_ERROR
         call = ToolCall(id=f"call_{len(self.trajectory)}", name=name, arguments=dict(arguments), requestor="assistant")
         message = self.environment.get_response(call)  # τ²'s own execution; exceptions become "Error: ..."
         self.trajectory.append((call, message))
         self.tool_failures += int(message.error)
+        self.errors += int(message.error)  # what τ²'s orchestrator counts towards max_errors
         self.calls.append({"name": name, "arguments": arguments, "error": message.content if message.error else None})
         if name == TRANSFER_TOOL and not message.error:
-            self.closed = True
+            self.transferred = True
         return message.content
 
 

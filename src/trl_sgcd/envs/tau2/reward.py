@@ -7,10 +7,13 @@ database hashes (`DB`), checks that every `communicate_info` string appears in a
 and multiplies the parts named in the task's `reward_basis` (τ²'s default: `DB` and `COMMUNICATE`).
 
 What the order means: the database replay uses only the tool calls (kept in execution order) and the communicate check
-looks at every assistant text, so placing the texts after the calls changes no check. Termination follows τ²: a
+looks at every assistant text, so placing the texts after the calls changes no check.
+
+Termination follows τ²'s `Orchestrator` (see `termination_reason`): a rollout whose failed tool calls reached τ²'s
+threshold (`max_errors`, read from τ²'s orchestrator) is `TOO_MANY_ERRORS` and scores 0, whatever came after; a
 rollout whose last assistant turn still asks for a tool (cut by `max_tool_calling_iterations` or the completion
-budget) is `MAX_STEPS` and scores 0, as τ² scores a simulation that hits its step limit; a transfer to a human agent
-or a user-simulator stop is `USER_STOP`; otherwise `AGENT_STOP`.
+budget) is `MAX_STEPS` and scores 0, as τ² scores a simulation that hits its step limit, unless that turn made the
+transfer to a human agent (the episode ends there) or the simulated user stopped: `USER_STOP`; otherwise `AGENT_STOP`.
 
 LLM-judged checks: τ² tasks also carry `nl_assertions`, but they are in no airline or retail task's `reward_basis`
 (τ² marks them work in progress and `EvaluationType.ALL` skips them), so no judge runs; [`skipped_judge_checks`]
@@ -22,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .domain import load_domain
+from .domain import TRANSFER_TOOL, load_domain
 
 
 def _text(content: Any) -> str:
@@ -78,13 +81,28 @@ def simulation_messages(env, completion, prompt=None) -> list:
     return messages
 
 
+def last_turn_tools(completion) -> list[str]:
+    """Names of the tools called by the last assistant turn of a completion (none for a string)."""
+    if isinstance(completion, str):
+        return []
+    turns = [m for m in completion if m.get("role") == "assistant"]
+    calls = (turns[-1].get("tool_calls") or []) if turns else []
+    return [(c.get("function") or c).get("name") for c in calls]
+
+
 def termination_reason(env, completion):
     """τ²'s `TerminationReason` of a rollout (see the module docstring)."""
     from tau2.data_model.simulation import TerminationReason
 
-    if env.closed or getattr(env, "user_stopped", False):
+    if env.too_many_errors:
+        return TerminationReason.TOO_MANY_ERRORS
+    if env.user_stopped:
         return TerminationReason.USER_STOP
-    return TerminationReason.AGENT_STOP if ended_by_agent(completion) else TerminationReason.MAX_STEPS
+    if ended_by_agent(completion):
+        return TerminationReason.USER_STOP if env.transferred else TerminationReason.AGENT_STOP
+    if env.transferred and TRANSFER_TOOL in last_turn_tools(completion):
+        return TerminationReason.USER_STOP  # the episode ended at the transfer (`env.done`)
+    return TerminationReason.MAX_STEPS
 
 
 def evaluate_episode(env, completion, prompt=None):

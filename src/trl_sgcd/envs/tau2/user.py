@@ -76,7 +76,6 @@ class Tau2UserSimEnv(Tau2Env):
 
     def _clear(self) -> None:
         super()._clear()
-        self.user_stopped = False
         self.user_errors = 0
         self.user_turns = 0
         self._simulator_messages: list[dict] = []
@@ -118,7 +117,9 @@ class Tau2UserSimEnv(Tau2Env):
             message: The message to the customer.
         """
         self.tool_calls += 1
-        if self.user_stopped or self.closed:
+        if self.transferred:  # τ²'s simulated user ends the conversation at the first message after a transfer
+            self.user_stopped = True
+        if self.user_stopped:
             self.tool_failures += 1
             return ENDED_ERROR
         reply = self._user_turn(message)
