@@ -140,6 +140,15 @@ def test_missing_split_names_it(capsys, no_model):
     assert status == 2 and "dataset_train_split='validation'" in err
 
 
+def test_old_flag_spellings_still_parse_with_a_deprecation_line(capsys):
+    _, training_args, _ = train_script.parse_args(["--config", TINY, "--output-dir", "o", "--credit-mode", "off"])
+    assert (training_args.output_dir, training_args.credit_mode) == ("o", "off")
+    err = capsys.readouterr().err
+    assert "--output-dir (write --output_dir), --credit-mode (write --credit_mode)" in err
+    help_flags = [o for a in train_script.make_parser()._actions for o in a.option_strings if o.startswith("--")]
+    assert "--output_dir" in help_flags and [o for o in help_flags if "-" in o[2:]] == []  # --help: one style
+
+
 def test_unknown_builtin_model_names_it(capsys, no_model):
     status, err = cli_train(capsys, "--model_name_or_path", "builtin:gpt5")
     assert status == 2 and "builtin:gpt5" in err
