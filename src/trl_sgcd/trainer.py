@@ -84,9 +84,8 @@ class SGCDTrainer(GRPOTrainer):
     }
 
     def __init__(self, model, reward_funcs=None, args=None, *more, scripted_sibling=None, **kwargs):
-        model = (
-            check_model_name(model) if isinstance(model, str) else model
-        )  # a mistyped path fails here, not on the Hub
+        if isinstance(model, str):  # a mistyped path fails here, in a line, not after Hub retries
+            model = check_model_name(model)
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = SGCDConfig(f"{str(name).split('/')[-1]}-SGCD")

@@ -74,7 +74,7 @@ def test_hub_id_offline_must_be_cached(workdir, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, file: None)
-    with pytest.raises(ValueError, match=r"HF_HUB_OFFLINE is set .* `hf download org/model`"):
+    with pytest.raises(ValueError, match=r"HF_HUB_OFFLINE is set .*`hf download org/model`"):
         check_model_name("org/model", field="--model")
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, file: "/cache/config.json")
     assert check_model_name("org/model") == "org/model"

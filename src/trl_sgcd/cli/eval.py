@@ -76,8 +76,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        "--model_name_or_path",
-        dest="model",
         default="builtin:smollm2",
         help=f"A saved model folder, a Hub id, or one of {', '.join(BUILTIN_MODELS)} (the older "
         f"{', '.join(DEPRECATED_MODEL_NAMES)} still work, with a deprecation message). A mistyped path fails at "
@@ -164,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse, merge the recipe (`--config`) under the flags, and check every value. Raises [`UsageError`]."""
     parser = _parser()
-    argv = underscore_flags(list(argv or []), underscore_options(parser), prog=PROG)  # `--no-greedy`: deprecated
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = underscore_flags(argv, underscore_options(parser), prog=PROG)  # `--no-greedy`: deprecated
     args = parser.parse_args(argv)  # a malformed flag exits with argparse's own message and status 2
     recipe = _read_recipe(args.config) if args.config else {}
     for key in RECIPE_KEYS:

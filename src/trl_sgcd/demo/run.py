@@ -92,8 +92,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="Seed of the tasks, the warm start and SGCD (default 0).")
     p.add_argument(
         "--model",
-        "--model_name_or_path",
-        dest="model",
         default=None,
         help='"builtin:smollm2" (SmolLM2-135M-Instruct, default), "builtin:tiny" (random test model) or a saved '
         'model folder with a tool-ready tokenizer (the older "bundled" / "tiny" still work, with a deprecation line).',
