@@ -26,7 +26,7 @@ import torch
 from datasets import Dataset
 
 from trl_sgcd import SGCDConfig, SGCDTrainer
-from trl_sgcd.cli.utils import builtin_model_dir
+from trl_sgcd.tooluse.models import builtin_model_dir
 
 STOCK = {"widget": 12, "gadget": 0, "gizmo": 5}
 

@@ -19,9 +19,9 @@ import argparse
 import torch
 
 from trl_sgcd import SGCDConfig, SGCDTrainer  # was: from trl import GRPOConfig, GRPOTrainer
-from trl_sgcd.cli.utils import builtin_model_dir
 from trl_sgcd.envs import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_reward, make_airline_dataset
 from trl_sgcd.envs.scripted import scripted_sibling_reward
+from trl_sgcd.tooluse.models import builtin_model_dir
 
 
 def main():

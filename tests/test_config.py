@@ -226,3 +226,23 @@ def test_checkpointing_and_ddp_defaults_are_quiet(tmp_path):
     assert off.activation_checkpointing is False and off.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert config.ddp_find_unused_parameters is False  # no DDP search (and warning) for unused parameters
     assert make_config(tmp_path, ddp_find_unused_parameters=True).ddp_find_unused_parameters is True
+
+
+def test_trl_deprecated_checkpointing_calls_are_silenced():
+    """TRL 1.16 calls `gradient_checkpointing_enable` / `_disable` and reads `is_gradient_checkpointing` around each
+    generation; transformers' deprecation warnings for them are TRL's, not the user's, and are silenced."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trl_sgcd.config import quiet_trl_deprecations
+
+    config = LlamaConfig(
+        vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
+    )
+    model = LlamaForCausalLM(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_trl_deprecations()
+        model.gradient_checkpointing_enable()
+        assert model.is_gradient_checkpointing
+        model.gradient_checkpointing_disable()
+    assert [str(w.message) for w in caught if "deprecated" in str(w.message)] == []

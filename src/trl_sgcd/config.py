@@ -17,9 +17,20 @@ REFERENCE_BACKENDS = ("contrast", "litellm")
 REFERENCE_FALLBACKS = ("contrast", "none")
 
 logger = logging.getLogger(__name__)
-# transformers 5.24 renamed `is_gradient_checkpointing` to `is_activation_checkpointing`; TRL 1.16 still reads the old
-# name on every generation (trl.models.utils), so each run warned several times about code that is not the user's.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def quiet_trl_deprecations() -> None:
+    """
+    Silence, once per process, transformers' deprecation warnings for calls that TRL 1.16 makes, not trl-sgcd nor the
+    user: transformers 5.24 renamed `is_gradient_checkpointing` and `gradient_checkpointing_enable` / `_disable` to
+    `*activation_checkpointing*`, and TRL still uses the old names around every generation (trl.models.utils), so
+    each run warned several times about code that is not the user's.
+    """
+    for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable", "gradient_checkpointing_disable"):
+        warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+
+
+quiet_trl_deprecations()
 _NOTED: list[bool] = []  # the CPU-precision line is logged once per process
 
 

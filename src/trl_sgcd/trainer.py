@@ -27,7 +27,6 @@ from datasets import IterableDataset
 from transformers.utils import logging
 from trl import GRPOTrainer
 
-from trl_sgcd.cli.utils import builtin_model_dir
 from trl_sgcd.config import SGCDConfig
 from trl_sgcd.credit import sampling
 from trl_sgcd.credit.modes import credit_mode
@@ -43,6 +42,7 @@ from trl_sgcd.envs.scripted import apply_scripted_sibling
 from trl_sgcd.lm_head import compact_lm_head
 from trl_sgcd.modelcard import ModelCardCallback, write_model_card
 from trl_sgcd.tooluse.audit import tool_use_audit
+from trl_sgcd.tooluse.models import builtin_model_dir, check_model_name
 from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
 logger = logging.get_logger(__name__)
@@ -84,6 +84,8 @@ class SGCDTrainer(GRPOTrainer):
     }
 
     def __init__(self, model, reward_funcs=None, args=None, *more, scripted_sibling=None, **kwargs):
+        if isinstance(model, str):  # a mistyped path fails here, in a line, not after Hub retries
+            model = check_model_name(model)
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = SGCDConfig(f"{str(name).split('/')[-1]}-SGCD")

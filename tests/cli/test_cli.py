@@ -140,6 +140,30 @@ def test_missing_split_names_it(capsys, no_model):
     assert status == 2 and "dataset_train_split='validation'" in err
 
 
+def test_old_flag_spellings_still_parse_with_a_deprecation_line(capsys):
+    _, training_args, _ = train_script.parse_args(["--config", TINY, "--output-dir", "o", "--credit-mode", "off"])
+    assert (training_args.output_dir, training_args.credit_mode) == ("o", "off")
+    err = capsys.readouterr().err
+    assert "--output-dir (write --output_dir), --credit-mode (write --credit_mode)" in err
+    help_flags = [o for a in train_script.make_parser()._actions for o in a.option_strings if o.startswith("--")]
+    assert "--output_dir" in help_flags and [o for o in help_flags if "-" in o[2:]] == []  # --help: one style
+
+
+def test_a_missing_model_path_fails_before_the_arguments_are_parsed(tmp_path, capsys, monkeypatch):
+    """The flag's or the recipe's model path is checked on the raw arguments, before TrlParser (TRL's ~5 s import)."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model path must be checked before the arguments are parsed")
+
+    monkeypatch.setattr(train_script, "parse_args", forbidden)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--config", TINY, "--model_name_or_path=./no_such_model"]) == 2
+    assert "model_name_or_path='./no_such_model': no such folder" in capsys.readouterr().err
+    (tmp_path / "recipe.yaml").write_text("model_name_or_path: /no/such/model\n")
+    assert cli.main(["train", "--config", "recipe.yaml"]) == 2
+    assert "model_name_or_path='/no/such/model': no such folder" in capsys.readouterr().err
+
+
 def test_unknown_builtin_model_names_it(capsys, no_model):
     status, err = cli_train(capsys, "--model_name_or_path", "builtin:gpt5")
     assert status == 2 and "builtin:gpt5" in err

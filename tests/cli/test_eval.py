@@ -48,7 +48,7 @@ def usage_runs():
 
 @pytest.mark.parametrize(
     "key, needle",
-    [("missing_model", "--model 'outputs/no_such_run'"), ("bad_split", "--split 'validation'"), ("zero_n", "--n")],
+    [("missing_model", "--model='outputs/no_such_run'"), ("bad_split", "--split 'validation'"), ("zero_n", "--n")],
 )
 def test_bad_arguments_are_usage_errors(usage_runs, key, needle):
     status, _, err, _ = usage_runs[key]
@@ -63,7 +63,7 @@ def test_missing_model_is_never_a_hub_lookup(monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", forbidden)
-    with pytest.raises(UsageError, match="--model './typo'"):
+    with pytest.raises(UsageError, match="--model='./typo': no such folder"):
         eval_script.resolve_eval_model("./typo")
     with pytest.raises(UsageError, match="not a builtin model"):
         eval_script.resolve_eval_model("builtin:gpt5")
@@ -111,6 +111,63 @@ def test_any_environment_and_dataset(tmp_path, monkeypatch, capsys):
     with pytest.raises(UsageError, match=r"EchoEnv.reset\(\*\*row\) fails on row 1.*word"):
         bad = _write_echo_task(tmp_path, monkeypatch, [{"prompt": "Say pear.", "answer": "pear"}])
         eval_script.main([*base[:3], bad, *base[4:]])
+
+
+def test_the_tiny_recipe_is_scored_by_the_environment_verifier_not_its_training_reward(tmp_path, capsys):
+    """The tiny recipe trains with `scripted_sibling_reward` (the first rollout of each task counts as a success);
+    `eval --config` must score with the airline verifier instead, and say so: the random model solves nothing."""
+    output = tmp_path / "e.json"
+    argv = ["--model", "builtin:tiny", "--config", TINY_RECIPE, "--n", "2", "--no_progress", "--output", str(output)]
+    assert eval_script.main(argv) == 0
+    err = capsys.readouterr().err
+    assert (
+        "reward_funcs 'trl_sgcd.envs.scripted:scripted_sibling_reward' is a training-only reward; scoring with the "
+        "environment's verifier trl_sgcd.envs.airline:airline_reward." in err
+    )
+    result = json.loads(output.read_text())
+    assert result["pass@1"] == 0.0 and [r["reward"] for r in result["records"]] == [0.0, 0.0]
+
+
+TRAINING_ONLY = """
+from echo_env_for_eval import EchoEnv
+
+
+def always_one(completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+always_one.eval_reward = None  # training only, and no verifier named
+
+
+class SilentEnv(EchoEnv):
+    get_reward = None
+"""
+
+
+def test_a_training_only_reward_without_a_verifier(tmp_path, monkeypatch, capsys):
+    """No verifier named: the environment's `get_reward()` scores it (said in one line), else it is refused before
+    any model loads."""
+    data = _write_echo_task(tmp_path, monkeypatch, [{"prompt": "Say pear.", "word": "pear"}])
+    (tmp_path / "training_only_reward.py").write_text(TRAINING_ONLY)
+    base = ["--dataset_name", data, "--split", "train", "--reward_funcs", "training_only_reward:always_one"]
+    args = eval_script.parse_args([*base, "--environment_factory", "echo_env_for_eval:EchoEnv"])
+    _, reward = eval_script.resolve_rollout(args)
+    assert reward.__name__ == "_environment_reward"
+    assert "scoring with the environment's verifier the environment's get_reward()" in capsys.readouterr().err
+    args = eval_script.parse_args([*base, "--environment_factory", "training_only_reward:SilentEnv"])
+    with pytest.raises(
+        UsageError, match="'training_only_reward:always_one' is a training-only reward and no verifier"
+    ):
+        eval_script.resolve_rollout(args)
+
+
+def test_old_flag_spellings_still_parse_with_a_deprecation_line(capsys):
+    args = eval_script.parse_args(["--model", "builtin:tiny", "--no-greedy", "--max-completion-length=8"])
+    assert args.no_greedy is True and args.max_completion_length == 8
+    err = capsys.readouterr().err
+    assert (
+        "--no-greedy (write --no_greedy)" in err and "--max-completion-length (write --max_completion_length)" in err
+    )
 
 
 def test_tiny_model_run_shows_a_progress_bar_over_episodes(tmp_path, capsys):

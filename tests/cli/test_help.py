@@ -68,4 +68,4 @@ def test_demo_help_documents_every_flag(runs):
     assert len(flags) > 20
     undocumented = [flag for flag in flags if len(help_of(out, flag)) < 15]
     assert undocumented == []
-    assert "(full: 24, quick: 6)" in help_of(out, "--sft-steps")  # the profile values, read from the code
+    assert "(full: 24, quick: 6)" in help_of(out, "--sft_steps")  # the profile values, read from the code

@@ -12,34 +12,34 @@ from trl_sgcd.demo.run import FULL, QUICK, _parser, format_table, main, settings
 # A complete demo with the tiny random model: 1 SFT step on 1 conversation, 2 test tasks, 1 RL step of 4 rollouts.
 SMOKE = [
     "--model",
-    "tiny",
-    "--sft-tasks",
+    "builtin:tiny",
+    "--sft_tasks",
     "1",
-    "--sft-steps",
+    "--sft_steps",
     "1",
-    "--sft-batch-size",
+    "--sft_batch_size",
     "1",
-    "--sft-max-length",
+    "--sft_max_length",
     "1400",
-    "--eval-tasks",
+    "--eval_tasks",
     "2",
-    "--eval-max-turns",
+    "--eval_max_turns",
     "1",
-    "--eval-max-new-tokens",
+    "--eval_max_new_tokens",
     "8",
     "--steps",
     "1",
-    "--rollouts-per-step",
+    "--rollouts_per_step",
     "4",
-    "--num-generations",
+    "--num_generations",
     "2",
-    "--max-completion-length",
+    "--max_completion_length",
     "16",
-    "--max-tool-calls",
+    "--max_tool_calls",
     "1",
-    "--learning-rate",
+    "--learning_rate",
     "1e-3",
-    "--no-progress",
+    "--no_progress",
 ]
 
 
@@ -60,20 +60,32 @@ def test_profiles_and_overrides():
             "5",
             "--seed",
             "3",
-            "--num-generations",
+            "--num_generations",
             "2",
-            "--sft-learning-rate",
+            "--sft_learning_rate",
             "1e-4",
-            "--credit-mode",
+            "--credit_mode",
             "off",
         ]
     )
     assert (s.steps, s.seed, s.num_generations, s.sft_learning_rate, s.credit_mode) == (5, 3, 2, 1e-4, "off")
     assert s.eval_tasks == QUICK.eval_tasks
     with pytest.raises(UsageError, match="multiple"):
-        _settings(["--rollouts-per-step", "6", "--num-generations", "4"])
+        _settings(["--rollouts_per_step", "6", "--num_generations", "4"])
     with pytest.raises(UsageError, match="--precision"):
         _settings(["--precision", "fp16"])
+
+
+def test_old_flag_spellings_and_model_names_still_work_with_a_deprecation_line(capsys):
+    from trl_sgcd.demo.run import parse_args
+
+    args = parse_args(["--output-dir", "o", "--credit-mode=off", "--no-progress", "--model", "tiny"])
+    assert (args.output_dir, args.credit_mode, args.no_progress) == ("o", "off", True)
+    assert settings_from_args(args).model == "builtin:tiny"
+    err = capsys.readouterr().err
+    assert "--output-dir (write --output_dir)" in err and "--credit-mode (write --credit_mode)" in err
+    assert "--model='tiny' is deprecated and will be removed: write 'builtin:tiny'" in err
+    assert "-" not in "".join(o[2:] for a in _parser()._actions for o in a.option_strings if o.startswith("--"))
 
 
 def test_cli_dispatches_demo(capsys):
@@ -83,7 +95,7 @@ def test_cli_dispatches_demo(capsys):
         cli_main(["demo", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--quick" in out and "--output-dir" in out and "--steps" in out and "--seed" in out
+    assert "--quick" in out and "--output_dir" in out and "--steps" in out and "--seed" in out
 
 
 def _fake_eval(pass1, action):
@@ -136,7 +148,7 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "demo"
-    assert main(SMOKE + ["--output-dir", str(out), "--warm-start-dir", str(tmp_path / "ws")]) == 0
+    assert main(SMOKE + ["--output_dir", str(out), "--warm_start_dir", str(tmp_path / "ws")]) == 0
     printed = capsys.readouterr().out
     assert "pass@1 (2 tasks)" in printed and "wall time" in printed and "tool failure rate" in printed
     assert "credit lift" in printed  # the lift of its own run, next to pass@1 (n/a when nothing was scored)
@@ -175,19 +187,22 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
 def test_quick_demo_with_the_bundled_model(tmp_path):
     """The real `trl-sgcd demo --quick` (SmolLM2-135M, a few minutes on 2 CPU cores)."""
     out = tmp_path / "quick"
-    assert main(["--quick", "--output-dir", str(out), "--no-progress"]) == 0
+    assert main(["--quick", "--output_dir", str(out), "--no_progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["before"]["num_tasks"] == QUICK.eval_tasks
     assert [e["step"] for e in metrics["training"]["log_history"] if "reward" in e] == list(range(1, QUICK.steps + 1))
     assert (out / "demo.png").stat().st_size > 10_000
 
 
-def test_prefix_cached_generation_equals_plain_generation(tiny_model_path):
+def test_prefix_cached_generation_equals_plain_generation(tiny_model_path, monkeypatch):
     """The demo's prefix-cached generate function returns what `hf_generate_fn` (the naive reference: left padding,
-    the whole prompt prefilled) returns, greedy, for prompts of different lengths that share the airline prefix."""
+    the whole prompt prefilled) returns, greedy, for prompts of different lengths that share the airline prefix; and
+    it uses transformers' current cache API (no `past_key_values` deprecation warning of ours)."""
+    import warnings
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import get_json_schema
+    from transformers.utils import generic, get_json_schema
 
     from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset
     from trl_sgcd.tooluse.evaluation import environment_tools, hf_generate_fn, render_prompt_ids
@@ -203,7 +218,12 @@ def test_prefix_cached_generation_equals_plain_generation(tiny_model_path):
     assert len(prefix) > 500 and all(p[: len(prefix)] == prefix for p in prompts)
 
     reference = hf_generate_fn(model, tokenizer, max_new_tokens=12)(prompts)
-    cached = prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=12)(False, 0)(prompts)
+    said = []  # transformers says "`past_key_values` ... deprecated" with warnings.warn and with logger.warning_once
+    monkeypatch.setattr(generic.logger, "warning_once", lambda message, *a, **k: said.append(str(message)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cached = prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=12)(False, 0)(prompts)
+    assert [m for m in said + [str(w.message) for w in caught] if "past_key_values" in m] == []
     assert cached == reference and all(len(c) > 0 for c in cached)
     with pytest.raises(ValueError, match="cached prefix"):
         prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=4)(False, 0)([prompts[0][5:]])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ from .utils import (
     AIRLINE_REWARD,
     BUILTIN_AIRLINE,
     BUILTIN_MODELS,
+    DEPRECATED_MODEL_NAMES,
     UsageError,
     builtin_model_dir,
     check_environment_reset,
@@ -35,11 +35,13 @@ from .utils import (
     log,
     quiet_known_noise,
     resolve_env_spec,
+    resolve_model_name,
     split_commas,
+    underscore_flags,
+    underscore_options,
 )
 
 PROG = "trl-sgcd eval"
-MODEL_ALIASES = {"bundled": "builtin:smollm2", "tiny": "builtin:tiny"}
 RECIPE_KEYS = (  # the keys of a training recipe that `--config` reads; the rest of the recipe is ignored
     "dataset_name",
     "dataset_config",
@@ -75,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="builtin:smollm2",
-        help="A local checkpoint folder, a Hub model already in "
-        f"the local cache, or one of {sorted(BUILTIN_MODELS)} (aliases: {sorted(MODEL_ALIASES)}).",
+        help=f"A saved model folder, a Hub id, or one of {', '.join(BUILTIN_MODELS)} (the older "
+        f"{', '.join(DEPRECATED_MODEL_NAMES)} still work, with a deprecation message). A mistyped path fails at "
+        "once, never as a Hub lookup.",
     )
     p.add_argument(
         "--config",
@@ -158,7 +161,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse, merge the recipe (`--config`) under the flags, and check every value. Raises [`UsageError`]."""
-    args = _parser().parse_args(argv)  # a malformed flag exits with argparse's own message and status 2
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = underscore_flags(argv, underscore_options(parser), prog=PROG)  # `--no-greedy`: deprecated
+    args = parser.parse_args(argv)  # a malformed flag exits with argparse's own message and status 2
     recipe = _read_recipe(args.config) if args.config else {}
     for key in RECIPE_KEYS:
         if getattr(args, key) is None and key in recipe:
@@ -192,39 +198,14 @@ def _read_recipe(path: str) -> dict:
 
 def resolve_eval_model(name: str) -> str:
     """
-    The folder to load `--model` from, checked without any network call.
+    The folder (or Hub id) to load `--model` from, checked as `train` and `SGCDTrainer` check theirs
+    ([`~trl_sgcd.tooluse.models.check_model_name`]: no Hub call for a local-looking path or under `HF_HUB_OFFLINE`);
+    a builtin model is built here.
 
     Raises:
-        [`UsageError`]: naming `--model` when it is neither a builtin name, a local folder with a `config.json`, nor a
-            Hub model id already in the local cache.
+        [`UsageError`]: naming `--model`: an unknown builtin name, a missing folder, a folder without `config.json`.
     """
-    name = MODEL_ALIASES.get(name, name)
-    if name.startswith("builtin:"):
-        if name not in BUILTIN_MODELS:
-            raise UsageError(f"--model {name!r} is not a builtin model; choose one of {sorted(BUILTIN_MODELS)}.")
-        return builtin_model_dir(name)
-    path = os.path.expanduser(name)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UsageError(f"--model {name!r} is a folder without config.json: not a saved model.")
-        return path
-    if _in_hub_cache(name):
-        return name
-    raise UsageError(
-        f"--model {name!r}: no such folder (and not a Hub model in the local cache). Pass a checkpoint folder, one of "
-        f"{sorted(BUILTIN_MODELS)}, or download a Hub model first (`hf download {name}`)."
-    )
-
-
-def _in_hub_cache(name: str) -> bool:
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
-        return False
+    return builtin_model_dir(resolve_model_name(name, field="--model"))
 
 
 def load_tasks(args):
@@ -259,12 +240,36 @@ def resolve_rollout(args) -> tuple[Callable, Callable]:
     factory = load_callable(factory_path, what="environment_factory")
     paths = args.reward_funcs or ([AIRLINE_REWARD] if args.dataset_name == BUILTIN_AIRLINE else [])
     paths = paths or ([tau2.reward_path] if tau2 else [])
-    funcs = [load_callable(p, what="reward function") for p in paths]
+    funcs = [_verifier(load_callable(p, what="reward function"), p, factory) for p in paths]
     if not funcs:
         if not callable(getattr(factory(), "get_reward", None)):
             raise UsageError("No reward: pass --reward_funcs, or use an environment that defines get_reward().")
         return factory, _environment_reward
     return factory, _summed(funcs)
+
+
+def _verifier(func: Callable, path: str, factory: Callable) -> Callable:
+    """
+    The environment's own verifier in place of a training-only reward (e.g. the tiny recipe's `scripted_sibling_reward`,
+    which labels the first rollout of each task a success), said in one line; a training-only reward that names no
+    verifier falls back to the environment's `get_reward()`, else is a [`UsageError`]. Other rewards pass unchanged.
+    """
+    from trl_sgcd.tooluse.evaluation import evaluation_reward
+
+    verifier = evaluation_reward(func)
+    if verifier is func:
+        return func
+    if verifier is None and callable(getattr(factory(), "get_reward", None)):
+        verifier, name = _environment_reward, "the environment's get_reward()"
+    elif verifier is None:
+        raise UsageError(
+            f"reward_funcs {path!r} is a training-only reward and no verifier is known for this environment: pass the "
+            "environment's real reward with --reward_funcs."
+        )
+    else:
+        name = f"{verifier.__module__}:{verifier.__qualname__}"
+    log(f"eval: reward_funcs {path!r} is a training-only reward; scoring with the environment's verifier {name}.")
+    return verifier
 
 
 def _environment_reward(environments, **kwargs) -> list[float]:

@@ -9,7 +9,7 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 
-from .utils import UsageError, split_commas
+from .utils import UsageError, split_commas, underscore_flags, underscore_options
 
 PROG = "trl-sgcd train"
 NEEDS_CONFIG_OR_MODEL = (
@@ -113,6 +113,9 @@ def make_parser(prog: str = PROG):
     )
     parser._action_groups.sort(key=lambda g: GROUP_ORDER.index(g.title) if g.title in GROUP_ORDER else 99)
     for action in parser._actions:
+        # One flag style (TRL's underscores) in --help; `--output-dir` still parses, see `underscore_flags`.
+        kept = [o for o in action.option_strings if not o.startswith("--") or "-" not in o[2:]]
+        action.option_strings = kept or action.option_strings
         if action.option_strings and action.option_strings[0].startswith("--no_") and action.const is False:
             action.help = f"Turn --{action.dest} off (same as --{action.dest} false)."
             action.default = argparse.SUPPRESS  # the flag's own default stands; `(default: False)` would mislead
@@ -166,6 +169,7 @@ def parse_args(argv: list[str] | None = None):
     if not argv:
         raise UsageError(NEEDS_CONFIG_OR_MODEL)
     parser = make_parser()
+    argv = underscore_flags(argv, underscore_options(parser), prog=PROG)  # `--output-dir`: deprecated spelling
     check_unknown_fields(parser, argv)
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(argv)

@@ -275,8 +275,29 @@ def train(plan: TrainPlan, script_args, training_args, model_args) -> None:
         trainer.end()
 
 
+def check_model_early(argv: list[str]) -> None:
+    """
+    The model check of [`prepare`], run on the raw arguments before TRL is imported (~5-8 s), so that a mistyped
+    `--model_name_or_path` (flag, else the `--config` recipe's) fails in well under a second. Silent when it passes.
+    """
+    name = None
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--model_name_or_path", "--model-name-or-path"):
+            name = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    if name is None and "--config" in argv[:-1]:
+        path = argv[argv.index("--config") + 1]
+        name = read_config_file(path).get("model_name_or_path") if os.path.isfile(path) else None
+    if isinstance(name, str) and name:
+        resolve_model_name(name, field="model_name_or_path", warn=lambda message: None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `trl-sgcd train`. Returns the exit status; [`UsageError`] propagates to the CLI."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_model_early(argv)
     script_args, training_args, model_args = parse_args(argv)
     plan = prepare(script_args, training_args, model_args)
     log(f"Checks passed: {describe(plan, training_args)}")

@@ -10,14 +10,16 @@ import importlib
 import os
 import sys
 
+from trl_sgcd.tooluse.models import (  # noqa: F401 - re-exported: the model names live in the library
+    BUILTIN_MODELS,
+    DEPRECATED_MODEL_NAMES,
+    builtin_model_dir,
+    check_model_name,
+)
+
 BUILTIN_AIRLINE = "builtin:airline"
 AIRLINE_ENV = "trl_sgcd.envs.airline:AirlineEnv"  # the environment and reward of builtin:airline (train and eval)
 AIRLINE_REWARD = "trl_sgcd.envs.airline:airline_reward"
-BUILTIN_MODELS = {
-    "builtin:smollm2": "bundled_model_dir",
-    "builtin:tiny": "tiny_model_dir",
-    "builtin:tiny-context": "tiny_context_model_dir",
-}
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -96,35 +98,16 @@ def load_callable(path: str, *, what: str):
     return obj
 
 
-def resolve_model_name(name: str | None) -> str:
+def resolve_model_name(name: str | None, *, field: str = "model_name_or_path", warn=log) -> str:
     """
-    Check a `model_name_or_path` without loading anything. Returns it unchanged (builtin names are resolved later, by
-    [`builtin_model_dir`], because building them takes time).
+    [`~trl_sgcd.tooluse.models.check_model_name`] for the command line: the same one-line message as the Python API,
+    raised as a [`UsageError`]; a deprecated builtin spelling is said in one `[trl-sgcd]` line. Returns the name to
+    load (builtin names are built later, by [`builtin_model_dir`], because building them takes time).
     """
-    if not name:
-        raise UsageError(
-            "model_name_or_path is required: set it in the --config recipe or pass --model_name_or_path (a Hub id, "
-            f"a local folder, or one of {sorted(BUILTIN_MODELS)})."
-        )
-    if name.startswith("builtin:"):
-        if name not in BUILTIN_MODELS:
-            raise UsageError(
-                f"model_name_or_path={name!r} is not a builtin model; choose one of {sorted(BUILTIN_MODELS)}."
-            )
-        return name
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # a Hub id is "org/name"
-    if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise UsageError(f"model_name_or_path={name!r} looks like a local path but is not a folder.")
-    return name
-
-
-def builtin_model_dir(name: str) -> str:
-    """Folder of a builtin model (`builtin:smollm2` -> the bundled SmolLM2, `builtin:tiny` -> the tiny random Llama)."""
-    if name not in BUILTIN_MODELS:
-        return os.path.expanduser(name) if name.startswith("~") else name
-    from trl_sgcd.tooluse import models
-
-    return getattr(models, BUILTIN_MODELS[name])()
+    try:
+        return check_model_name(name, field=field, warn=warn)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def load_dataset_dict(name: str, config: str | None = None):
@@ -322,6 +305,34 @@ def check_environment_reset(environment_factory, dataset, *, dataset_name: str) 
             f"environment_factory {name}.reset(**row) fails on row 1 of dataset_name={dataset_name!r} "
             f"(columns: {list(dataset.column_names)}): {type(e).__name__}: {e}"
         ) from e
+
+
+def underscore_flags(argv: list[str], known: set[str], *, prog: str) -> list[str]:
+    """
+    One flag style for every command, TRL's: a hyphenated spelling of a known flag (`--output-dir`, `--no-greedy`,
+    `--credit-mode=off`) becomes its underscore spelling (`--output_dir` ...), with one `[trl-sgcd]` line naming each
+    old spelling. Values and unknown flags pass unchanged (the parser reports those).
+    """
+    out, renamed = [], []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if flag.startswith("--") and "-" in flag[2:]:
+            new = "--" + flag[2:].replace("-", "_")
+            if new in known:
+                renamed.append(f"{flag} (write {new})")
+                arg = new + eq + value
+        out.append(arg)
+    if renamed:
+        log(
+            f"{prog}: deprecated flag spelling {', '.join(renamed)}; flags use underscores, as in TRL, and the "
+            "hyphenated spellings will be removed."
+        )
+    return out
+
+
+def underscore_options(parser) -> set[str]:
+    """The `--flag` strings of an argparse parser that are in TRL's style (no hyphen after the leading `--`)."""
+    return {o for o in parser._option_string_actions if o.startswith("--") and "-" not in o[2:]}
 
 
 def split_commas(values: list[str] | str | None) -> list[str]:

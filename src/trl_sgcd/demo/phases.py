@@ -35,9 +35,10 @@ def say(progress: bool, text: str) -> None:
 
 
 def model_dir(name: str) -> str:
-    from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
+    """The folder of the demo's `--model` (a builtin model is built, or converted, on the first call)."""
+    from trl_sgcd.tooluse.models import builtin_model_dir
 
-    return {"bundled": bundled_model_dir, "tiny": tiny_model_dir}.get(name, lambda: name)()
+    return builtin_model_dir(name)
 
 
 def warm_start_phase(s, base_dir: str, *, warm_start_dir, progress, clock) -> dict:
@@ -54,7 +55,7 @@ def warm_start_phase(s, base_dir: str, *, warm_start_dir, progress, clock) -> di
         n_tasks=s.sft_tasks,
         batch_size=s.sft_batch_size,
         max_steps=s.sft_steps,
-        model_name_or_path=base_dir if s.model not in ("bundled", "tiny") else s.model,
+        model_name_or_path=s.model if s.model in ("builtin:smollm2", "builtin:tiny") else base_dir,
     )
     settings = warm_start_settings(**kwargs)
     cached = is_warm_started(warm_start_folder(settings, output_dir=warm_start_dir), settings)

@@ -12,10 +12,13 @@
 ```bash
 trl-sgcd demo                 # full run: ~25 min on 2 CPU cores (first run, ~10 min of it the cached warm start)
 trl-sgcd demo --quick         # smaller run (6 SFT steps, 6 eval tasks, 2 RL steps of <= 384 tokens): < 10 min
-trl-sgcd demo --steps 20 --output-dir outputs/my_demo --seed 1
-trl-sgcd demo --credit-mode off                      # the matched GRPO baseline of the same demo
-trl-sgcd demo --model tiny --sft-steps 1 --steps 1   # smoke run with the random tiny model (tests)
+trl-sgcd demo --steps 20 --output_dir outputs/my_demo --seed 1
+trl-sgcd demo --credit_mode off                              # the matched GRPO baseline of the same demo
+trl-sgcd demo --model builtin:tiny --sft_steps 1 --steps 1   # smoke run with the random tiny model (tests)
 ```
+
+Flags use underscores, as `trl-sgcd train` and TRL do; the older hyphenated spellings (`--output-dir`) still work, with
+a deprecation line.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from trl_sgcd.tooluse.warmstart import WARM_START_DEFAULTS
 class DemoSettings:
     """Sizes of one demo run (the `--quick` and full profiles below; every field has a CLI flag)."""
 
-    model: str = "bundled"
+    model: str = "builtin:smollm2"
     seed: int = 0
     # "auto": bf16 autocast (float32 master weights) on a CPU with native bf16 units (AMX / AVX512-BF16), else fp32
     precision: str = "auto"
@@ -78,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="Smaller run (fewer eval tasks and RL steps).")
     p.add_argument(
-        "--output-dir",
+        "--output_dir",
         default=None,
         help="Where to write checkpoint/, metrics.json, demo.png "
         "(default: outputs/sgcd_demo, or outputs/sgcd_demo_quick with --quick).",
@@ -90,22 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help='"bundled" (SmolLM2-135M-Instruct, default), "tiny" (random test '
-        "model) or a folder with a tool-ready tokenizer.",
+        help='"builtin:smollm2" (SmolLM2-135M-Instruct, default), "builtin:tiny" (random test model) or a saved '
+        'model folder with a tool-ready tokenizer (the older "bundled" / "tiny" still work, with a deprecation line).',
     )
     p.add_argument(
-        "--warm-start-dir",
+        "--warm_start_dir",
         default=None,
         help="Folder of the warm start (default: a cache folder keyed "
         "by its settings, under $TRL_SGCD_CACHE or ~/.cache/trl_sgcd).",
     )
-    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    p.add_argument("--no_progress", action="store_true", help="No progress bars.")
     sizes = p.add_argument_group("sizes (override the profile; each shows its full and --quick value)")
     size_help = {
         "precision": '"auto" (bf16 autocast on a CPU with AMX / AVX512-BF16, else fp32), "fp32" or "bf16".',
         "sft_tasks": "Train tasks whose expert trajectories the warm start (SFT) learns from.",
-        "sft_epochs": "Warm-start epochs over those trajectories (ignored when --sft-steps is set).",
-        "sft_steps": "Warm-start optimizer steps (overrides --sft-epochs).",
+        "sft_epochs": "Warm-start epochs over those trajectories (ignored when --sft_steps is set).",
+        "sft_steps": "Warm-start optimizer steps (overrides --sft_epochs).",
         "sft_learning_rate": "Warm-start learning rate.",
         "sft_batch_size": "Warm-start batch size (trajectories per step).",
         "sft_max_length": "Longest warm-start trajectory, in tokens (longer ones are cut).",
@@ -128,8 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in size_help.items():
         kind = {"int": int, "float": float, "str": str, "int | None": int}[types[name]]
         shown = f"{text} (full: {getattr(FULL, name)}, quick: {getattr(QUICK, name)})"
-        sizes.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=shown)
+        sizes.add_argument("--" + name, dest=name, type=kind, default=None, help=shown)
     return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the demo's flags (old hyphenated spellings rewritten, with a deprecation line)."""
+    from trl_sgcd.cli.utils import underscore_flags, underscore_options
+
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(underscore_flags(argv, underscore_options(parser), prog="trl-sgcd demo"))
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -139,15 +151,16 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     }
     if args.steps is not None:
         overrides["steps"] = args.steps
-    from trl_sgcd.cli.utils import UsageError
+    from trl_sgcd.cli.utils import UsageError, resolve_model_name
 
     settings = replace(base, **overrides)
+    settings = replace(settings, model=resolve_model_name(settings.model, field="--model"))
     if settings.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {settings.precision!r}")
     if settings.rollouts_per_step % settings.num_generations:
         raise UsageError(
-            f"--rollouts-per-step ({settings.rollouts_per_step}) must be a multiple of "
-            f"--num-generations ({settings.num_generations})"
+            f"--rollouts_per_step ({settings.rollouts_per_step}) must be a multiple of "
+            f"--num_generations ({settings.num_generations})"
         )
     return settings
 
@@ -273,8 +286,8 @@ def format_table(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`trl-sgcd demo [--quick] [--output-dir DIR] [--steps N] [--seed S] ...` (see the module docstring)."""
-    args = _parser().parse_args(argv)
+    """`trl-sgcd demo [--quick] [--output_dir DIR] [--steps N] [--seed S] ...` (see the module docstring)."""
+    args = parse_args(argv)
     settings = settings_from_args(args)
     output_dir = args.output_dir or os.path.join("outputs", "sgcd_demo_quick" if args.quick else "sgcd_demo")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

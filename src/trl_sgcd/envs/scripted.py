@@ -22,7 +22,8 @@ inside `_generate`, describe the policy's rollouts before the replacement.
 
 `scripted_sibling_reward` (below) is NOT a scripted sibling: a fast-path reward that labels the first rollout of each
 task a success so that a random model shows the credit mechanism (recipes/tiny_cpu.yaml). For a real expert sibling
-use `scripted_sibling=`.
+use `scripted_sibling=`. It is a training-only reward: its `eval_reward` attribute names the real verifier
+(`airline_reward`), which `trl-sgcd eval` scores with instead (any reward function can carry the same mark).
 """
 
 from __future__ import annotations
@@ -208,6 +209,10 @@ def scripted_sibling_reward(completions: list, environments: list | None = None,
             seen.add(tid)
             rewards[i] = 1.0
     return rewards
+
+
+# A training-only reward: `trl-sgcd eval` and `trl_sgcd.tooluse.evaluation.evaluate` score with the real verifier.
+scripted_sibling_reward.eval_reward = airline_reward
 
 
 __all__ = [

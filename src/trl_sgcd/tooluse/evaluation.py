@@ -18,6 +18,7 @@ import copy
 import inspect
 import itertools
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -207,6 +208,20 @@ def hf_generate_fn(
     return generate
 
 
+def evaluation_reward(reward_func: Callable) -> Callable | None:
+    """
+    What evaluation scores with in place of `reward_func`: `reward_func` itself, unless it is a training-only reward,
+    marked by an `eval_reward` attribute (`trl_sgcd.envs.scripted.scripted_sibling_reward` is one: it labels the first
+    rollout of each task a success); then the environment's own verifier that the attribute names, or `None` when it
+    names none (the caller must then refuse, or find the environment's verifier itself).
+    """
+    return getattr(reward_func, "eval_reward", reward_func)
+
+
+def _reward_name(func: Callable) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
 def evaluate(
     model,
     tokenizer,
@@ -243,7 +258,9 @@ def evaluate(
         environment_factory (`Callable`):
             Zero-argument environment constructor, e.g. `AirlineEnv`.
         reward_func (`Callable`):
-            TRL-style reward function, called with `prompts`, `completions`, `environments` and the row columns.
+            TRL-style reward function, called with `prompts`, `completions`, `environments` and the row columns. A
+            training-only reward ([`evaluation_reward`]) is replaced by the verifier it names, with a warning, or
+            refused (`ValueError`) when it names none.
         k (`int`, *optional*, defaults to `1`):
             Sampled rollouts per task for pass^k (a task counts only if all `k` succeed). With `k=1`, pass^k = pass@1.
         temperature (`float`, *optional*, defaults to `0.4`), top_p (`float`, *optional*, defaults to `0.95`):
@@ -272,6 +289,20 @@ def evaluate(
         `audit` (`tool_use_audit` of the primary rollouts: the greedy ones, else the first sampled ones) and `records`
         (one dict per task: reward, success, sample rewards, tool calls and errors, turns, final answer, messages).
     """
+    verifier = evaluation_reward(reward_func)
+    if verifier is None:
+        raise ValueError(
+            f"reward_func {_reward_name(reward_func)} is a training-only reward and names no verifier: evaluate with "
+            "the environment's own reward."
+        )
+    if verifier is not reward_func:
+        warnings.warn(
+            f"reward_func {_reward_name(reward_func)} is a training-only reward; scoring with the environment's "
+            f"verifier {_reward_name(verifier)} instead.",
+            UserWarning,
+            stacklevel=2,
+        )
+        reward_func = verifier
     rows = _prepare(tokenizer, dataset, k)
     runs = _plan_runs(k, greedy, seed)
     if max_new_tokens is None:

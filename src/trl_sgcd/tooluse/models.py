@@ -12,26 +12,171 @@ SmolLM2's own chat template knows no tools. We give its tokenizer TRL's ChatML t
 SmolLM2's `<|im_start|>`/`<|im_end|>` tokens already speak), so that `GRPOTrainer` recognises it, attaches the matching
 tool-call response parser itself, and can run multi-turn tool loops. Prompts built by `trl_sgcd.envs` always carry a
 system message, so the template's default system line never shows.
+
+`check_model_name` resolves every model name (of `trl-sgcd train`, `eval`, `demo` and `SGCDTrainer(model=...)`) before
+anything loads, with one message for a path that does not exist; `builtin_model_dir` turns a `builtin:` name into its
+folder.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import warnings
+from collections.abc import Callable
 
 from trl_sgcd.import_utils import SMOLLM2_GGUF, bundled_smollm2_dir, is_gguf_available
 
 _MARKER = "trl_sgcd_model.json"
 _FORMAT_VERSION = 1
 
+# The models that ship with trl-sgcd (built locally, nothing downloaded): name -> the function that builds its folder.
+BUILTIN_MODELS = {
+    "builtin:smollm2": "bundled_model_dir",
+    "builtin:tiny": "tiny_model_dir",
+    "builtin:tiny-context": "tiny_context_model_dir",
+}
+# Older spellings of the builtin names (`trl-sgcd demo --model bundled`, `eval --model tiny`): accepted, with a
+# deprecation message naming the `builtin:` spelling.
+DEPRECATED_MODEL_NAMES = {
+    "bundled": "builtin:smollm2",
+    "tiny": "builtin:tiny",
+    "tiny-context": "builtin:tiny-context",
+    **{f"bundled:{name.split(':', 1)[1]}": name for name in BUILTIN_MODELS},
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # "name" or "org/name"
+_TRUE = ("1", "true", "yes", "on")
+
 
 def cache_root() -> str:
-    """Where trl-sgcd caches converted models, warm starts and demo outputs (`$TRL_SGCD_CACHE`, else ~/.cache)."""
+    """Where trl-sgcd caches converted models, warm starts and demo outputs (`$TRL_SGCD_CACHE`, else ~/.cache).
+
+    The first call that creates the folder says so on stderr (the bundled model and the demo's warm starts take ~1 GB
+    there)."""
     root = os.environ.get("TRL_SGCD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "trl_sgcd")
-    os.makedirs(root, exist_ok=True)
+    if not os.path.isdir(root):
+        os.makedirs(root, exist_ok=True)
+        print(
+            f"[trl-sgcd] caching converted models and warm starts under {root} (~1 GB after the demo; set "
+            "TRL_SGCD_CACHE to put them elsewhere)",
+            file=sys.stderr,
+            flush=True,
+        )
     return root
+
+
+def builtin_model_dir(name: str) -> str:
+    """Folder of a builtin model (`builtin:smollm2` -> the bundled SmolLM2, `builtin:tiny` -> the tiny random Llama,
+    built on the first call); any other name comes back unchanged (`~` expanded)."""
+    if name not in BUILTIN_MODELS:
+        return os.path.expanduser(name) if name.startswith("~") else name
+    return globals()[BUILTIN_MODELS[name]]()
+
+
+def hub_offline() -> bool:
+    """Whether `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) forbids Hub calls."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def looks_local(name: str) -> bool:
+    """
+    Whether `name` can only be a local path, never a Hub id: it starts with `./`, `../`, `/` or `~`, holds a backslash
+    or more than one slash, is not a valid `org/name`, or its first component is an existing folder (`outputs/typo`).
+    """
+    if name in (".", "..") or name.startswith(("./", "../", "/", "~", ".\\")) or "\\" in name:
+        return True
+    if name.count("/") > 1 or not _HUB_ID.fullmatch(name) or ".." in name:
+        return True
+    return "/" in name and os.path.isdir(name.split("/", 1)[0])
+
+
+def in_hub_cache(name: str) -> bool:
+    """Whether the Hub model `name` has a `config.json` in the local Hub cache (no network call)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+def _choices() -> str:
+    return ", ".join(BUILTIN_MODELS)
+
+
+def _missing_folder(name: str, field: str) -> str:
+    """The one-line error for a local-looking model path that does not exist, with the closest existing folder."""
+    path = os.path.expanduser(name.rstrip("/\\")) or name
+    parent, base = os.path.split(path)
+    hint = ""
+    if os.path.isdir(parent or "."):
+        folders = [f for f in os.listdir(parent or ".") if os.path.isdir(os.path.join(parent or ".", f))]
+        close = difflib.get_close_matches(base, folders, n=1)
+        if close:
+            hint = f" Did you mean {os.path.join(os.path.dirname(name.rstrip('/')), close[0])!r}?"
+    else:
+        hint = f" Its parent folder {parent!r} does not exist either."
+    where = "" if os.path.abspath(path) == name else f" ({os.path.abspath(path)})"
+    return (
+        f"{field}={name!r}: no such folder{where}.{hint} A model is a saved model folder, a Hub id such as "
+        f"'Qwen/Qwen3-4B-Instruct-2507', or one of {_choices()}."
+    )
+
+
+def _deprecation_warning(message: str) -> None:
+    warnings.warn(message, FutureWarning, stacklevel=3)
+
+
+def check_model_name(name, *, field: str = "model", warn: Callable[[str], None] | None = None) -> str:
+    """
+    Check a model name before anything loads, without any Hub call for a local-looking name or under `HF_HUB_OFFLINE`.
+
+    Args:
+        name (`str`):
+            A saved model folder (local path), a Hub id (`"org/name"`), or a builtin name (`"builtin:smollm2"`,
+            `"builtin:tiny"`, `"builtin:tiny-context"`; the older `"bundled"`, `"tiny"`, `"bundled:smollm2"` are
+            accepted with a deprecation message).
+        field (`str`, *optional*, defaults to `"model"`):
+            How the caller names the value (`"model_name_or_path"`, `"--model"`), used in every message.
+        warn (`Callable[[str], None]`, *optional*):
+            Where a deprecation message goes (default: a `FutureWarning`).
+
+    Returns:
+        `str`: the name to load: the `builtin:` spelling, a folder (`~` expanded), or the Hub id.
+
+    Raises:
+        `ValueError`: one line naming `field` and `name`: an unknown builtin name, a local-looking path that is not a
+            folder (with the closest existing folder as a hint), a folder without `config.json`, or a Hub id that is
+            not in the local cache while `HF_HUB_OFFLINE` is set.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{field} is required: a saved model folder, a Hub id, or one of {_choices()}.")
+    if name in DEPRECATED_MODEL_NAMES:
+        new = DEPRECATED_MODEL_NAMES[name]
+        (warn or _deprecation_warning)(f"{field}={name!r} is deprecated and will be removed: write {new!r}.")
+        name = new
+    if name.startswith("builtin:"):
+        if name not in BUILTIN_MODELS:
+            raise ValueError(f"{field}={name!r} is not a builtin model; choose one of {_choices()}.")
+        return name
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+            raise ValueError(f"{field}={name!r} is a folder without config.json: not a saved model.")
+        return path
+    if looks_local(name):
+        raise ValueError(_missing_folder(name, field))
+    if hub_offline() and not in_hub_cache(name):
+        raise ValueError(
+            f"{field}={name!r}: no such folder, and HF_HUB_OFFLINE is set but this Hub model is not in the local "
+            f"cache. Download it first (`hf download {name}`), or pass a saved model folder or one of {_choices()}."
+        )
+    return name
 
 
 def tool_chat_template() -> str:

@@ -24,6 +24,14 @@ def shared_prefix(tokenizer, dataset) -> list[int]:
     return prefix
 
 
+def _cache_name(model) -> str:
+    """`"cache"` where the model takes it (transformers >= 5.2x renamed `past_key_values`, and warns on the old name),
+    else `"past_key_values"`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def prefix_cached_generate_fn(
     model,
     tokenizer,
@@ -51,6 +59,7 @@ def prefix_cached_generate_fn(
     from trl_sgcd.tooluse.evaluation import generation_settings
 
     device = next(model.parameters()).device
+    cache_name = _cache_name(model)
     P = len(prefix_ids) - 1  # keep >= 1 prompt token outside the cache, so generate always has input to prefill
     state = {}
 
@@ -61,7 +70,7 @@ def prefix_cached_generate_fn(
         if "cache" not in state:
             with torch.no_grad(), autocast():
                 out = model(input_ids=torch.tensor([prefix_ids[:P]], device=device), use_cache=True)
-            state["cache"] = out.past_key_values
+            state["cache"] = out[cache_name]
         return state["cache"]
 
     def factory(do_sample: bool, seed: int):
@@ -85,7 +94,7 @@ def prefix_cached_generate_fn(
             with torch.no_grad(), autocast(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed * 1_000_003 + next(calls))
                 out = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, generation_config=config
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **{cache_name: cache}
                 )
             completions = []
             for row in out[:, P + width :].tolist():

@@ -92,8 +92,8 @@ def warm_start(
             `"fp32"`, `"bf16"` (autocast, float32 master weights) or `"auto"`: bf16 on a CPU with native bf16 matrix
             units (AMX / AVX512-BF16), else fp32. The saved model is float32 either way.
         model_name_or_path (`str`, *optional*):
-            Model to start from: `None` / `"bundled"` (SmolLM2-135M-Instruct), `"tiny"` (random test model) or a
-            folder with a tool-ready tokenizer.
+            Model to start from: `None` / `"builtin:smollm2"` (SmolLM2-135M-Instruct), `"builtin:tiny"` (random test
+            model; the older `"bundled"` / `"tiny"` also work) or a folder with a tool-ready tokenizer.
         cache_dir (`str`, *optional*):
             Parent of the default output folder instead of `cache_root()`.
 

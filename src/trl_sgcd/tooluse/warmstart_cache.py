@@ -19,12 +19,13 @@ _FORMAT_VERSION = 1
 
 
 def _resolve_model(model_name_or_path: str | None) -> tuple[str, str]:
-    """(path, name for the cache key). `None` / "bundled" is SmolLM2-135M-Instruct, "tiny" the random test model."""
+    """(path, name for the cache key). `None` / `"builtin:smollm2"` is SmolLM2-135M-Instruct, `"builtin:tiny"` the
+    random test model (their older names `"bundled"` / `"tiny"` key the same cached folders)."""
     from trl_sgcd.tooluse.models import bundled_model_dir, tiny_model_dir
 
-    if model_name_or_path in (None, "bundled"):
+    if model_name_or_path in (None, "bundled", "builtin:smollm2"):
         return bundled_model_dir(), "smollm2-135m"
-    if model_name_or_path == "tiny":
+    if model_name_or_path in ("tiny", "builtin:tiny"):
         return tiny_model_dir(), "tiny"
     return model_name_or_path, os.path.basename(os.path.normpath(model_name_or_path)) or "model"
 

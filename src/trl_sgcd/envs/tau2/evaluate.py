@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model != "none":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from trl_sgcd.cli.utils import builtin_model_dir
         from trl_sgcd.tooluse.evaluation import evaluate
+        from trl_sgcd.tooluse.models import builtin_model_dir
 
         path = builtin_model_dir(args.model)
         tokenizer = AutoTokenizer.from_pretrained(path)
