@@ -39,7 +39,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from credit_metrics import DIVERGENCES, REFERENCES, format_table, summarize_variants  # noqa: E402
+from credit_metrics import (  # noqa: E402
+    DIVERGENCES,
+    REFERENCES,
+    format_breakdown,
+    format_table,
+    outcome_breakdown,
+    summarize_variants,
+)
 from credit_rollouts import literal_mask_audit, rollout_key, sample_rollouts  # noqa: E402
 from credit_scoring import PrefixScorer, common_prefix_length, dense_scores  # noqa: E402
 
@@ -65,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="outputs/bench_credit/results.json")
     p.add_argument("--html", default=None, help="write the picture of a few rollouts (HTML) here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--references", nargs="+", default=list(REFERENCES), choices=REFERENCES, help="contexts to score")
     p.add_argument(
         "--bf16", action="store_true", help="sample under bf16 autocast (~2x faster with AMX; scoring stays float32)"
     )
@@ -215,7 +223,7 @@ def main(argv=None) -> int:
 
     from trl_sgcd.credit.siblings import build_sibling_groups
     from trl_sgcd.envs.airline_tasks import get_task
-    from trl_sgcd.envs.decisive import decisive_token_mask
+    from trl_sgcd.envs.decisive import decisive_token_spans
     from trl_sgcd.tooluse.models import cache_root
 
     t0 = time.perf_counter()
@@ -275,22 +283,25 @@ def main(argv=None) -> int:
 
     with FakeLLMServer(answer=scripted_reference) as server:
         refs, llm_stats = build_references(mixed, tokenizer, config=config, api_base=server.base_url)
-    decisive = {
-        i: np.asarray(
-            decisive_token_mask(
-                get_task(rollouts[i]["task_id"], seed=rollouts[i]["seed"]),
-                rollouts[i]["completion_ids"],
-                rollouts[i]["tool_mask"],
-                tokenizer,
-                success=rollouts[i]["reward"] >= config["credit_success_threshold"],
-            ),
-            dtype=bool,
+    refs = {name: per if name in args.references else {} for name, per in refs.items()}
+    labels = {
+        i: decisive_token_spans(
+            get_task(rollouts[i]["task_id"], seed=rollouts[i]["seed"]),
+            rollouts[i]["completion_ids"],
+            rollouts[i]["tool_mask"],
+            tokenizer,
+            success=rollouts[i]["reward"] >= config["credit_success_threshold"],
         )
         for i in sorted({i for per in refs.values() for i in per})
     }
+    decisive = {i: np.asarray(mask, dtype=bool) for i, (mask, _) in labels.items()}
     scores = score_rollouts(model, tokenizer, rollouts, refs, config=config, temperature=args.temperature)
     forward_s = time.perf_counter() - t_score
     variants = summarize_variants(scores, rollouts, decisive, config, args.random_draws, args.seed)
+    kinds = {i: spans[0].kind if spans else "none" for i, (_, spans) in labels.items()}
+    breakdown = outcome_breakdown(
+        scores, rollouts, decisive, kinds, config, threshold=config["credit_success_threshold"]
+    )
     score_s = time.perf_counter() - t_score
     results = {
         "settings": settings,
@@ -301,6 +312,7 @@ def main(argv=None) -> int:
         "llm_reference_stats": llm_stats,
         "reference_sources": {n: sorted({r.source for r in per.values()}) for n, per in refs.items()},
         "variants": variants,
+        "breakdown": breakdown,
         "literal_mask_audit": literal_mask_audit(tokenizer, seed=args.seed),
         "wall_s": {
             "sampling_this_call": round(sample_s, 1),
@@ -315,6 +327,8 @@ def main(argv=None) -> int:
         json.dump(results, f, indent=1, default=str)
     print()
     print(format_table(results))
+    print()
+    print(format_breakdown(breakdown))
     audit = results["literal_mask_audit"]
     print(
         f"\nliteral mask on the expert trajectories of {audit['rollouts']} train tasks: "

@@ -107,3 +107,44 @@ def summarize_variants(scores, rollouts, decisive, config, draws, seed) -> dict:
         out[label]["signal_lift"] = bootstrap_median(rows["signal_lift"], seed=seed)
         out[label]["eligible_decisive_share"] = _nanmean(rows["eligible_decisive_share"])
     return out
+
+
+# --------------------------------------------------------------------------------------------------- breakdown
+def outcome_breakdown(scores, rollouts, decisive, kinds, config, *, threshold, reference="contrast"):
+    """Default variant (`reference` / reverse KL, the `SGCDConfig` segmenter) per (outcome, first decisive kind):
+    rollouts, median lift, pooled W > 1 share, decisive share of eligible tokens, median raw-divergence ratio."""
+    from trl_sgcd.credit.localization import bootstrap_median, rollout_localization
+
+    cells = {}
+    for (name, i), score in sorted(scores.items(), key=lambda kv: kv[0][1]):
+        if name != reference:
+            continue
+        w, e = credit_weights_of(score, rollouts[i]["tool_mask"], "reverse_kl", config)
+        ew, en, d = w[0].numpy(), e[0].numpy(), np.asarray(decisive[i]) & e[0].numpy()
+        div = score["divergence"]["reverse_kl"]
+        other = en & ~d
+        ratio = div[d].mean() / div[other].mean() if d.any() and other.any() and div[other].mean() > 0 else math.nan
+        outcome = "success" if rollouts[i]["reward"] >= threshold else "failure"
+        cells.setdefault((outcome, kinds[i]), []).append({**rollout_localization(ew, en, d), "ratio": float(ratio)})
+    out = {}
+    for (outcome, kind), rows in sorted(cells.items()):
+        n_e = sum(r["num_eligible"] for r in rows)
+        out[f"{outcome} / {kind}"] = {
+            "rollouts": len(rows),
+            "lift": bootstrap_median([r["lift"] for r in rows]),
+            "ratio": bootstrap_median([r["ratio"] for r in rows]),
+            "w_share": sum(r["num_credit"] for r in rows) / max(n_e, 1),
+            "decisive_share": sum(r["num_decisive"] for r in rows) / max(n_e, 1),
+        }
+    return out
+
+
+def format_breakdown(breakdown: dict) -> str:
+    head = f"{'outcome / first decisive kind':<34}{'n':>4}{'W>1':>6}{'decisive':>9}  {'lift [95% CI]':<20}{'d ratio [95% CI]':<20}"
+    lines = ["default variant (contrast / reverse_kl) by outcome and decisive kind", head, "-" * len(head)]
+    for label, c in breakdown.items():
+        lines.append(
+            f"{label:<34}{c['rollouts']:>4}{c['w_share']:>6.2f}{c['decisive_share']:>9.2f}  {_fmt(c['lift']):<20}"
+            f"{_fmt(c['ratio']):<20}"
+        )
+    return "\n".join(lines)

@@ -299,6 +299,21 @@ def decisive_token_mask(
 
     A turn's calls count as executed when tool-observation tokens follow it. Returns one flag per completion token.
     """
+    return decisive_token_spans(
+        task, completion_ids, tool_mask, tokenizer, completion_mask=completion_mask, success=success
+    )[0]
+
+
+def decisive_token_spans(
+    task: dict,
+    completion_ids: Sequence[int],
+    tool_mask: Sequence[int],
+    tokenizer,
+    *,
+    completion_mask: Sequence[int] | None = None,
+    success: bool | None = None,
+) -> tuple[list[bool], list[DecisiveSpan]]:
+    """[`decisive_token_mask`] and the [`DecisiveSpan`]s it comes from (their `kind` says why: for a breakdown)."""
     ids = [int(i) for i in completion_ids]
     valid = [1] * len(ids) if completion_mask is None else [int(m) for m in completion_mask]
     runs = turn_runs(tool_mask, valid)
@@ -310,4 +325,4 @@ def decisive_token_mask(
         flags = token_mask_from_spans(pieces[k], [(x.start, x.end) for x in spans if x.turn == k])
         for j, flag in enumerate(flags):
             mask[s + j] = flag
-    return mask
+    return mask, spans
