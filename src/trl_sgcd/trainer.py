@@ -224,6 +224,8 @@ class SGCDTrainer(GRPOTrainer):
                 self.state.global_step + 1, batch["prompts"], output, result, advantages, rewards, offset
             )
         self._credit_inert_steps = pipe.check_validity(stats, groups, result.weights, self._credit_inert_steps)
+        if acc.is_main_process and (why := pipe.inert_reason(stats, groups, has_tools=bool(self.tools))):
+            logger.warning(f"SGCD step {self.state.global_step + 1}: {why}.")
         return output
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):

@@ -13,6 +13,8 @@ from trl_sgcd.credit.stats import (
     check_validity,
     count_spans,
     credit_metrics,
+    has_tool_call,
+    inert_reason,
     masked_row_mean,
     total_rewards,
     validity_problems,
@@ -56,6 +58,9 @@ def test_validity_checks():
     for _ in range(3):
         problems, inert = validity_problems(_stats(), num_mixed=2, inert_steps=inert, **{**common, "inert_limit": 3})
     assert inert == 3 and any("inert" in p for p in problems)
+    inert_message = next(p for p in problems if "inert" in p)
+    for fix in ("warm start", "scripted_sibling=", "credit_dynamic_sampling=True"):
+        assert fix in inert_message
     problems, inert = validity_problems(
         _stats(credit_tokens=5), num_mixed=2, inert_steps=inert, **{**common, "inert_limit": 3}
     )
@@ -74,6 +79,28 @@ def test_check_validity_warns_or_raises_when_strict():
         assert check_validity(leaky, strict=False, **kwargs) == 0
     with pytest.raises(RuntimeError, match="credit_strict=True"):
         check_validity(leaky, strict=True, **kwargs)
+
+
+def test_inert_reason_says_why_credit_changed_nothing():
+    def why(stats, num_mixed=2, tool_calls=True, weights_carry_credit=True):
+        return inert_reason(
+            stats, num_mixed=num_mixed, tool_calls=tool_calls, weights_carry_credit=weights_carry_credit
+        )
+
+    assert why(_stats(), num_mixed=0).startswith("no mixed group this step")
+    assert why(_stats(credit_tokens=5, rows_scored=4), num_mixed=0).startswith("no mixed group")
+    assert why(_stats(), tool_calls=False).startswith("mixed groups but no tool call in any rollout")
+    assert why(_stats()).startswith("mixed groups but no rollout was scored")
+    below = why(_stats(rows_scored=4, scored_tokens=40))
+    assert below.startswith("mixed groups scored but the divergence stayed below credit_min_divergence")
+    assert "W = 1 everywhere" in below
+    # Credit acted: no line. Without tools (`None`) the reason is never "no tool call".
+    assert why(_stats(rows_scored=4, scored_tokens=40, credit_tokens=3)) is None
+    assert why(_stats(rows_scored=4, scored_tokens=40), tool_calls=None).startswith("mixed groups scored")
+    # A mode whose weights are W = 1 by design acted when it scored rows against a teacher.
+    assert why(_stats(rows_scored=4, scored_tokens=40), weights_carry_credit=False) is None
+    assert has_tool_call([{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}])
+    assert not has_tool_call([{"role": "assistant", "content": "hi"}]) and not has_tool_call("text")
 
 
 def test_metrics_do_not_report_unknown_cost_as_zero():

@@ -30,7 +30,15 @@ from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
 from trl_sgcd.credit.saliency import credit_saliency
 from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores
 from trl_sgcd.credit.siblings import SiblingGroup, build_sibling_groups, sibling_contexts
-from trl_sgcd.credit.stats import CreditStats, check_validity, credit_metrics, local_credit_stats, peak_memory_gb
+from trl_sgcd.credit.stats import (
+    CreditStats,
+    check_validity,
+    credit_metrics,
+    has_tool_call,
+    inert_reason,
+    local_credit_stats,
+    peak_memory_gb,
+)
 from trl_sgcd.credit.table import CreditTableRecorder
 from trl_sgcd.credit.teacher import (
     cap_reference,
@@ -340,6 +348,19 @@ class CreditPipeline:
             weights_require_grad=weights.requires_grad,
             inert_steps=inert_steps,
             inert_limit=self.args.credit_inert_steps,
+        )
+
+    def inert_reason(self, stats: CreditStats, groups, *, has_tools: bool) -> str | None:
+        """Why credit changed nothing on this batch (see [`inert_reason`]), or `None` when it acted or the mode
+        gives teachers to other than mixed groups (`sdpo`). `has_tools`: the trainer has tools or an environment."""
+        if self.mode.teacher_groups != "mixed":
+            return None
+        tool_calls = any(has_tool_call(r.completion) for g in groups for r in g.rollouts) if has_tools else None
+        return inert_reason(
+            stats,
+            num_mixed=sum(g.is_mixed for g in groups),
+            tool_calls=tool_calls,
+            weights_carry_credit=self.mode.weights_carry_credit,
         )
 
     def record_table(self, step: int, prompts, output: dict, result: CreditResult, advantages, rewards, offset: int):

@@ -196,9 +196,52 @@ def validity_problems(
         inert_steps = 0 if s["credit_tokens"] > 0 else inert_steps + 1
         if inert_steps >= inert_limit:
             problems.append(
-                f"the credit weights were inert (no credit token) for {inert_steps} batches while mixed groups existed"
+                f"the credit weights were inert (no credit token) for {inert_steps} batches while mixed groups existed; "
+                f"{INERT_FIXES}"
             )
     return problems, inert_steps
+
+
+INERT_FIXES = (
+    "the usual fixes: a warm start (SFT) so that some rollouts succeed, a scripted sibling (`scripted_sibling=`), "
+    "or dynamic sampling (`credit_dynamic_sampling=True`)"
+)
+
+
+def has_tool_call(completion) -> bool:
+    """Whether a completion (a string or a list of chat messages) holds at least one assistant tool call."""
+    if not isinstance(completion, list):
+        return False
+    return any(isinstance(m, dict) and m.get("tool_calls") for m in completion)
+
+
+def inert_reason(
+    stats: CreditStats, *, num_mixed: int, tool_calls: bool | None, weights_carry_credit: bool
+) -> str | None:
+    """Why SGCD changed nothing on this batch (one line for the step log), or `None` when credit acted.
+
+    Args:
+        stats (`CreditStats`): the batch's statistics, reduced over ranks.
+        num_mixed (`int`): the number of mixed groups (0 < #success < G) in the batch.
+        tool_calls (`bool` or `None`): whether any rollout of the batch called a tool; `None` when the trainer has no
+            tools (the reason is then never "no tool call").
+        weights_carry_credit (`bool`): the mode puts W > 1 somewhere (credit acted = some credit token); otherwise
+            credit acted when some row was scored against a teacher.
+    """
+    s = stats.sums
+    if num_mixed == 0:
+        return "no mixed group this step (every group all-success or all-failure): SGCD changed nothing"
+    acted = s.get("credit_tokens", 0.0) > 0 if weights_carry_credit else s.get("rows_scored", 0.0) > 0
+    if acted:
+        return None
+    if tool_calls is False:
+        return "mixed groups but no tool call in any rollout: SGCD changed nothing"
+    if s.get("rows_scored", 0.0) == 0:
+        return "mixed groups but no rollout was scored (no teacher reference was built): SGCD changed nothing"
+    return (
+        "mixed groups scored but the divergence stayed below credit_min_divergence (no spike): W = 1 everywhere, "
+        "SGCD changed nothing"
+    )
 
 
 def check_validity(stats: CreditStats, *, strict: bool, **kwargs) -> int:
