@@ -2,8 +2,8 @@
 trainer's own credit pipeline under each teacher context, no sampling and no training.
 
 ```bash
-python benchmarks/bench_credit_controlled.py                       # base SmolLM2, 6 groups per kind (~2-3 min)
-python benchmarks/bench_credit_controlled.py --policy warm         # the demo's warm start (cached; ~10 min the 1st time)
+python benchmarks/bench_credit_controlled.py                       # base SmolLM2, 6 groups per kind (~9 min, 2 cores)
+python benchmarks/bench_credit_controlled.py --policy warm         # the demo's warm start (+ ~10-40 min the 1st time)
 python benchmarks/bench_credit_controlled.py --policy tiny-context --groups-per-kind 1   # smoke run (seconds)
 ```
 
