@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import torch
+from credit_metrics import divergence_ratio, fmt_ci
 
 SWEEP = {
     "credit_reset_z": (-0.5, 0.5, 1.0, 1.5, 2.0),
@@ -33,14 +34,12 @@ def row_metrics(score: dict, decisive: np.ndarray, weights: np.ndarray, rng, dra
     from trl_sgcd.credit.localization import random_span_weights, rollout_localization
 
     d, e = score["divergence"].astype(np.float64), score["eligible"]
-    dec, other = decisive & e, e & ~decisive
-    ratio = d[dec].mean() / d[other].mean() if dec.any() and other.any() and d[other].mean() > 0 else math.nan
     loc = rollout_localization(weights, e, decisive)
     randoms = [rollout_localization(random_span_weights(weights, e, rng), e, decisive)["lift"] for _ in range(draws)]
     finite = [x for x in randoms if np.isfinite(x)]
     return {
         **loc,
-        "ratio": float(ratio),
+        "ratio": divergence_ratio(d, e, decisive),
         "auc": auc(d[e], decisive[e]),
         "share": loc["num_credit"] / max(loc["num_eligible"], 1),
         "random_lift": float(np.mean(finite)) if finite else math.nan,
@@ -101,11 +100,6 @@ def sweep(scores: dict, rows: list[dict], config: dict, *, grid: dict, draws: in
     return out
 
 
-def _ci(stat) -> str:
-    med, lo, hi = stat[:3]
-    return "   n/a" if not np.isfinite(med) else f"{med:5.2f} [{lo:4.2f}, {hi:4.2f}]"
-
-
 def format_table(results: dict) -> str:
     head = (
         f"{'context':<12}{'kind':<16}{'n':>3}  {'d ratio [95% CI]':<20}{'AUC':>6}{'W>1':>6}  "
@@ -122,8 +116,8 @@ def format_table(results: dict) -> str:
                 )
                 continue
             lines.append(
-                f"{context if kind == 'all' else '':<12}{kind:<16}{s['n']:>3}  {_ci(s['ratio']):<20}{s['auc'][0]:>6.2f}"
-                f"{s['pooled_share']:>6.2f}  {_ci(s['lift']):<20}{_ci(s['pooled_lift']):<20}"
+                f"{context if kind == 'all' else '':<12}{kind:<16}{s['n']:>3}  {fmt_ci(s['ratio']):<20}{s['auc'][0]:>6.2f}"
+                f"{s['pooled_share']:>6.2f}  {fmt_ci(s['lift']):<20}{fmt_ci(s['pooled_lift']):<20}"
                 f"{s['random_lift'][0]:>7.2f}{s['recall'][0]:>7.2f}"
             )
     return "\n".join(lines)
@@ -138,6 +132,6 @@ def format_sweep(rows: list[dict]) -> str:
         s = r["setting"]
         lines.append(
             f"{s.get('credit_reset_z', ''):>8}{s.get('credit_saturation_z', ''):>7}{s.get('credit_max_span', ''):>9}"
-            f"{s.get('credit_spike_z', ''):>8}{r['pooled_share']:>7.2f}  {_ci(r['lift']):<20}{_ci(r['pooled_lift']):<20}"
+            f"{s.get('credit_spike_z', ''):>8}{r['pooled_share']:>7.2f}  {fmt_ci(r['lift']):<20}{fmt_ci(r['pooled_lift']):<20}"
         )
     return "\n".join(lines)

@@ -67,9 +67,20 @@ def _nanmean(values):
     return float(np.mean(finite)) if finite else math.nan
 
 
-def _fmt(stat) -> str:
+def fmt_ci(stat) -> str:
+    """`median [low, high]` of a `(median, low, high, ...)` statistic, or n/a."""
     med, lo, hi = stat[:3]
     return "n/a" if not np.isfinite(med) else f"{med:5.2f} [{lo:4.2f}, {hi:4.2f}]"
+
+
+def divergence_ratio(divergence, eligible, decisive) -> float:
+    """Mean raw divergence on decisive eligible tokens / on the other eligible tokens (NaN when undefined)."""
+    d = np.asarray(divergence, dtype=np.float64)
+    dec = np.asarray(decisive, dtype=bool) & eligible
+    other = eligible & ~dec
+    if not dec.any() or not other.any() or d[other].mean() <= 0:
+        return math.nan
+    return float(d[dec].mean() / d[other].mean())
 
 
 def format_table(results: dict) -> str:
@@ -83,11 +94,11 @@ def format_table(results: dict) -> str:
             s = entry[arm]
             label = name if arm == "sgcd" else f"  {arm} (same mass)"
             lines.append(
-                f"{label:<34}{s['num_rollouts']:>9}{s['credit_share']:>8.2f}{s['token_share']:>6.2f}  {_fmt(s['lift']):<20}"
-                f"{_fmt(s['recall']):<20}{_fmt(s['precision']):<20}"
+                f"{label:<34}{s['num_rollouts']:>9}{s['credit_share']:>8.2f}{s['token_share']:>6.2f}  {fmt_ci(s['lift']):<20}"
+                f"{fmt_ci(s['recall']):<20}{fmt_ci(s['precision']):<20}"
             )
         lines.append(
-            f"{'  raw divergence lift':<34}{'':>23}  {_fmt(entry['signal_lift']):<20}"
+            f"{'  raw divergence lift':<34}{'':>23}  {fmt_ci(entry['signal_lift']):<20}"
             f"decisive tokens eligible {entry['eligible_decisive_share']:.2f}"
         )
     return "\n".join(lines)
@@ -121,11 +132,9 @@ def outcome_breakdown(scores, rollouts, decisive, kinds, config, *, threshold, r
             continue
         w, e = credit_weights_of(score, rollouts[i]["tool_mask"], "reverse_kl", config)
         ew, en, d = w[0].numpy(), e[0].numpy(), np.asarray(decisive[i]) & e[0].numpy()
-        div = score["divergence"]["reverse_kl"]
-        other = en & ~d
-        ratio = div[d].mean() / div[other].mean() if d.any() and other.any() and div[other].mean() > 0 else math.nan
+        ratio = divergence_ratio(score["divergence"]["reverse_kl"], en, d)
         outcome = "success" if rollouts[i]["reward"] >= threshold else "failure"
-        cells.setdefault((outcome, kinds[i]), []).append({**rollout_localization(ew, en, d), "ratio": float(ratio)})
+        cells.setdefault((outcome, kinds[i]), []).append({**rollout_localization(ew, en, d), "ratio": ratio})
     out = {}
     for (outcome, kind), rows in sorted(cells.items()):
         n_e = sum(r["num_eligible"] for r in rows)
@@ -144,7 +153,7 @@ def format_breakdown(breakdown: dict) -> str:
     lines = ["default variant (contrast / reverse_kl) by outcome and decisive kind", head, "-" * len(head)]
     for label, c in breakdown.items():
         lines.append(
-            f"{label:<34}{c['rollouts']:>4}{c['w_share']:>6.2f}{c['decisive_share']:>9.2f}  {_fmt(c['lift']):<20}"
-            f"{_fmt(c['ratio']):<20}"
+            f"{label:<34}{c['rollouts']:>4}{c['w_share']:>6.2f}{c['decisive_share']:>9.2f}  {fmt_ci(c['lift']):<20}"
+            f"{fmt_ci(c['ratio']):<20}"
         )
     return "\n".join(lines)
