@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ARMS = ("off", "sgcd", "direct_sd", "sdpo")
+ARMS = ("off", "sgcd", "uniform", "no_reference", "direct_sd", "sdpo")
 EXPERIMENT_FILE = "experiment.json"
 
 
@@ -49,6 +49,7 @@ class ExperimentSettings:
     model: str = "bundled"
     precision: str = "auto"  # "auto": bf16 autocast on CPUs with native bf16 units (and CUDA), else fp32
     task_seed: int = 0  # the airline world of the warm start, the training and the evaluation tasks
+    env_profile: str = "full"  # "full" (AirlineEnv, 7 tools) or "compact" (CompactAirlineEnv, 3 tools, ~460 tokens)
     # warm start (SFT, shared by every run)
     sft_tasks: int = 96
     sft_steps: int = 24
@@ -91,6 +92,19 @@ PROFILES = {
         max_completion_length=640,
         use_vllm=True,
         save_steps=10,
+    ),  # fmt: skip
+    # 2 CPU cores, the compact airline profile (trl_sgcd.envs.airline_compact): 100 steps of 8 rollouts per run
+    "cpu-compact": ExperimentSettings(
+        env_profile="compact",
+        sft_tasks=64,
+        sft_max_length=1024,
+        steps=100,
+        train_tasks=0,
+        max_completion_length=256,
+        max_tool_calls=3,
+        save_steps=5,
+        eval_max_turns=3,
+        eval_max_new_tokens=96,
     ),  # fmt: skip
 }
 
@@ -168,15 +182,16 @@ def _budget_callback(deadline: float | None):
 
 def evaluate_policy(model, tokenizer, settings: ExperimentSettings, *, bf16: bool) -> dict:
     """Held-out evaluation: greedy pass@1 (prefix-cached generation), and pass^k when `settings.k > 1`."""
-    from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
+    from trl_sgcd.envs.airline import airline_environment, airline_reward, make_airline_dataset
     from trl_sgcd.tooluse.evaluation import evaluate
     from trl_sgcd.tooluse.prefix_cache import prefix_cached_generate_fn, shared_prefix
 
     s = settings
-    test = make_airline_dataset("test", seed=s.task_seed, n=s.eval_tasks)
-    common = dict(environment_factory=AirlineEnv, reward_func=airline_reward, max_turns=s.eval_max_turns)
+    test = make_airline_dataset("test", seed=s.task_seed, n=s.eval_tasks, profile=s.env_profile)
+    environment = airline_environment(s.env_profile)
+    common = dict(environment_factory=environment, reward_func=airline_reward, max_turns=s.eval_max_turns)
     common.update(max_new_tokens=s.eval_max_new_tokens, batch_size=s.eval_batch_size, seed=s.task_seed)
-    prefix = shared_prefix(tokenizer, test)
+    prefix = shared_prefix(tokenizer, test, environment)
     generate_fn = prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=s.eval_max_new_tokens, bf16=bf16)
     greedy = evaluate(model, tokenizer, test, k=1, greedy=True, progress=False, generate_fn=generate_fn, **common)
     result = {k: v for k, v in greedy.items() if k != "records"}
@@ -199,7 +214,7 @@ def train_run(settings, arm, seed, run_dir, *, warm_start_dir, bf16, deadline=No
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
 
-    from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
+    from trl_sgcd.envs.airline import airline_environment, airline_reward, make_airline_dataset
     from trl_sgcd.trainer import SGCDTrainer
 
     t0 = time.perf_counter()
@@ -214,14 +229,14 @@ def train_run(settings, arm, seed, run_dir, *, warm_start_dir, bf16, deadline=No
             r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
         )
     model = AutoModelForCausalLM.from_pretrained(warm_start_dir, dtype=torch.float32)
-    train_set = make_airline_dataset("train", seed=s.task_seed, n=s.train_tasks or None)
+    train_set = make_airline_dataset("train", seed=s.task_seed, n=s.train_tasks or None, profile=s.env_profile)
     trainer = SGCDTrainer(
         model=model,
         reward_funcs=airline_reward,
         args=training_config(s, arm, seed, run_dir, bf16=bf16),
         train_dataset=train_set,
         processing_class=AutoTokenizer.from_pretrained(warm_start_dir),
-        environment_factory=AirlineEnv,
+        environment_factory=airline_environment(s.env_profile),
         peft_config=peft_config,
         callbacks=[_budget_callback(deadline)],
     )
@@ -273,7 +288,7 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
     ws_kwargs = dict(
         epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
         seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
-        model_name_or_path=s.model,
+        model_name_or_path=s.model, profile=s.env_profile,
     )  # fmt: skip
     t0 = time.perf_counter()
     ws_dir = warm_start(progress=False, **ws_kwargs)

@@ -1,8 +1,11 @@
-"""Built-in tool-use environments. `airline`: a deterministic mini airline customer-service domain (tau-bench style)."""
+"""Built-in tool-use environments. `airline`: a deterministic mini airline customer-service domain (tau-bench style),
+in two profiles: `AirlineEnv` (full, the default) and `CompactAirlineEnv` (compact, for CPU experiments)."""
 
 from .airline import (
     AIRLINE_PRIVATE_COLUMNS,
+    AirlineBase,
     AirlineEnv,
+    airline_environment,
     airline_prompt,
     airline_reward,
     airline_tool_schemas,
@@ -12,15 +15,20 @@ from .airline import (
     score_episode,
     tool_names,
 )
+from .airline_compact import CompactAirlineEnv
 from .airline_db import build_database
-from .airline_tasks import AIRLINE_POLICY, CATEGORIES, SPLIT_MIX, airline_tasks, get_task
+from .airline_tasks import AIRLINE_POLICY, CATEGORIES, COMPACT_POLICY, SPLIT_MIX, airline_tasks, get_task
 
 __all__ = [
     "AIRLINE_POLICY",
     "AIRLINE_PRIVATE_COLUMNS",
     "CATEGORIES",
+    "COMPACT_POLICY",
     "SPLIT_MIX",
+    "AirlineBase",
     "AirlineEnv",
+    "CompactAirlineEnv",
+    "airline_environment",
     "airline_prompt",
     "airline_reward",
     "airline_tasks",

@@ -31,7 +31,7 @@ from functools import lru_cache
 from . import airline_ops as ops
 from .airline_db import build_database
 from .airline_ops import ToolError
-from .airline_tasks import AIRLINE_POLICY, airline_tasks, get_task
+from .airline_tasks import AIRLINE_POLICY, COMPACT_POLICY, airline_tasks, get_task
 
 AIRLINE_PRIVATE_COLUMNS = ["gold_actions", "gold_answer"]
 """Dataset columns that hold private supervision; the evidence sanitizer must never show them to an external LLM."""
@@ -86,8 +86,8 @@ def _tool(fn):
     return wrapper
 
 
-class AirlineEnv:
-    """Mini airline customer-service environment (one task per `reset`).
+class AirlineBase:
+    """State and `reset` shared by the airline environments (`AirlineEnv`, `CompactAirlineEnv`); no tools of its own.
 
     Args:
         seed (`int`, *optional*, defaults to `0`):
@@ -126,6 +126,14 @@ class AirlineEnv:
         self.db = build_database(self.seed)
         self._clear()
         return None
+
+
+class AirlineEnv(AirlineBase):
+    """Mini airline customer-service environment (one task per `reset`), with the 7 tools of the full profile.
+
+    See `AirlineBase` for the arguments and attributes; `CompactAirlineEnv` (`trl_sgcd.envs.airline_compact`) is the
+    3-tool profile for experiments on CPU.
+    """
 
     @_tool
     def get_user_details(self, user_id: str):
@@ -206,17 +214,31 @@ PaperAirlineEnv = functools.partial(AirlineEnv, observation_max_chars=512)
 """`AirlineEnv` with the paper's 512-character policy-side observation limit (Table 4), as an `environment_factory`."""
 
 
-def airline_tool_schemas() -> list[dict]:
-    """JSON schemas of the `AirlineEnv` tools, as `apply_chat_template(tools=...)` and SFT `tools` columns take them."""
+def airline_environment(profile: str = "full") -> type:
+    """The environment class of a task profile: `AirlineEnv` (`"full"`) or `CompactAirlineEnv` (`"compact"`)."""
+    if profile == "compact":
+        from .airline_compact import CompactAirlineEnv
+
+        return CompactAirlineEnv
+    if profile != "full":
+        raise ValueError(f"profile must be 'full' or 'compact', got {profile!r}")
+    return AirlineEnv
+
+
+def airline_tool_schemas(profile: str = "full") -> list[dict]:
+    """JSON schemas of the tools of a profile's environment, as `apply_chat_template(tools=...)` and SFT `tools`
+    columns take them."""
     from transformers.utils import get_json_schema
 
-    env = AirlineEnv()
-    return [get_json_schema(getattr(env, name)) for name in tool_names()]
+    env_class = airline_environment(profile)
+    env = env_class()
+    return [get_json_schema(getattr(env, name)) for name in tool_names(env_class)]
 
 
-def tool_names() -> list[str]:
-    """Names of the tool methods, selected the way TRL selects them (public functions, minus `reset`/`get_reward`)."""
-    members = inspect.getmembers(AirlineEnv, predicate=inspect.isfunction)
+def tool_names(env_class: type | None = None) -> list[str]:
+    """Names of the tool methods of `env_class` (default `AirlineEnv`), selected the way TRL selects them (public
+    functions, minus `reset`/`get_reward`)."""
+    members = inspect.getmembers(env_class or AirlineEnv, predicate=inspect.isfunction)
     return [name for name, _ in members if name not in ("reset", "get_reward") and not name.startswith("_")]
 
 
@@ -288,11 +310,13 @@ def airline_reward(completions: list, environments: list | None = None, **kwargs
 
 
 def airline_prompt(task: dict) -> list[dict]:
-    """The clean deployment prompt of a task: the policy as system message, the request as user message."""
-    return [{"role": "system", "content": AIRLINE_POLICY}, {"role": "user", "content": task["instruction"]}]
+    """The clean deployment prompt of a task: the policy of its profile as system message, the request as user
+    message."""
+    policy = COMPACT_POLICY if task.get("profile") == "compact" else AIRLINE_POLICY
+    return [{"role": "system", "content": policy}, {"role": "user", "content": task["instruction"]}]
 
 
-def make_airline_dataset(split: str = "train", *, seed: int = 0, n: int | None = None):
+def make_airline_dataset(split: str = "train", *, seed: int = 0, n: int | None = None, profile: str = "full"):
     """The airline tasks of a split as a `datasets.Dataset` for `GRPOTrainer` (with `environment_factory=AirlineEnv`).
 
     Args:
@@ -302,6 +326,9 @@ def make_airline_dataset(split: str = "train", *, seed: int = 0, n: int | None =
             Seed of the database and tasks.
         n (`int`, *optional*):
             Keep only the first `n` tasks (the order is shuffled, so categories stay mixed).
+        profile (`str`, *optional*, defaults to `"full"`):
+            `"full"` or `"compact"` (train with `environment_factory=airline_environment(profile)`; see
+            `trl_sgcd.envs.airline_compact`).
 
     Returns:
         `datasets.Dataset`: Columns `prompt` (system + user messages), `task_id`, `category`, `split`, `seed`, and the
@@ -310,7 +337,7 @@ def make_airline_dataset(split: str = "train", *, seed: int = 0, n: int | None =
     """
     from datasets import Dataset
 
-    tasks = airline_tasks(split, seed=seed)[:n]
+    tasks = airline_tasks(split, seed=seed, profile=profile)[:n]
     rows = [
         {
             "prompt": airline_prompt(task),

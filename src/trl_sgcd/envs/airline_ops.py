@@ -134,11 +134,13 @@ def book(db: dict, user_id: str, flight_numbers: list[str], cabin: str, payment_
     return reservation
 
 
-def cancel(db: dict, reservation_id: str) -> dict:
-    """Cancel a reservation if the policy allows it; refunds every payment and frees the seats."""
+def cancel(db: dict, reservation_id: str, *, enforce_policy: bool = True) -> dict:
+    """Cancel a reservation; refunds every payment and frees the seats. With `enforce_policy` (the full profile) only
+    if the policy allows it; without (the compact profile, as in τ²) the agent must apply the policy itself, and only
+    an already cancelled reservation is refused."""
     reservation = get_reservation(db, reservation_id)
     allowed, reason = cancellation_allowed(reservation, db["meta"]["now"])
-    if not allowed:
+    if reservation["status"] != "active" or (enforce_policy and not allowed):
         raise ToolError(f"cancellation not allowed by policy: {reason}")
     user = db["users"][reservation["user_id"]]
     seats = len(reservation["passengers"])

@@ -32,6 +32,11 @@ cover the price. Insurance costs $30.
 - If a request breaks the policy, do not act: explain why and refuse.
 - Answer only with facts from tool results. When done, reply in plain text."""
 
+COMPACT_POLICY = """Hat Airlines agent. Now: 2026-05-05 12:00. First look up the reservation.
+- Cancel only if booked within 24 hours, insured, or in business cabin; otherwise refuse and say why.
+- Compensation, baggage, pets, assistance: transfer_to_human_agents.
+- Answer only from tool results."""
+
 CATEGORIES = ("action", "information", "transfer", "no_action")
 SPLIT_MIX = {
     "train": {"action": 60, "information": 20, "transfer": 8, "no_action": 8},
@@ -43,6 +48,19 @@ KINDS = {
     "transfer": ("compensation", "out_of_scope"),
     "no_action": ("cancel_refused", "change_refused"),
 }
+COMPACT_SPLIT_MIX = {
+    "train": {"action": 24, "information": 12, "transfer": 12, "no_action": 16},
+    "test": {"action": 8, "information": 4, "transfer": 4, "no_action": 4},
+}
+COMPACT_KINDS = {
+    "action": ("cancel",),
+    "information": ("reservation_total",),
+    "transfer": ("compensation", "out_of_scope"),
+    "no_action": ("cancel_refused",),
+}
+PROFILES = ("full", "compact")
+"""Task profiles: `full` (the default: 13 kinds over 7 tools) and `compact` (the kinds that need only the reservation
+look-up, cancel and transfer tools, for experiments on CPU; `trl_sgcd.envs.airline_compact`)."""
 _TEST_USER_SHARE = 0.25
 _REASONS = ("my plans changed", "I can no longer travel", "I booked the wrong trip", "my meeting was moved")
 _OUT_OF_SCOPE = (
@@ -334,11 +352,12 @@ def _split_users(seed: int, db: dict) -> dict[str, list[str]]:
     return {"test": sorted(users[:n_test]), "train": sorted(users[n_test:])}
 
 
-def _make_split(seed: int, db: dict, split: str, users: list[str]) -> list[dict]:
-    rng = random.Random(f"airline-tasks-{seed}-{split}")
+def _make_split(seed: int, db: dict, split: str, users: list[str], profile: str = "full") -> list[dict]:
+    mix, kinds_of = (SPLIT_MIX, KINDS) if profile == "full" else (COMPACT_SPLIT_MIX, COMPACT_KINDS)
+    rng = random.Random(f"airline-tasks-{seed}-{split}" + ("" if profile == "full" else f"-{profile}"))
     tasks, seen = [], set()
-    for category, count in SPLIT_MIX[split].items():
-        kinds, made, attempts = KINDS[category], 0, 0
+    for category, count in mix[split].items():
+        kinds, made, attempts = kinds_of[category], 0, 0
         while made < count:
             attempts += 1
             if attempts > 500 * count:
@@ -352,17 +371,26 @@ def _make_split(seed: int, db: dict, split: str, users: list[str]) -> list[dict]
             tasks.append({"category": category, "kind": kind, "user_id": user["user_id"], "answer_facts": []} | fields)
             made += 1
     rng.shuffle(tasks)
-    return [{"task_id": f"airline-{split}-{i:03d}", "split": split, "seed": seed} | t for i, t in enumerate(tasks)]
+    prefix = "airline" if profile == "full" else f"airline-{profile}"
+    return [
+        {"task_id": f"{prefix}-{split}-{i:03d}", "split": split, "seed": seed, "profile": profile} | t
+        for i, t in enumerate(tasks)
+    ]
 
 
 @lru_cache(maxsize=8)
-def _all_tasks(seed: int) -> dict[str, tuple[dict, ...]]:
+def _all_tasks(seed: int, profile: str = "full") -> dict[str, tuple[dict, ...]]:
     db = build_database(seed)
     users = _split_users(seed, db)
-    return {split: tuple(_make_split(seed, db, split, users[split])) for split in ("train", "test")}
+    return {split: tuple(_make_split(seed, db, split, users[split], profile)) for split in ("train", "test")}
 
 
-def airline_tasks(split: str = "train", *, seed: int = 0) -> list[dict]:
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
+
+
+def airline_tasks(split: str = "train", *, seed: int = 0, profile: str = "full") -> list[dict]:
     """The tasks of one split, in a fixed shuffled order (the first `n` of them keep a mixed category profile).
 
     Args:
@@ -370,19 +398,29 @@ def airline_tasks(split: str = "train", *, seed: int = 0) -> list[dict]:
             `"train"` or `"test"`.
         seed (`int`, *optional*, defaults to `0`):
             Seed of the database and of the task generator.
+        profile (`str`, *optional*, defaults to `"full"`):
+            `"full"` (96 train / 20 test tasks over 13 kinds) or `"compact"` (64 / 20 tasks over the 5 kinds that need
+            only `get_reservation_details`, `cancel_reservation` and `transfer_to_human_agents`; same database, same
+            user split, ids `airline-compact-...`).
 
     Returns:
-        `list[dict]`: Tasks with `task_id`, `split`, `seed`, `category`, `kind`, `user_id`, `instruction`,
+        `list[dict]`: Tasks with `task_id`, `split`, `seed`, `profile`, `category`, `kind`, `user_id`, `instruction`,
         `gold_actions` (list of `{"name", "arguments"}`), `answer_facts` and `expert_answer`.
     """
     if split not in SPLIT_MIX:
         raise ValueError(f"split must be one of {sorted(SPLIT_MIX)}, got {split!r}")
-    return copy.deepcopy(list(_all_tasks(seed)[split]))
+    _check_profile(profile)
+    return copy.deepcopy(list(_all_tasks(seed, profile)[split]))
+
+
+def task_profile(task_id: str) -> str:
+    """The profile a task id belongs to (`airline-compact-train-003` -> `"compact"`)."""
+    return "compact" if task_id.startswith("airline-compact-") else "full"
 
 
 def get_task(task_id: str, *, seed: int = 0) -> dict:
-    """The task with this id for `seed` (from either split)."""
-    for tasks in _all_tasks(seed).values():
+    """The task with this id for `seed` (from either split, of the profile its id names)."""
+    for tasks in _all_tasks(seed, task_profile(task_id)).values():
         for task in tasks:
             if task["task_id"] == task_id:
                 return copy.deepcopy(task)

@@ -4,7 +4,8 @@ The credit-localization benchmark (`benchmarks/bench_credit.py`) asks whether SG
 The verifier knows the gold actions of every task, so it can say, per rollout, which generated tokens decided it:
 
 * **failed rollout**: the first tool call that leaves every gold-consistent path, or the final answer when no call
-  does. Calls are walked in order, replayed on a fresh `AirlineEnv`:
+  does. Calls are walked in order, replayed on a fresh environment of the task's profile (`AirlineEnv`, or
+  `CompactAirlineEnv`, whose cancel does not enforce the policy):
   - a *state-changing* call (a write that succeeded, or `transfer_to_human_agents`) must equal the next pending gold
     write (same name and normalised arguments; a transfer only by name: its summary is never verified). One that
     does not leaves every gold path, since writes cannot be undone. Decisive: its name when the name is wrong (or no
@@ -132,11 +133,12 @@ def _leaves(value) -> list[str]:
 
 def _replay(task: dict, turns: Sequence[str], executed: Sequence[bool]):
     """Execute the parsed calls of the executed turns on a fresh environment. Yields `(turn, call, error, obs)`."""
-    from trl_sgcd.envs.airline import AirlineEnv, tool_names
+    from trl_sgcd.envs.airline import airline_environment, tool_names
 
-    env = AirlineEnv(task["seed"])
+    env_class = airline_environment(task.get("profile", "full"))  # the profile's own tools and rules
+    env = env_class(task["seed"])
     env.reset(task_id=task["task_id"], seed=task["seed"])
-    names = set(tool_names())
+    names = set(tool_names(env_class))
     steps = []
     for t, text in enumerate(turns):
         for call in parse_turn(text):

@@ -27,7 +27,7 @@ def expert_conversation(task: dict) -> list[dict]:
     Returns:
         `list[dict]`: Messages: system, user, (assistant with one tool call, tool)*, final assistant answer.
     """
-    env = AirlineEnv(task["seed"])
+    env = AirlineEnv(task["seed"])  # the full tool set runs the gold calls of either profile
     env.reset(task_id=task["task_id"], seed=task["seed"])
     messages = airline_prompt(task)
     for action in task["gold_actions"]:
@@ -63,7 +63,7 @@ def expert_conversations(dataset_or_split="train", *, seed: int = 0) -> list[lis
     return [expert_conversation(task) for task in _tasks(dataset_or_split, seed)]
 
 
-def expert_sft_dataset(split: str = "train", seed: int = 0):
+def expert_sft_dataset(split: str = "train", seed: int = 0, profile: str = "full"):
     """Expert conversations as an `SFTTrainer` dataset.
 
     Args:
@@ -71,6 +71,8 @@ def expert_sft_dataset(split: str = "train", seed: int = 0):
             Task split. Use `"train"`: the test split is held out.
         seed (`int`, *optional*, defaults to `0`):
             Seed of the tasks.
+        profile (`str`, *optional*, defaults to `"full"`):
+            Task profile (`"full"` or `"compact"`): its tasks, policy and tool schemas.
 
     Returns:
         `datasets.Dataset`: Columns `messages` (each message stored as a JSON object, so tool-call arguments keep their
@@ -79,8 +81,8 @@ def expert_sft_dataset(split: str = "train", seed: int = 0):
     """
     from datasets import Dataset, Features, Json, List, Value
 
-    tasks = airline_tasks(split, seed=seed)
-    tools = json.dumps(airline_tool_schemas())
+    tasks = airline_tasks(split, seed=seed, profile=profile)
+    tools = json.dumps(airline_tool_schemas(profile))
     rows = [
         {"messages": expert_conversation(t), "tools": tools, "task_id": t["task_id"], "category": t["category"]}
         for t in tasks

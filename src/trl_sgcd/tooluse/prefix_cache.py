@@ -8,14 +8,15 @@ Used by the demo's evaluations and by `trl_sgcd.tooluse.warmstart.train_success`
 from __future__ import annotations
 
 
-def shared_prefix(tokenizer, dataset) -> list[int]:
-    """Token ids that every rendered prompt of `dataset` starts with (the system message with the tool schemas)."""
+def shared_prefix(tokenizer, dataset, environment_factory=None) -> list[int]:
+    """Token ids that every rendered prompt of `dataset` starts with (the system message with the tool schemas of
+    `environment_factory`'s tools; default `AirlineEnv`)."""
     from transformers.utils import get_json_schema
 
     from trl_sgcd.envs.airline import AirlineEnv
     from trl_sgcd.tooluse.evaluation import environment_tools, render_prompt_ids
 
-    schemas = [get_json_schema(t) for t in environment_tools(AirlineEnv())]
+    schemas = [get_json_schema(t) for t in environment_tools((environment_factory or AirlineEnv)())]
     rendered = [render_prompt_ids(tokenizer, row["prompt"], schemas) for row in dataset]
     prefix = rendered[0]
     for ids in rendered[1:]:

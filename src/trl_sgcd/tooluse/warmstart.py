@@ -66,6 +66,7 @@ def warm_start(
     precision: str = "auto",
     model_name_or_path: str | None = None,
     cache_dir: str | None = None,
+    profile: str = "full",
 ) -> str:
     """Fine-tune a model on the expert trajectories of the airline TRAIN tasks with `SFTTrainer`, cached.
 
@@ -96,6 +97,8 @@ def warm_start(
             model; the older `"bundled"` / `"tiny"` also work) or a folder with a tool-ready tokenizer.
         cache_dir (`str`, *optional*):
             Parent of the default output folder instead of `cache_root()`.
+        profile (`str`, *optional*, defaults to `"full"`):
+            Airline task profile of the expert trajectories: `"full"` or `"compact"` (`trl_sgcd.envs.airline_compact`).
 
     Returns:
         `str`: The folder with the fine-tuned model, its tokenizer and the marker `trl_sgcd_warm_start.json`
@@ -111,6 +114,7 @@ def warm_start(
         max_steps=max_steps,
         precision=precision,
         model_name_or_path=model_name_or_path,
+        profile=profile,
     )
     folder = warm_start_folder(settings, output_dir=output_dir, cache_dir=cache_dir)
     if is_warm_started(folder, settings):
@@ -189,7 +193,7 @@ def _train(path: str, settings: dict, tmp: str, *, epochs: float, progress: bool
 
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    dataset = sft_dataset(settings["n_tasks"], settings["seed"])
+    dataset = sft_dataset(settings["n_tasks"], settings["seed"], settings.get("profile", "full"))
     args = _sft_config(settings, os.path.join(tmp, "trainer"), epochs=epochs, progress=progress)
     if progress:
         steps = settings["max_steps"]
@@ -232,6 +236,7 @@ def train_success(
     seed: int = 0,
     progress: bool = True,
     precision: str = "auto",
+    profile: str = "full",
 ) -> dict:
     """Sampled success on TRAIN tasks: what decides whether GRPO / SGCD groups are mixed.
 
@@ -242,7 +247,7 @@ def train_success(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_sgcd.envs.airline import AirlineEnv, airline_reward, make_airline_dataset
+    from trl_sgcd.envs.airline import airline_environment, airline_reward, make_airline_dataset
     from trl_sgcd.tooluse.evaluation import evaluate
 
     if isinstance(model_or_path, str):
@@ -250,11 +255,12 @@ def train_success(
         model_or_path = AutoModelForCausalLM.from_pretrained(model_or_path)
     from trl_sgcd.tooluse.prefix_cache import prefix_cached_generate_fn, shared_prefix
 
-    dataset = make_airline_dataset("train", seed=seed, n=n_tasks)
+    dataset = make_airline_dataset("train", seed=seed, n=n_tasks, profile=profile)
+    environment = airline_environment(profile)
     generate_fn = prefix_cached_generate_fn(
         model_or_path,
         tokenizer,
-        shared_prefix(tokenizer, dataset),
+        shared_prefix(tokenizer, dataset, environment),
         temperature=temperature,
         top_p=top_p,
         max_new_tokens=max_new_tokens,
@@ -264,7 +270,7 @@ def train_success(
         model_or_path,
         tokenizer,
         dataset,
-        environment_factory=AirlineEnv,
+        environment_factory=environment,
         reward_func=airline_reward,
         k=k,
         temperature=temperature,

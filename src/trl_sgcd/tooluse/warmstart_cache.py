@@ -54,11 +54,12 @@ def _resolve_precision(precision: str) -> str:
     return precision
 
 
-def sft_dataset(n_tasks: int | None = None, seed: int = 0):
-    """The expert SFT dataset of the first `n_tasks` TRAIN tasks (all 96 when `None`); columns `messages`, `tools`."""
+def sft_dataset(n_tasks: int | None = None, seed: int = 0, profile: str = "full"):
+    """The expert SFT dataset of the first `n_tasks` TRAIN tasks of a profile (all when `None`); columns `messages`,
+    `tools`."""
     from trl_sgcd.tooluse.expert import expert_sft_dataset
 
-    dataset = expert_sft_dataset("train", seed=seed)
+    dataset = expert_sft_dataset("train", seed=seed, profile=profile)
     if n_tasks is not None:
         if n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
@@ -84,11 +85,14 @@ def warm_start_settings(
     max_steps: int | None = None,
     precision: str = "auto",
     model_name_or_path: str | None = None,
+    profile: str = "full",
 ) -> dict:
-    """The settings that key the cache (model, data hash, hyper-parameters, resolved precision, format version)."""
+    """The settings that key the cache (model, data hash, hyper-parameters, resolved precision, format version, and
+    the task profile when it is not the full one, so that existing full-profile caches keep their keys)."""
     _, model_name = _resolve_model(model_name_or_path)
-    dataset = sft_dataset(n_tasks, seed)
-    return {
+    dataset = sft_dataset(n_tasks, seed, profile)
+    profile_entry = {} if profile == "full" else {"profile": profile}
+    return profile_entry | {
         "model": model_name,
         "data": _data_hash(dataset),
         "n_tasks": len(dataset),
