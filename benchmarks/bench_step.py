@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_step.py --model smollm2         # the bundled SmolLM2-135M-Instruct, toy env
     .venv/bin/python benchmarks/bench_step.py --env airline --model smollm2 --steps 2 --repeats 1   # 8-rollout airline
     .venv/bin/python benchmarks/bench_step.py --model /path --device cuda
+    .venv/bin/python benchmarks/bench_step.py --env compact --steps 4 --repeats 2   # the experiment's own step
 
 Both arms run the same tool-use batches from the same seed and differ only in `credit_mode` ("off" = GRPO bit for
 bit, "sgcd" = the full method with the offline contrast reference); arms alternate within a repeat, so drift on a
@@ -14,7 +15,10 @@ call `get_reservation_details`, odd rows `get_user_details` of the requesting us
 observations), the reward is whether that first call was the gold one (so every group is mixed), and every later
 turn is the model's own, up to `--completion-len` tokens and 3 tool calls (`--scripted all`: a scripted one-line
 answer instead, so no token is decoded and the step is TRL's scoring, credit and optimisation only); prompts are the
-real ~1.15k-token airline policy with its tool schemas.
+real ~1.15k-token airline policy with its tool schemas. `--env compact`: the step of `benchmarks/experiment.py
+--profile cpu-compact` exactly (its `training_config`: 8 rollouts = 2 tasks x 4, LoRA r16, dynamic sampling, the real
+verifier, nothing scripted) on the compact airline profile (`CompactAirlineEnv`, ~460-token prompts), from the
+profile's cached warm start (`--model warm`, built by `benchmarks/compact_profile.py` or the experiment).
 
 Printed: median step time of each arm over the measured steps (the first step of each run is dropped), the ratio
 (reference latency excluded) and the SGCD split: generation (incl. tool calls), TRL's scoring (rewards, old
@@ -199,10 +203,51 @@ def _trainer(env, model_path, mode, out, o):
     )
 
 
+def _compact_trainer(model_path, mode, out, o):
+    """The experiment's trainer for one arm (benchmarks/experiment.py, profile cpu-compact), `o.steps` steps."""
+    from dataclasses import replace
+
+    from benchmarks.experiment import PROFILES, training_config
+    from trl_sgcd.envs.airline import airline_environment, airline_reward, make_airline_dataset
+
+    s = replace(PROFILES["cpu-compact"], steps=o.steps, save_steps=10**6, lora_r=o.lora or 16)
+    args = training_config(s, mode, o.seed, out, bf16=o.bf16)  # save_steps beyond the last step: no checkpoint
+    peft_config = None
+    if s.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    return SGCDTrainer(
+        model=model_path,
+        reward_funcs=airline_reward,
+        args=args,
+        train_dataset=make_airline_dataset("train", seed=s.task_seed, profile="compact"),
+        environment_factory=airline_environment("compact"),
+        peft_config=peft_config,
+    )
+
+
+def compact_warm_start() -> str:
+    """The cached warm start of the cpu-compact experiment profile (built on first use, ~20 min on 2 cores)."""
+    from benchmarks.experiment import PROFILES
+    from trl_sgcd.tooluse.warmstart import warm_start
+
+    s = PROFILES["cpu-compact"]
+    return warm_start(
+        epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
+        seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
+        model_name_or_path=s.model, profile="compact", progress=True,
+    )  # fmt: skip
+
+
 def run_arm(env, model_path, mode, o):
     """Train `o.steps` steps of one arm; per-step wall times and phase buckets."""
     with tempfile.TemporaryDirectory() as out:
-        trainer = _trainer(env, model_path, mode, out, o)
+        trainer = (
+            _compact_trainer(model_path, mode, out, o) if env == "compact" else _trainer(env, model_path, mode, out, o)
+        )
         bucket: dict[str, float] = {}
         for name in PHASES:  # methods of GRPOTrainer / Trainer wrapped on the instance: the phases of one step
             _timed(trainer, name, bucket)
@@ -236,8 +281,8 @@ def summarise(times, splits):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny, smollm2, or a model folder")
-    parser.add_argument("--env", choices=("toy", "airline"), default="toy")
+    parser.add_argument("--model", default=None, help="tiny, smollm2, warm (compact), or a model folder")
+    parser.add_argument("--env", choices=("toy", "airline", "compact"), default="toy")
     parser.add_argument("--steps", type=int, default=4, help="training steps per arm (the first is warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="arms are alternated this many times")
     parser.add_argument("--rollouts", type=int, default=8, help="airline: rollouts per step (one task)")
@@ -265,12 +310,18 @@ def main(argv=None):
     o = parser.parse_args(argv)
     if o.quick:
         o.model, o.steps, o.repeats = "tiny", 3, 2
+    if o.model is None:
+        o.model = "warm" if o.env == "compact" else "tiny"
+    if o.env == "compact":
+        o.lora = o.lora or 16  # the experiment's adapters
     if o.completion_len is None:
-        o.completion_len = 640 if o.env == "airline" else 96
+        o.completion_len = {"airline": 640, "compact": 256}.get(o.env, 96)
     if o.threads:
         torch.set_num_threads(o.threads)
     o.bf16 = o.precision == "bf16" or (o.precision == "auto" and (o.device == "cuda" or bf16_is_fast()))
-    path = {"tiny": tiny_model_dir, "smollm2": bundled_model_dir}.get(o.model, lambda: o.model)()
+    path = {"tiny": tiny_model_dir, "smollm2": bundled_model_dir, "warm": compact_warm_start}.get(
+        o.model, lambda: o.model
+    )()
     assert issubclass(SGCDTrainer, GRPOTrainer)
     arms = o.arms.split(",")
     results = {mode: [] for mode in arms}

@@ -180,6 +180,64 @@ def _budget_callback(deadline: float | None):
     return StopAtDeadline()
 
 
+def track_localization(trainer) -> None:
+    """Log where each credit step's weights land against the verifier's decisive tokens (`trl_sgcd.envs.decisive`),
+    with TRL's metrics of that step: `sgcd/localization/lift` (median over scored rollouts with credit and a decisive
+    token), `.../pooled_lift` (mass-weighted), `.../credit_share` (eligible tokens with W > 1) and `.../decisive_share`
+    (eligible tokens that are decisive). Arms without scoring (`off`) log nothing. Wraps the instance's credit hook
+    (single process: the batch is all rows)."""
+    import math
+    import statistics
+
+    from trl_sgcd.credit.localization import pooled_lift, rollout_localization
+    from trl_sgcd.credit.stats import total_rewards
+    from trl_sgcd.envs.airline_tasks import get_task
+    from trl_sgcd.envs.decisive import decisive_token_mask
+
+    apply_credit, tokenizer = trainer._apply_credit, trainer.processing_class
+
+    def with_localization(output: dict, batch: dict) -> dict:
+        output = apply_credit(output, batch)
+        try:
+            localization(output, batch)
+        except Exception as e:  # noqa: BLE001 - a read-out must never stop a long run; the failure is counted
+            print(f"[experiment] localization read-out failed: {e!r}", flush=True)
+            trainer._log({"sgcd/localization/errors": 1.0})
+        return output
+
+    def localization(output: dict, batch: dict) -> None:
+        result = trainer.last_credit
+        if result is None or result.eligible is None or not result.rows:
+            return
+        rewards = total_rewards(batch["rewards_per_func"], trainer.reward_weights).tolist()
+        rows = []
+        for j, i in enumerate(result.rows):
+            row, cm = batch["inputs"][i], output["completion_mask"][i]
+            n = int(cm.sum())
+            decisive = decisive_token_mask(
+                get_task(row["task_id"], seed=int(row.get("seed", 0))),
+                output["completion_ids"][i][:n].tolist(),
+                output["tool_mask"][i][:n].tolist(),
+                tokenizer,
+                success=rewards[i] >= trainer.args.credit_success_threshold,
+            )
+            weights = result.weights[i][:n].float().cpu().numpy()
+            rows.append(rollout_localization(weights, result.eligible[j][:n].cpu().numpy(), decisive))
+        lifts = [r["lift"] for r in rows if not math.isnan(r["lift"])]
+        eligible = sum(r["num_eligible"] for r in rows)
+        metrics = {
+            "sgcd/localization/credit_share": sum(r["num_credit"] for r in rows) / max(eligible, 1),
+            "sgcd/localization/decisive_share": sum(r["num_decisive"] for r in rows) / max(eligible, 1),
+        }
+        if lifts:
+            metrics["sgcd/localization/lift"] = statistics.median(lifts)
+        if not math.isnan(pooled := pooled_lift(rows)):
+            metrics["sgcd/localization/pooled_lift"] = pooled
+        trainer._log(metrics)
+
+    trainer._apply_credit = with_localization
+
+
 def evaluate_policy(model, tokenizer, settings: ExperimentSettings, *, bf16: bool) -> dict:
     """Held-out evaluation: greedy pass@1 (prefix-cached generation), and pass^k when `settings.k > 1`."""
     from trl_sgcd.envs.airline import airline_environment, airline_reward, make_airline_dataset
@@ -240,6 +298,7 @@ def train_run(settings, arm, seed, run_dir, *, warm_start_dir, bf16, deadline=No
         peft_config=peft_config,
         callbacks=[_budget_callback(deadline)],
     )
+    track_localization(trainer)
     trainer.train(resume_from_checkpoint=checkpoint)
     steps = trainer.state.global_step
     log_history = [{k: v for k, v in e.items() if isinstance(v, (int, float, str))} for e in trainer.state.log_history]

@@ -69,7 +69,7 @@ def test_interrupted_experiment_resumes_without_repeating_a_run(tmp_path, starte
 
 
 def test_budget_stops_inside_a_run_and_the_run_continues_from_its_checkpoint(tmp_path):
-    settings = _tiny_settings(steps=2, save_steps=1)
+    settings = _tiny_settings(steps=2, save_steps=1, env_profile="compact")  # the full profile: the slow test above
     record = experiment.prepare(settings, str(tmp_path))
     run_dir = str(tmp_path / "runs" / "sgcd-seed0")
     common = dict(warm_start_dir=record["warm_start"], bf16=record["bf16"])
@@ -83,8 +83,9 @@ def test_budget_stops_inside_a_run_and_the_run_continues_from_its_checkpoint(tmp
     assert not [f for f in os.listdir(run_dir) if f.startswith("checkpoint-")]  # cleaned up once done
 
 
-def test_every_arm_gets_the_same_config_but_the_credit_mode(tmp_path):
-    settings = experiment.PROFILES["cpu"]
+@pytest.mark.parametrize("profile", sorted(experiment.PROFILES))
+def test_every_arm_gets_the_same_config_but_the_credit_mode(tmp_path, profile):
+    settings = experiment.PROFILES[profile]
     configs = {
         arm: experiment.training_config(settings, arm, 1, str(tmp_path), bf16=False).to_dict()
         for arm in experiment.ARMS
@@ -94,6 +95,7 @@ def test_every_arm_gets_the_same_config_but_the_credit_mode(tmp_path):
         assert config["credit_dynamic_sampling"] is True
         assert config["per_device_train_batch_size"] == settings.rollouts_per_step
     assert all(config == configs["off"] for config in configs.values())
+    assert {"off", "sgcd", "uniform", "no_reference", "direct_sd", "sdpo"} <= set(configs)
 
 
 def test_results_file_survives_a_torn_last_line(tmp_path):
