@@ -16,9 +16,19 @@ import random
 import statistics
 import sys
 
-ARMS = ("off", "sgcd", "direct_sd", "sdpo")
+ARMS = ("off", "sgcd", "uniform", "no_reference", "direct_sd", "sdpo")
 RESULTS_FILE = "results.jsonl"
-ARM_NAMES = {"off": "GRPO", "sgcd": "SGCD", "direct_sd": "direct SD", "sdpo": "SDPO"}
+ARM_NAMES = {
+    "off": "GRPO",
+    "sgcd": "SGCD",
+    "uniform": "uniform W",
+    "no_reference": "no reference",
+    "direct_sd": "direct SD",
+    "sdpo": "SDPO",
+}
+THRESHOLD = 0.6
+"""Train reward a run must reach (10-step moving average) for "steps to threshold"; fixed before any run."""
+WINDOW = 10
 
 
 def read_results(path: str) -> list[dict]:
@@ -90,6 +100,83 @@ def _series(runs: list[dict], key: str) -> list[float]:
     return [statistics.mean(s[i] for s in series) for i in range(n)]
 
 
+def step_series(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, mean over the runs that logged `key` at that step): metrics logged only on some steps stay aligned."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for entry in run["log_history"]:
+            if key in entry and "step" in entry:
+                by_step.setdefault(int(entry["step"]), []).append(entry[key])
+    steps = sorted(by_step)
+    return steps, [statistics.mean(by_step[t]) for t in steps]
+
+
+def moving_average(values: list[float], window: int = WINDOW) -> list[float]:
+    return [statistics.mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def learning_speed(run: dict, key: str = "reward") -> tuple[float, int | None]:
+    """(area under the train-reward curve per step, first step whose moving average reaches `THRESHOLD` or None)."""
+    values = [e[key] for e in run["log_history"] if key in e]
+    if not values:
+        return float("nan"), None
+    smooth = moving_average(values)
+    reached = next((i + 1 for i, v in enumerate(smooth) if v >= THRESHOLD), None)
+    return statistics.mean(values), reached
+
+
+def _median_logged(runs: list[dict], key: str) -> str:
+    values = [e[key] for r in runs for e in r["log_history"] if key in e]
+    return f"{statistics.median(values):.2f}" if values else "n/a"
+
+
+def _spread(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    text = f"{statistics.mean(values):.3f}"
+    return text + (f" ({min(values):.3f}-{max(values):.3f})" if len(values) > 1 else "")
+
+
+def learning_table(results: list[dict]) -> str:
+    """Learning speed on the train tasks, the end-of-run action success, and where credit landed over the run."""
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
+    header = [
+        "arm",
+        "train reward AUC (seed range)",
+        f"steps to {THRESHOLD} (per seed)",
+        "held-out action pass@1",
+        "credit lift (median over steps)",
+        "W > 1 share (median)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in arms:
+        runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
+        speeds = [learning_speed(r) for r in runs]
+        action = [r["after"]["per_category"].get("action", {}).get("pass@1", float("nan")) for r in runs]
+        row = [
+            ARM_NAMES[arm],
+            _spread([auc for auc, _ in speeds]),
+            ", ".join("never" if s is None else str(s) for _, s in speeds),
+            _spread(action),
+            _median_logged(runs, "sgcd/localization/lift"),
+            _median_logged(runs, "sgcd/localization/credit_share"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    paired = []
+    for arm in arms:
+        if arm == "off":
+            continue
+        by_seed = {r["seed"]: learning_speed(r)[0] for r in results if r["arm"] == arm}
+        base = {r["seed"]: learning_speed(r)[0] for r in results if r["arm"] == "off"}
+        diffs = [by_seed[k] - base[k] for k in sorted(set(by_seed) & set(base))]
+        if diffs:
+            paired.append(
+                f"Paired {ARM_NAMES[arm]} - GRPO train-reward AUC, per seed: " + ", ".join(f"{d:+.3f}" for d in diffs)
+            )
+    return "\n".join(lines + ([""] + paired if paired else []))
+
+
 def results_table(record: dict, results: list[dict]) -> str:
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     header = ["arm", "runs", "held-out pass@1 [95% CI]", "zero-tool share", "tools/success", "train reward first/last"]
@@ -128,14 +215,22 @@ def plot_curves(results: list[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    keys = (("reward", "train reward (mean over seeds)"), ("sgcd/audit/zero_tool_success_share", "zero-tool share"))
+    fig, grid = plt.subplots(2, 3, figsize=(15, 8))
+    axes = [grid[1, 2], *grid.flat[:5]]  # the held-out bars last, the curves first
+    keys = (
+        ("reward", f"train reward ({WINDOW}-step moving average, mean over seeds)"),
+        ("sgcd/audit/zero_tool_success_share", "zero-tool share of successes"),
+        ("sgcd/audit/tools_per_success", "tool calls per success"),
+        ("sgcd/localization/lift", "credit lift on decisive tokens (median per step)"),
+        ("sgcd/localization/credit_share", "share of eligible tokens with W > 1"),
+    )
     for arm in ARMS:
         runs = [r for r in results if r["arm"] == arm]
-        for (key, title), ax in zip(keys, axes):
-            values = _series(runs, key)
+        for (key, title), ax in zip(keys, axes[1:]):
+            steps, values = step_series(runs, key)
             if values:
-                ax.plot(range(1, len(values) + 1), values, label=ARM_NAMES[arm])
+                values = moving_average(values) if key == "reward" else values
+                ax.plot(steps, values, label=ARM_NAMES[arm])
             ax.set(title=title, xlabel="step")
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     for offset, category in ((-0.2, "action"), (0.2, "information")):
@@ -145,9 +240,9 @@ def plot_curves(results: list[dict], path: str) -> str:
             )
             for a in arms
         ]
-        axes[2].bar([i + offset for i in range(len(arms))], values, width=0.4, label=category)
-    axes[2].set_xticks(range(len(arms)), [ARM_NAMES[a] for a in arms])
-    axes[2].set(title="held-out pass@1 by category", ylim=(0, 1))
+        axes[0].bar([i + offset for i in range(len(arms))], values, width=0.4, label=category)
+    axes[0].set_xticks(range(len(arms)), [ARM_NAMES[a] for a in arms])
+    axes[0].set(title="held-out pass@1 by category", ylim=(0, 1))
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -164,7 +259,8 @@ def write_report(output_dir: str, record: dict, results: list[dict], *, command:
     report = (
         f"# Experiment results\n\nCommand: `{command}`\n\nMachine: {machine}. Runs: {len(results)}, "
         f"{train_min:.1f} min of training and evaluation (warm start: {record['wall_s']['warm_start']:.0f} s).\n\n"
-        f"Settings: `{json.dumps(record['settings'])}`\n\n{results_table(record, results)}\n"
+        f"Settings: `{json.dumps(record['settings'])}`\n\n{results_table(record, results)}\n\n"
+        f"Learning speed and credit:\n\n{learning_table(results)}\n"
     )
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(report)

@@ -121,3 +121,34 @@ def test_paired_bootstrap_interval():
         low >= 0.0
     )  # paired: on no (seed, task) draw can SGCD fall below GRPO here, as it never fails where GRPO wins
     assert bootstrap_interval([sgcd, sgcd], [1.0, -1.0]) == (0.0, 0.0, 0.0)
+
+
+def _fake_run(arm, seed, rewards, lifts=()):
+    history = [{"step": i + 1, "reward": r} for i, r in enumerate(rewards)]
+    history += [{"step": i + 1, "sgcd/localization/lift": v, "sgcd/localization/credit_share": 0.05} for i, v in lifts]
+    per_category = {"action": {"pass@1": 0.5}, "information": {"pass@1": 0.25}}
+    after = {"pass@1": 0.4, "per_category": per_category, "audit": {}, "task_success": {"t0": True, "t1": False}}
+    return {"arm": arm, "seed": seed, "log_history": history, "after": after, "wall_s": {"train": 1.0, "eval": 1.0}}
+
+
+def test_report_reads_learning_speed_and_where_credit_landed(tmp_path):
+    from benchmarks.experiment_report import THRESHOLD, WINDOW, learning_speed, write_report
+
+    slow = [0.3] * 30
+    fast = [0.3] * 5 + [0.9] * 25  # the moving average crosses the threshold at a known step
+    crossing = next(
+        i + 1 for i in range(30) if sum(fast[max(0, i - WINDOW + 1) : i + 1]) / min(i + 1, WINDOW) >= THRESHOLD
+    )
+    assert learning_speed(_fake_run("off", 0, slow)) == (0.3, None)
+    auc, steps = learning_speed(_fake_run("sgcd", 0, fast))
+    assert abs(auc - (5 * 0.3 + 25 * 0.9) / 30) < 1e-9 and steps == crossing
+    results = [_fake_run("off", 0, slow), _fake_run("sgcd", 0, fast, lifts=[(3, 4.0), (7, 6.0), (9, 8.0)])]
+    record = {"settings": {}, "before": {"pass@1": 0.3, "task_success": {"t0": True}}, "wall_s": {"warm_start": 1}}
+    report = write_report(str(tmp_path), record, results, command="test")
+    row = next(
+        line
+        for line in report.splitlines()
+        if line.startswith("| SGCD") and "never" not in line and "AUC" not in line and str(crossing) in line
+    )
+    assert "6.00" in row and "0.05" in row  # median lift over the credit steps, W > 1 share
+    assert f"Paired SGCD - GRPO train-reward AUC, per seed: +{auc - 0.3:.3f}" in report
