@@ -315,7 +315,7 @@ def main(argv=None):
     if o.env == "compact":
         o.lora = o.lora or 16  # the experiment's adapters
     if o.completion_len is None:
-        o.completion_len = {"airline": 640, "compact": 256}.get(o.env, 96)
+        o.completion_len = {"airline": 640, "compact": 384}.get(o.env, 96)
     if o.threads:
         torch.set_num_threads(o.threads)
     o.bf16 = o.precision == "bf16" or (o.precision == "auto" and (o.device == "cuda" or bf16_is_fast()))

@@ -17,6 +17,9 @@ profile that these tools solve, each with a gold solution of 1-2 calls: cancel (
 up, refuse: the policy decides), reservation total (look up, answer the sum), compensation (look up, transfer) and
 out-of-scope request (transfer). Unlike `AirlineEnv`, the cancel tool does not enforce the cancellation policy (as
 in τ²-bench): the agent must read the reservation and decide, so a refused-cancel task fails when the agent cancels.
+Observations are compact too: a reservation shows only the fields these tasks need (`compact_reservation`) and a
+cancel returns a one-line confirmation, so a whole episode (calls, observations, answer) fits a 384-token completion
+(TRL counts tool results in `max_completion_length`; full-profile observations are ~260-340 tokens each).
 64 train tasks (24 action, 12 information, 12 transfer, 16 no-action) and 20 test
 tasks (8 / 4 / 4 / 4) from the same disjoint user split. Every failure has a decisive deviation that
 `trl_sgcd.envs.decisive` finds: a cancel the policy forbids, a missing cancel or transfer, a wrong id, a wrong total.
@@ -30,6 +33,19 @@ from __future__ import annotations
 from . import airline_ops as ops
 from .airline import AirlineBase, _tool
 from .airline_tasks import task_profile
+
+COMPACT_RESERVATION_KEYS = ("reservation_id", "cabin", "insurance", "created_at", "status", "payment_history")
+"""The reservation fields the compact tasks need: the cancellation rule's inputs and the payments of a total."""
+
+
+def compact_reservation(reservation: dict) -> dict:
+    """A reservation as the compact profile shows it: the fields of `COMPACT_RESERVATION_KEYS` and one line per flight
+    (~110 tokens instead of ~260, so a whole episode fits a 384-token completion budget)."""
+    view = {key: reservation[key] for key in COMPACT_RESERVATION_KEYS}
+    view["flights"] = [
+        f"{f['flight_number']} {f['origin']}-{f['destination']} {f['date']}" for f in reservation["flights"]
+    ]
+    return view
 
 
 class CompactAirlineEnv(AirlineBase):
@@ -50,7 +66,7 @@ class CompactAirlineEnv(AirlineBase):
         Args:
             reservation_id: Reservation id.
         """
-        return ops.get_reservation(self.db, reservation_id)
+        return compact_reservation(ops.get_reservation(self.db, reservation_id))
 
     @_tool
     def cancel_reservation(self, reservation_id: str):
@@ -59,7 +75,9 @@ class CompactAirlineEnv(AirlineBase):
         Args:
             reservation_id: Reservation id.
         """
-        return ops.cancel(self.db, reservation_id, enforce_policy=False)  # the agent applies the policy
+        reservation = ops.cancel(self.db, reservation_id, enforce_policy=False)  # the agent applies the policy
+        refund = -sum(p["amount"] for p in reservation["payment_history"] if p["amount"] < 0)
+        return {"reservation_id": reservation_id, "status": reservation["status"], "refunded": refund}
 
     @_tool
     def transfer_to_human_agents(self, summary: str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from trl_sgcd.envs.airline import AirlineEnv, airline_prompt, airline_tool_schemas
+from trl_sgcd.envs.airline import airline_environment, airline_prompt, airline_tool_schemas
 from trl_sgcd.envs.airline_tasks import airline_tasks, get_task
 
 
@@ -27,7 +27,7 @@ def expert_conversation(task: dict) -> list[dict]:
     Returns:
         `list[dict]`: Messages: system, user, (assistant with one tool call, tool)*, final assistant answer.
     """
-    env = AirlineEnv(task["seed"])  # the full tool set runs the gold calls of either profile
+    env = airline_environment(task.get("profile", "full"))(task["seed"])  # the observations the policy will see
     env.reset(task_id=task["task_id"], seed=task["seed"])
     messages = airline_prompt(task)
     for action in task["gold_actions"]:
