@@ -1,6 +1,7 @@
 """The results file of `benchmarks/experiment.py` (one JSON line per finished run) and what is built from it.
 
     .venv/bin/python benchmarks/experiment_report.py outputs/experiment      # rebuild results.md and curves.png
+                                                                             # (+ a line per unfinished run)
 
 Intervals: 95% bootstrap over seeds and held-out tasks together (seeds and tasks resampled with replacement, the same
 draw for every arm, so the SGCD - GRPO difference is paired by seed and task). With few seeds the interval is mostly the
@@ -271,6 +272,40 @@ def write_report(output_dir: str, record: dict, results: list[dict], *, command:
     return report
 
 
+def unfinished_runs(output_dir: str) -> list[dict]:
+    """Runs with a checkpoint but no line in the results file yet: `arm`, `seed`, `step` and the `log_history` of
+    their last checkpoint (`runs/<arm>-seed<seed>/checkpoint-N/trainer_state.json`)."""
+    done = {(r["arm"], r["seed"]) for r in read_results(os.path.join(output_dir, RESULTS_FILE))}
+    found = []
+    runs_dir = os.path.join(output_dir, "runs")
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        arm, _, seed = name.rpartition("-seed")
+        checkpoints = [c for c in os.listdir(os.path.join(runs_dir, name)) if c.startswith("checkpoint-")]
+        if (arm, int(seed)) in done or not checkpoints:
+            continue
+        last = max(checkpoints, key=lambda c: int(c.split("-")[1]))
+        with open(os.path.join(runs_dir, name, last, "trainer_state.json")) as f:
+            state = json.load(f)
+        found.append(
+            {"arm": arm, "seed": int(seed), "step": state["global_step"], "log_history": state["log_history"]}
+        )
+    return found
+
+
+def progress_lines(output_dir: str) -> list[str]:
+    """One line per unfinished run: steps so far, train reward, credit lift and W > 1 share (medians over steps)."""
+    lines = []
+    for run in unfinished_runs(output_dir):
+        auc, _ = learning_speed(run)
+        lines.append(
+            f"{ARM_NAMES.get(run['arm'], run['arm'])} seed {run['seed']}: {run['step']} steps (last checkpoint), "
+            f"train reward {auc:.3f} (mean over steps), credit lift {_median_logged([run], 'sgcd/localization/lift')} "
+            f"(median over credit steps; pooled {_median_logged([run], 'sgcd/localization/pooled_lift')}), "
+            f"W > 1 share {_median_logged([run], 'sgcd/localization/credit_share')}"
+        )
+    return lines
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.experiment import EXPERIMENT_FILE
@@ -278,3 +313,4 @@ if __name__ == "__main__":
     folder = sys.argv[1] if len(sys.argv) > 1 else "outputs/experiment"
     with open(os.path.join(folder, EXPERIMENT_FILE)) as f:
         print(write_report(folder, json.load(f), read_results(os.path.join(folder, RESULTS_FILE))))
+    print("\n".join(["", "Unfinished runs:"] + progress_lines(folder)) if unfinished_runs(folder) else "")

@@ -152,3 +152,20 @@ def test_report_reads_learning_speed_and_where_credit_landed(tmp_path):
     )
     assert "6.00" in row and "0.05" in row  # median lift over the credit steps, W > 1 share
     assert f"Paired SGCD - GRPO train-reward AUC, per seed: +{auc - 0.3:.3f}" in report
+
+
+def test_unfinished_runs_are_read_from_their_last_checkpoint(tmp_path):
+    from benchmarks.experiment_report import progress_lines, unfinished_runs
+
+    run = _fake_run("sgcd", 1, [0.5, 0.7], lifts=[(1, 3.0), (2, 5.0)])
+    for step in (1, 2):
+        folder = tmp_path / "runs" / "sgcd-seed1" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        history = [e for e in run["log_history"] if e["step"] <= step]
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
+    (tmp_path / "runs" / "off-seed1").mkdir()  # started, no checkpoint yet: not listed
+    [found] = unfinished_runs(str(tmp_path))
+    assert (found["arm"], found["seed"], found["step"]) == ("sgcd", 1, 2)  # the last checkpoint
+    assert "2 steps" in progress_lines(str(tmp_path))[0] and "credit lift 4.00" in progress_lines(str(tmp_path))[0]
+    append_result(str(tmp_path / RESULTS_FILE), {"arm": "sgcd", "seed": 1})
+    assert unfinished_runs(str(tmp_path)) == []  # finished runs are in the results file
