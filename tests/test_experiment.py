@@ -157,7 +157,7 @@ def test_report_reads_learning_speed_and_where_credit_landed(tmp_path):
 def test_unfinished_runs_are_read_from_their_last_checkpoint(tmp_path):
     from benchmarks.experiment_report import progress_lines, unfinished_runs
 
-    run = _fake_run("sgcd", 1, [0.5, 0.7], lifts=[(1, 3.0), (2, 5.0)])
+    run = _fake_run("sgcd", 1, [0.5, 0.7], lifts=[(0, 3.0), (1, 5.0)])  # lifts logged at steps 1 and 2
     for step in (1, 2):
         folder = tmp_path / "runs" / "sgcd-seed1" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
