@@ -153,7 +153,7 @@ fi
         echo "## $run: the trainer's logged metrics per step"
         echo
         echo '```'
-        grep -E "^\{'(loss|train_runtime)" "$OUT_DIR/$run.log" || echo "(no metrics logged: see $run.log)"
+        grep -E "^\{'" "$OUT_DIR/$run.log" || echo "(no metrics logged: see $run.log)"
         echo '```'
     done
     for bench in bench_scorer bench_step; do

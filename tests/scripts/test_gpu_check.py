@@ -63,3 +63,29 @@ def test_checker_catches_each_wrong_command(tmp_path):
     assert f"1/{len(WRONG_COMMANDS) + 1} commands passed" in proc.stdout  # only the last, correct one
     for command in WRONG_COMMANDS:
         assert f"FAILED: {command}" in proc.stderr
+
+
+def test_a_failed_step_does_not_stop_the_others(tmp_path):
+    # the real runner with stand-ins for python and nvidia-smi: every step runs, the GRPO run fails, the summary says so
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'echo "fake python $*"\n'
+        'case "$*" in *"--credit_mode off"*) exit 3 ;; *"trl_sgcd train"*) echo "{\'loss\': \'0.5\'}" ;; esac\n'
+    )
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'fake GPU'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = dict(_env(tmp_path), GPU_CHECK_PYTHON=str(fake), GPU_CHECK_WORK=str(tmp_path / "work"))
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(["bash", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| train_grpo | FAILED (exit 3) |" in summary
+    for name in ["environment", "versions", "bundled_model", "train_sgcd", "bench_scorer", "bench_step"]:
+        assert f"| {name} | ok |" in summary
+    assert "{'loss': '0.5'}" in summary  # the SGCD run's logged metrics
+    assert "fake python benchmarks/bench_step.py" in (tmp_path / "out" / "bench_step.log").read_text()
+    assert len(list((tmp_path / "out").iterdir())) <= 8  # what a results transfer of 8 files can bring back
