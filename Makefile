@@ -65,8 +65,8 @@ demo-quick: install
 	$(VENV)/bin/trl-sgcd demo --quick
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 
 bench: install
 	$(PY) benchmarks/bench_credit_controlled.py --groups-per-kind 3
