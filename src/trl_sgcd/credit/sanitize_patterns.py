@@ -183,9 +183,10 @@ PASSPORT_RE = re.compile(
     + _GAP
     + r"(?:(?:is|number)[ \t]+)?[\"']?(?P<v>[A-Z0-9]{6,9})(?!\w)"
 )
+# tokens detect-secrets has no plugin for (OpenAI/Anthropic keys without OpenAI's "T3BlbkFJ" marker, Hugging Face),
+# or checks more narrowly (Slack tokens without its digit groups, JWT-shaped tokens whose parts are not JSON)
 TOKEN_RE = re.compile(
-    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|\bhf_[A-Za-z0-9]{16,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-    r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bxox[abpr]-[A-Za-z0-9-]{10,}"
+    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|\bhf_[A-Za-z0-9]{16,}|\bxox[abpr]-[A-Za-z0-9-]{10,}"
     r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
 )
 BEARER_RE = re.compile(r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9\-._~+/]{8,}=*)")
@@ -291,8 +292,11 @@ def _secret_plugins() -> tuple[list, list]:
 
 
 def _word_spans(text: str, value: str) -> Iterable[tuple[int, int]]:
-    pattern = re.compile(r"(?<![A-Za-z0-9])" + re.escape(value) + r"(?![A-Za-z0-9])")
-    return (m.span() for m in pattern.finditer(text))
+    """Every occurrence of `value` not inside a longer word; a value that ends in punctuation (a JWT reported up to
+    its last dot) runs on to the end of the token."""
+    head = r"(?<![A-Za-z0-9])" if value[0].isalnum() else ""
+    tail = r"(?![A-Za-z0-9])" if value[-1].isalnum() else r"[A-Za-z0-9_\-.+/=]*"
+    return (m.span() for m in re.finditer(head + re.escape(value) + tail, text))
 
 
 def find_library_secrets(text: str) -> list[tuple[int, int]]:
@@ -307,7 +311,11 @@ def find_library_secrets(text: str) -> list[tuple[int, int]]:
         found = set(plugin.analyze_string(text))
         with plugin.non_quoted_string_regex(is_exact_match=False):
             found.update(v for v in plugin.analyze_string(text) if len(v) >= ENTROPY_MIN_CHARS)
-        values.update(v for v in found if plugin.calculate_shannon_entropy(v) > plugin.entropy_limit)
+        # an n-character string has at most log2(n) bits: shorter ones cannot pass the limit (and cost a count each)
+        shortest = 2**plugin.entropy_limit
+        values.update(
+            v for v in found if len(v) > shortest and plugin.calculate_shannon_entropy(v) > plugin.entropy_limit
+        )
     spans = []
     for value in values:
         if len(value) >= MIN_SECRET_CHARS:
@@ -336,14 +344,25 @@ PHONE_REGION = "US"
 
 
 def find_phone_numbers(text: str) -> list[tuple[int, int]]:
-    """Spans of the phone numbers `phonenumbers` finds and validates (leniency VALID), less bare digit runs."""
+    """Spans of the phone numbers `phonenumbers` finds and validates (leniency VALID), less bare digit runs and
+    arithmetic (a τ² task's "256.67 - 226.49" is a valid-looking number to libphonenumber)."""
     import phonenumbers
 
-    return [
-        (m.start, m.end)
-        for m in phonenumbers.PhoneNumberMatcher(text, PHONE_REGION, leniency=phonenumbers.Leniency.VALID)
-        if not m.raw_string.isdigit()
-    ]
+    spans = []
+    for candidate in _PHONE_CANDIDATE_RE.finditer(text):  # the matcher is pure Python: only where digits cluster
+        if sum(c.isdigit() for c in candidate.group(0)) < 7:
+            continue
+        for m in phonenumbers.PhoneNumberMatcher(
+            candidate.group(0), PHONE_REGION, leniency=phonenumbers.Leniency.VALID
+        ):
+            if not m.raw_string.isdigit() and not _ARITHMETIC_RE.search(m.raw_string):
+                spans.append((candidate.start() + m.start, candidate.start() + m.end))
+    return spans
+
+
+_PHONE_CANDIDATE_RE = re.compile(r"[+(]?\d[\d \t().\-/x]{5,}\d(?:[ \t]*(?:ext\.?|x)[ \t]*\d+)?")
+
+_ARITHMETIC_RE = re.compile(r"\d\.\d{1,2}[ \t]+[-+*/x=][ \t]+\d")
 
 
 def _stdnum(module: str) -> Callable[[str], bool]:
