@@ -71,10 +71,12 @@ def test_library_detectors_mask_what_our_patterns_missed(label, value):
     assert any(value in m for m in clean.masked)
 
 
-@pytest.mark.parametrize(
-    "phone", ["+33 1 42 68 53 00", "+49 30 901820", "+81 3-1234-5678", "+44 (0)20 7946 0958", "+55 11 98765-4321"]
-)
-def test_international_phone_numbers_are_found_by_libphonenumber(phone):
+# our US shapes alone left these whole or in part ("1-[PHONE]", "[PHONE] ext. 12")
+PHONES = ["415 555-0123", "415/555-0123", "1-415-555-0123", "1 (415) 555-0123", "+1 (415) 555-0123 ext. 12"]
+
+
+@pytest.mark.parametrize("phone", [*PHONES, "+44 (0)20 7946 0958", "+81 3-1234-5678", "+55 11 98765-4321"])
+def test_phone_numbers_are_found_whole_by_libphonenumber(phone):
     assert patterns.find_phone_numbers(f"call {phone} today") == [(5, 5 + len(phone))]
     assert sanitize(f"call {phone} today").text == "call [PHONE] today"
 
@@ -99,6 +101,7 @@ def test_a_jwt_is_masked_whole():
     jwt = (
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
     )
+    assert (6, 6 + len(jwt)) in patterns.find_library_secrets(f"token {jwt} ok")  # the JWT plugin stops at a dot
     assert sanitize(f"token {jwt} ok").text == "token [SECRET] ok"
 
 
