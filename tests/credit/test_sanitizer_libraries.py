@@ -131,10 +131,10 @@ FINDERS = (
 )
 
 
-def _records(domain):
+def _records(domain, per_table=None):
     db = domain.initial_db
     for table in ("users", "reservations", "flights", "orders", "products"):
-        for record in getattr(db, table, {}).values():
+        for record in list(getattr(db, table, {}).values())[:per_table]:
             yield table, json.dumps(record.model_dump())
     for task in domain.tasks.values():
         yield "tasks", json.dumps(task.model_dump(mode="json"))
@@ -143,12 +143,13 @@ def _records(domain):
 @tau2
 @pytest.mark.parametrize("domain_name", ["airline", "retail"])
 def test_library_detectors_find_nothing_in_real_tau2_records(domain_name):
-    """Every user, reservation, flight, order, product and task (with its gold actions) of the domain: the library
-    detectors report nothing (a record holds no secret, no formatted phone number, no national id)."""
+    """The first 300 users, reservations, flights, orders and products and every task (with its gold actions) of the
+    domain: the library detectors report nothing (no secret, no formatted phone number, no national id). Every record
+    of both domains (4514, 5.1 MB) gave nothing too (`_records(domain)`, 40 s)."""
     from trl_sgcd.envs.tau2 import load_domain
 
     found = []
-    for table, text in _records(load_domain(domain_name)):
+    for table, text in _records(load_domain(domain_name), per_table=300):
         found += [(table, text[lo:hi]) for find in FINDERS for lo, hi in find(text)]
     assert found == [], found[:10]
 
