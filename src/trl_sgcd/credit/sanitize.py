@@ -156,6 +156,8 @@ class Sanitizer:
 
 
 def _apply(rule: Rule, text: str, masked: list[str]) -> str:
+    if rule.find is not None:
+        return _mask_spans(text, rule.find(text), rule.label, masked)
     if rule.quoted_key:
         return _mask_quoted_values(text, rule.pattern, rule.label, masked)
     return _sub(rule.pattern, text, rule.label, masked, group=rule.group, check=rule.check)
@@ -220,6 +222,34 @@ def _sub(pattern: re.Pattern, text: str, label: str, masked: list[str], *, group
         return whole[:start] + f"[{label}]" + whole[end - match.start() :]
 
     return pattern.sub(replace, text)
+
+
+def _mask_spans(text: str, spans, label: str, masked: list[str]) -> str:
+    """Replace each of `spans` (overlapping ones merged) with `[label]`; a placeholder inside a span stays as it is and
+    the pieces around it are masked."""
+    protected = [(m.start(), m.end()) for m in PLACEHOLDER_RE.finditer(text)]
+    pieces = []
+    for lo, hi in spans:
+        for s, e in protected:
+            if s < hi and lo < e:
+                pieces.append((lo, s))
+                lo = max(lo, e)
+        pieces.append((lo, hi))
+    merged: list[list[int]] = []
+    for lo, hi in sorted(pieces):
+        if not any(c.isalnum() for c in text[lo:hi]):
+            continue
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    out, pos = [], 0
+    for lo, hi in merged:
+        masked.append(text[lo:hi])
+        out.append(text[pos:lo] + f"[{label}]")
+        pos = hi
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _leaves(literal: str) -> list[str]:

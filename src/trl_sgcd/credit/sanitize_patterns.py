@@ -7,12 +7,27 @@ IBANs by checksum, payment-method ids such as `credit_card_4196779`, emails, pho
 addresses with the unit line next to them, "City, ST 12345", full dates with a birth-year) that run after the private
 dataset values.
 The README's privacy table lists every category with an example; `tests/credit/test_sanitizer.py` checks each one.
+
+Where a well-kept library covers a case, its detector is used (imported lazily, on the first call):
+- `detect-secrets`' plugins find cloud and SaaS keys (AWS, Azure, GitHub, GitLab, Slack, Stripe, Twilio, SendGrid,
+  npm, PyPI, Discord, Telegram, ...), JWTs (decoded), basic-auth URLs, private-key blocks (PGP, SSH2, PuTTY) and
+  high-entropy strings (its own charsets and limits; quoted, and unquoted runs of `ENTROPY_MIN_CHARS` or more);
+- `phonenumbers` (libphonenumber) finds phone numbers in international and national formats, validated against its
+  numbering plans (bare digit runs are left to the keyed rule: a τ² item id is a valid-looking US number);
+- `python-stdnum` checks card numbers (Luhn), IBANs (country formats and lengths, mod 97) and national ids (Brazil's
+  CPF, Canada's SIN, India's Aadhaar, Italy's codice fiscale, Spain's DNI and NIE).
+Our own patterns remain where no library covers the case: keyed JSON fields, CVV/PIN and password prose, expiry and
+birth dates, "last four", payment-method ids, addresses, emails, US SSN shapes, evaluator output, `sk-`/`hf_` tokens
+and PEM bodies, and phone shapes that libphonenumber rejects (fictional 555 numbers still identify a fixture).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 PLACEHOLDERS = (
@@ -39,19 +54,22 @@ class Rule:
 
     Args:
         label (`str`): placeholder label (`[label]` replaces the value).
-        pattern (`re.Pattern`): what to find.
+        pattern (`re.Pattern` or `None`): what to find (`None` with `find`).
         group (`int` or `str`, *optional*, defaults to `0`): the part of a match that is masked.
         check (`Callable[[str], bool | int]` or `None`, *optional*): rejects a candidate (`False`) or keeps only a
             valid prefix of it (an `int` length).
         quoted_key (`bool`, *optional*, defaults to `False`): the pattern matches a quoted key; the JSON/Python value
             after it (string, number, list or object) is masked whole.
+        find (`Callable[[str], Iterable[tuple[int, int]]]` or `None`, *optional*): a library detector in place of
+            `pattern`: the `(start, end)` spans to mask.
     """
 
     label: str
-    pattern: re.Pattern
+    pattern: re.Pattern | None = None
     group: int | str = 0
     check: Callable[[str], bool | int] | None = None
     quoted_key: bool = False
+    find: Callable[[str], Iterable[tuple[int, int]]] | None = None
 
 
 def _quoted(keys: str) -> re.Pattern:
@@ -59,21 +77,17 @@ def _quoted(keys: str) -> re.Pattern:
 
 
 def luhn_ok(digits: str) -> bool:
-    """Whether a digit string passes the Luhn checksum of payment cards."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+    """Whether a digit string passes the Luhn checksum of payment cards (`stdnum.luhn`)."""
+    from stdnum import luhn
+
+    return luhn.is_valid(digits)
 
 
 def _iban_ok(compact: str) -> bool:
-    if not 15 <= len(compact) <= 34:
-        return False
-    rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+    """A valid IBAN: its country's format and length, and the mod-97 check (`stdnum.iban`)."""
+    from stdnum import iban
+
+    return iban.is_valid(compact)
 
 
 def iban_prefix(candidate: str) -> int | bool:
@@ -169,9 +183,10 @@ PASSPORT_RE = re.compile(
     + _GAP
     + r"(?:(?:is|number)[ \t]+)?[\"']?(?P<v>[A-Z0-9]{6,9})(?!\w)"
 )
+# tokens detect-secrets has no plugin for (OpenAI/Anthropic keys without OpenAI's "T3BlbkFJ" marker, Hugging Face),
+# or checks more narrowly (Slack tokens without its digit groups, JWT-shaped tokens whose parts are not JSON)
 TOKEN_RE = re.compile(
-    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|\bhf_[A-Za-z0-9]{16,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-    r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bxox[abpr]-[A-Za-z0-9-]{10,}"
+    r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|\bhf_[A-Za-z0-9]{16,}|\bxox[abpr]-[A-Za-z0-9-]{10,}"
     r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
 )
 BEARER_RE = re.compile(r"(?i)\bbearer\s+(?P<v>[A-Za-z0-9\-._~+/]{8,}=*)")
@@ -246,6 +261,133 @@ def _digits_between(lo: int, hi: int) -> Callable[[str], bool]:
     return lambda s: lo <= sum(c.isdigit() for c in s) <= hi
 
 
+# --- well-kept libraries -----------------------------------------------------------------------------------------------
+ENTROPY_MIN_CHARS = 20
+"""Unquoted runs shorter than this are not entropy-checked (quoted strings are, as `detect-secrets` does)."""
+MIN_SECRET_CHARS = 6
+"""A detected secret shorter than this (a basic-auth password such as "pass") is masked only where it was found."""
+_SKIPPED_PLUGINS = {"IPPublicDetector", "PrivateKeyDetector"}  # an IP is not a secret; key blocks: `find_private_keys`
+
+
+@functools.cache
+def _secret_plugins() -> tuple[list, list]:
+    """`detect-secrets`' regex plugins (every one it ships, less `_SKIPPED_PLUGINS`) and its two entropy plugins."""
+    import detect_secrets.plugins as package
+    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
+
+    classes = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, RegexBasedDetector)
+                and obj.__module__ == module.__name__
+                and obj.__name__ not in _SKIPPED_PLUGINS
+                and not getattr(obj, "__abstractmethods__", None)
+            ):
+                classes[obj.__name__] = obj
+    return [classes[name]() for name in sorted(classes)], [Base64HighEntropyString(), HexHighEntropyString()]
+
+
+def _word_spans(text: str, value: str) -> Iterable[tuple[int, int]]:
+    """Every occurrence of `value` not inside a longer word; a value that ends in punctuation (a JWT reported up to
+    its last dot) runs on to the end of the token."""
+    head = r"(?<![A-Za-z0-9])" if value[0].isalnum() else ""
+    tail = r"(?![A-Za-z0-9])" if value[-1].isalnum() else r"[A-Za-z0-9_\-.+/=]*"
+    return (m.span() for m in re.finditer(head + re.escape(value) + tail, text))
+
+
+def find_library_secrets(text: str) -> list[tuple[int, int]]:
+    """Spans of what `detect-secrets`' plugins report: keys and tokens, JWTs, basic-auth passwords, and strings above
+    its entropy limits (quoted, or unquoted and at least `ENTROPY_MIN_CHARS` long). The plugins are called on the
+    string only (`analyze_string`: no verification request is ever sent)."""
+    regex_plugins, entropy_plugins = _secret_plugins()
+    values = set()
+    for plugin in regex_plugins:
+        values.update(v for v in plugin.analyze_string(text) if v)
+    for plugin in entropy_plugins:
+        found = set(plugin.analyze_string(text))
+        with plugin.non_quoted_string_regex(is_exact_match=False):
+            found.update(v for v in plugin.analyze_string(text) if len(v) >= ENTROPY_MIN_CHARS)
+        # an n-character string has at most log2(n) bits: shorter ones cannot pass the limit (and cost a count each)
+        shortest = 2**plugin.entropy_limit
+        values.update(
+            v for v in found if len(v) > shortest and plugin.calculate_shannon_entropy(v) > plugin.entropy_limit
+        )
+    spans = []
+    for value in values:
+        if len(value) >= MIN_SECRET_CHARS:
+            spans.extend(_word_spans(text, value))
+        else:  # a short password: only inside the match that reported it (e.g. `https://user:pass@host`)
+            spans.extend(m.span(1) for m in re.finditer(r"://[^\s:/@]+:(" + re.escape(value) + r")@", text))
+    return spans
+
+
+def find_private_keys(text: str) -> list[tuple[int, int]]:
+    """Private-key blocks that `detect-secrets`' `PrivateKeyDetector` recognises (PGP, SSH2, PuTTY, PEM), from the
+    line of the marker to its END line, or to the end of the text."""
+    from detect_secrets.plugins.private_key import PrivateKeyDetector
+
+    spans = []
+    for marker in PrivateKeyDetector.denylist:
+        for match in marker.finditer(text):
+            start = text.rfind("\n", 0, match.start()) + 1
+            end_marker = re.compile(r"-----END [^\n]*|\Z").search(text, match.end())
+            spans.append((start, end_marker.end()))
+    return spans
+
+
+PHONE_REGION = "US"
+"""Region `phonenumbers` assumes for a number written without a country code (τ² is a US benchmark)."""
+
+
+def find_phone_numbers(text: str) -> list[tuple[int, int]]:
+    """Spans of the phone numbers `phonenumbers` finds and validates (leniency VALID), less bare digit runs and
+    arithmetic (a τ² task's "256.67 - 226.49" is a valid-looking number to libphonenumber)."""
+    import phonenumbers
+
+    spans = []
+    for candidate in _PHONE_CANDIDATE_RE.finditer(text):  # the matcher is pure Python: only where digits cluster
+        if sum(c.isdigit() for c in candidate.group(0)) < 7:
+            continue
+        for m in phonenumbers.PhoneNumberMatcher(
+            candidate.group(0), PHONE_REGION, leniency=phonenumbers.Leniency.VALID
+        ):
+            if not m.raw_string.isdigit() and not _ARITHMETIC_RE.search(m.raw_string):
+                spans.append((candidate.start() + m.start, candidate.start() + m.end))
+    return spans
+
+
+_PHONE_CANDIDATE_RE = re.compile(r"[+(]?\d[\d \t().\-/x]{5,}\d(?:[ \t]*(?:ext\.?|x)[ \t]*\d+)?")
+
+_ARITHMETIC_RE = re.compile(r"\d\.\d{1,2}[ \t]+[-+*/x=][ \t]+\d")
+
+
+def _stdnum(module: str) -> Callable[[str], bool]:
+    def valid(candidate: str) -> bool:
+        return importlib.import_module(f"stdnum.{module}").is_valid(candidate)
+
+    return valid
+
+
+# national ids with a checksum, by shape (separators required where the bare digits would be too common)
+NATIONAL_IDS = (
+    (re.compile(r"(?<![\w.-])\d{3}\.\d{3}\.\d{3}-\d{2}(?![\w-])"), _stdnum("br.cpf")),
+    (re.compile(r"(?<![\w-])\d{3}([ -])\d{3}\1\d{3}(?![\w-])"), _stdnum("ca.sin")),
+    (re.compile(r"(?<![\w-])[2-9]\d{3}([ -])\d{4}\1\d{4}(?![\w-])"), _stdnum("in_.aadhaar")),
+    (re.compile(r"\b[A-Z]{6}\d{2}[A-EHLMPR-T]\d{2}[A-Z]\d{3}[A-Z]\b"), _stdnum("it.codicefiscale")),
+    (re.compile(r"(?<![\w-])\d{8}-?[A-Z](?![\w-])"), _stdnum("es.dni")),
+    (re.compile(r"(?<![\w-])[XYZ]-?\d{7}-?[A-Z](?![\w-])"), _stdnum("es.nie")),
+)
+
+
+def find_national_ids(text: str) -> list[tuple[int, int]]:
+    """Spans of national ids whose checksum `python-stdnum` accepts."""
+    return [m.span() for pattern, valid in NATIONAL_IDS for m in pattern.finditer(text) if valid(m.group(0))]
+
+
 KEYED_RULES = (
     Rule("SECRET", PEM_RE),
     Rule("EVALUATOR", _quoted(EVAL_KEYS), quoted_key=True),
@@ -262,6 +404,8 @@ KEYED_RULES = (
     Rule("SECRET", PASSWORD_PROSE_RE, "v"),
     Rule("SECRET", CVV_RE, "v"),
     Rule("SECRET", BEARER_RE, "v"),
+    Rule("SECRET", find=find_private_keys),
+    Rule("SECRET", find=find_library_secrets),
     Rule("SECRET", TOKEN_RE),
     Rule("EXPIRY", EXPIRY_RE, "v"),
     Rule("DOB", DOB_RE, "v"),
@@ -277,8 +421,10 @@ SHAPE_RULES = (
     Rule("ACCOUNT", ACCOUNT_RE, "v"),
     Rule("ACCOUNT", PAYMENT_ID_RE),
     Rule("SSN", SSN_RE),
+    Rule("SSN", find=find_national_ids),
     Rule("EMAIL", EMAIL_RE),
     Rule("PHONE", PHONE_KV_RE, "v"),
+    Rule("PHONE", find=find_phone_numbers),
     Rule("PHONE", PHONE_RE, check=_digits_between(7, 15)),
     Rule("ADDRESS", STREET_RE),
     Rule("ADDRESS", ADDRESS_UNIT_RE, "v"),

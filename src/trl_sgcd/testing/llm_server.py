@@ -18,11 +18,15 @@ with FakeLLMServer(answer="## State checks\\n...", latency=1.0) as server:
 - `answer`: a string, or a callable `(request_body: dict) -> str` giving the assistant message content;
 - `latency`: seconds to sleep before answering;
 - `mode` (one of `MODES`): `"ok"`; `"hang"` (never answer; the handler blocks until the server stops); `"429"` /
-  `"500"` (that status, with `Retry-After: 0` on 429); `"garbage"` (200 with a body that is not JSON); `"drop"` (close
-  the connection without a response); `"huge"` (a valid answer followed by 5 MB of text);
+  `"500"` (that status, with `Retry-After: <retry_after>` on 429); `"garbage"` (200 with a body that is not JSON);
+  `"drop"` (close the connection without a response); `"huge"` (a valid answer followed by 5 MB of text); `"drip"`
+  (a valid answer whose status and headers come at once and whose body then trickles in `DRIP_BYTES` bytes every
+  `drip_interval` seconds: a server that is alive but slower than any sane deadline);
 - `fail_first` / `fail_status`: answer the first N requests with that HTTP status, then follow `mode`;
-- every request body is recorded in `server.requests` (parsed JSON) and `server.raw_bodies` (text), and the mode it
-  met in `server.modes_seen`.
+- `schedule`: a callable `(request_number) -> mode` (numbers start at 1) that overrides `mode`, for a fault pattern
+  that is a deterministic function of the request;
+- every request body is recorded in `server.requests` (parsed JSON) and `server.raw_bodies` (text), the mode it met
+  in `server.modes_seen`, and the value of `server.tag` when it arrived (e.g. the training step) in `server.tags`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 __all__ = ["MODES", "VALID_REFERENCE", "FakeLLMServer", "main"]
 
 ROUTES = ("/v1/chat/completions", "/chat/completions")
-MODES = ("ok", "hang", "429", "500", "garbage", "drop", "huge")
+MODES = ("ok", "hang", "429", "500", "garbage", "drop", "huge", "drip")
 HUGE_BYTES = 5_000_000
+DRIP_BYTES = 4
 VALID_REFERENCE = """## State checks
 - Look up the user and the reservation before changing anything.
 
@@ -93,6 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # no response at all: the client sees the socket close
         elif mode == "garbage":
             self._send_bytes(200, b"<html>this is not json {{{", "text/html")
+        elif mode == "drip":
+            self._drip(json.dumps(owner._completion(json.loads(raw) if raw else {})).encode("utf-8"))
         else:
             self._send_json(200, owner._completion(json.loads(raw) if raw else {}, huge=mode == "huge"))
 
@@ -104,12 +111,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            if status == 429:
-                self.send_header("Retry-After", "0")
+            if status == 429 and self.server.owner.retry_after is not None:
+                self.send_header("Retry-After", str(self.server.owner.retry_after))
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (deadline)
             pass
+
+    def _drip(self, data: bytes):
+        """Status and headers now, then the body `DRIP_BYTES` at a time until it is sent, the client leaves, or the
+        server stops."""
+        owner = self.server.owner
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(0, len(data), DRIP_BYTES):
+                if owner._stopped.wait(owner.drip_interval):
+                    return
+                self.wfile.write(data[i : i + DRIP_BYTES])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
 
 
 class _Server(ThreadingHTTPServer):
@@ -138,6 +163,12 @@ class FakeLLMServer:
             HTTP status of those failures.
         garbage (`bool`, *optional*, defaults to `False`):
             Shorthand for `mode="garbage"`.
+        retry_after (`float`, `str` or `None`, *optional*, defaults to `0`):
+            Value of the `Retry-After` header of every 429 answer (`None`: no header).
+        drip_interval (`float`, *optional*, defaults to `0.25`):
+            Seconds between two `DRIP_BYTES`-byte pieces of a `"drip"` answer (a 500-byte answer takes ~30 s).
+        schedule (`Callable[[int], str]` or `None`, *optional*):
+            Mode of the n-th request (n from 1); overrides `mode` when given.
         usage (`tuple[int, int]`, *optional*, defaults to `(100, 20)`):
             `(prompt_tokens, completion_tokens)` reported in every answer.
         host (`str`, *optional*, defaults to `"127.0.0.1"`):
@@ -156,6 +187,9 @@ class FakeLLMServer:
         fail_first: int = 0,
         fail_status: int = 500,
         garbage: bool = False,
+        retry_after: float | str | None = 0,
+        drip_interval: float = 0.25,
+        schedule: Callable[[int], str] | None = None,
         usage: tuple[int, int] = (100, 20),
         host: str = "127.0.0.1",
         port: int = 0,
@@ -168,6 +202,10 @@ class FakeLLMServer:
         self.mode = mode
         self.fail_first = fail_first
         self.fail_status = fail_status
+        self.retry_after = retry_after
+        self.drip_interval = drip_interval
+        self.schedule = schedule
+        self.tag = None
         self.usage = usage
         self.host = host
         self.requested_port = port
@@ -175,6 +213,7 @@ class FakeLLMServer:
         self.raw_bodies: list[str] = []
         self.request_times: list[float] = []
         self.modes_seen: list[str] = []
+        self.tags: list = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._httpd: _Server | None = None
@@ -228,19 +267,24 @@ class FakeLLMServer:
             self.raw_bodies.clear()
             self.request_times.clear()
             self.modes_seen.clear()
+            self.tags.clear()
 
     # internals
     def _record(self, raw: str) -> tuple[int, str]:
         with self._lock:
-            mode = self.mode
+            number = len(self.raw_bodies) + 1
+            mode = self.mode if self.schedule is None else self.schedule(number)
+            if mode not in MODES:
+                raise ValueError(f"schedule({number}) gave mode={mode!r}; choose one of {list(MODES)}.")
             self.raw_bodies.append(raw)
             self.request_times.append(time.monotonic())
             self.modes_seen.append(mode)
+            self.tags.append(self.tag)
             try:
                 self.requests.append(json.loads(raw))
             except ValueError:
                 self.requests.append({})
-            return len(self.raw_bodies), mode
+            return number, mode
 
     def _completion(self, body: dict, *, huge: bool = False) -> dict:
         content = self.answer(body) if callable(self.answer) else self.answer
@@ -268,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="0: any free port (the URL is printed)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--mode", default="ok", choices=MODES, help="fault to inject (default: none)")
+    parser.add_argument("--retry-after", default="0", help="Retry-After header of a 429 answer (seconds)")
+    parser.add_argument("--drip-interval", type=float, default=0.25, help="seconds between pieces of a drip answer")
     parser.add_argument("--answer-file", default=None, help="file whose text is every answer (default: a reference)")
     parser.add_argument("--until-stdin-closes", action="store_true", help="stop when stdin closes (for benchmarks)")
     args = parser.parse_args(argv)
@@ -275,7 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.answer_file:
         with open(args.answer_file, encoding="utf-8") as f:
             answer = f.read()
-    server = FakeLLMServer(answer=answer, latency=args.latency, mode=args.mode, host=args.host, port=args.port)
+    server = FakeLLMServer(
+        answer=answer,
+        latency=args.latency,
+        mode=args.mode,
+        retry_after=args.retry_after,
+        drip_interval=args.drip_interval,
+        host=args.host,
+        port=args.port,
+    )
     with server:
         print(server.base_url, flush=True)
         if args.until_stdin_closes:
