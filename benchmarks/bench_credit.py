@@ -132,7 +132,7 @@ def scripted_reference(body: dict) -> str:
 def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
     """`{reference name: {global row: CreditReference}}` for every row of the mixed `groups`."""
     from trl_sgcd import SiblingReferenceBuilder
-    from trl_sgcd.credit.siblings import sibling_contexts
+    from trl_sgcd.credit.reference import sibling_contexts
     from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS
 
     common = dict(private_columns=AIRLINE_PRIVATE_COLUMNS, tokenizer=tokenizer)

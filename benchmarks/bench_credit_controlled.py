@@ -147,8 +147,9 @@ def oracle_text(row, tokenizer) -> str:
 
 def references(rows, args, tokenizer):
     """`{context: [CreditReference per row]}` for the failures of `rows` (identity: the contrast one, see below)."""
-    from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+    from trl_sgcd.credit.reference import SiblingReferenceBuilder
     from trl_sgcd.credit.siblings import build_sibling_groups
+    from trl_sgcd.credit.types import CreditReference
 
     prompts, completions, rewards, extra = [], [], [], []
     for r in rows:

@@ -30,12 +30,12 @@ from trl import GRPOTrainer
 from trl_sgcd.config import SGCDConfig
 from trl_sgcd.credit import sampling
 from trl_sgcd.credit.modes import credit_mode
-from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline, CreditResult
-from trl_sgcd.credit.reference import CreditReference
+from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline
 from trl_sgcd.credit.sanitize import private_values
 from trl_sgcd.credit.siblings import owner_of_group
 from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
 from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, replace_last, total_rewards
+from trl_sgcd.credit.types import CreditReference, CreditResult
 from trl_sgcd.credit.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
 from trl_sgcd.envs.scripted import apply_scripted_sibling

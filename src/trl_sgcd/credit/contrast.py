@@ -23,10 +23,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from trl_sgcd.credit.evidence import Evidence
 from trl_sgcd.credit.prompt import SECTION_TITLES
 from trl_sgcd.credit.sanitize import PLACEHOLDER_RE
-from trl_sgcd.credit.traces import TraceStep
+from trl_sgcd.credit.types import Evidence, TraceStep
 
 __all__ = ["contrast_sections", "deviation_line"]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -26,10 +25,10 @@ from torch import Tensor
 from trl_sgcd.credit.distill_losses import sdpo_distillation_loss, teacher_matching_loss
 from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.modes import CreditMode, credit_mode
-from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+from trl_sgcd.credit.reference import SiblingReferenceBuilder, sibling_contexts
 from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores
-from trl_sgcd.credit.siblings import SiblingGroup, build_sibling_groups, sibling_contexts
+from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.siblings import build_sibling_groups
 from trl_sgcd.credit.stats import (
     CreditStats,
     check_validity,
@@ -47,49 +46,13 @@ from trl_sgcd.credit.teacher import (
     teacher_prompt_ids,
     unpad_left,
 )
+from trl_sgcd.credit.types import CreditReference, CreditResult, SiblingGroup, scored_rows
 from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, loss_mask, uniform_credit_weights
 
 # The tensors of TRL's generation output that `compute_credit` takes (keyword arguments of the same names).
 BATCH_TENSORS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask", "advantages")
 # The extra-loss inputs `compute_credit` adds to TRL's output (sliced into micro-batches by TRL like the rest).
 TARGET_KEYS = ("credit_teacher_topk_ids", "credit_teacher_topk_logprobs", "credit_sd_mask")
-
-
-def scored_rows(references: Sequence[CreditReference | None]) -> list[int]:
-    """Rows that get a teacher: those with a non-empty reference whose source is not `"none"`."""
-    return [i for i, ref in enumerate(references) if ref is not None and ref.source != "none" and ref.text]
-
-
-@dataclass
-class CreditResult:
-    r"""
-    What the credit pipeline made of one generation batch (this rank's rows).
-
-    Args:
-        advantages (`torch.Tensor` of shape `(B, T)`): what TRL's surrogate receives (A * W for the credit modes).
-        weights (`torch.Tensor` of shape `(B, T)`): the credit weights W (1 where a row got no credit).
-        references (`list[CreditReference | None]`): each row's teacher context (`None`: no teacher).
-        rows (`list[int]`): the rows scored with a teacher ([`scored_rows`] of `references`).
-        stats ([`CreditStats`]): sums and maxima over the scored rows (the trainer's `last_credit` holds them
-            reduced over ranks).
-        extra_loss_inputs (`dict[str, torch.Tensor]`): `(B, T, K)` teacher targets and the `(B, T)` mask for the
-            mode's extra loss (empty when it has none).
-        scores ([`DenseScores`] or `None`): the dense scores of `rows`; `None` when no rank scored anything.
-        eligible (`torch.Tensor` of shape `(R, T)` or `None`): credit-eligible tokens of `rows`.
-        fallback_prefix (`int`): rows whose teacher prompt used the token-level fallback.
-        scoring_time_s (`float`): wall time of the dense scoring.
-    """
-
-    advantages: Tensor
-    weights: Tensor
-    references: list
-    rows: list[int]
-    stats: CreditStats
-    extra_loss_inputs: dict[str, Tensor] = field(default_factory=dict)
-    scores: DenseScores | None = None
-    eligible: Tensor | None = None
-    fallback_prefix: int = 0
-    scoring_time_s: float = 0.0
 
 
 class CreditPipeline:
@@ -415,4 +378,4 @@ class CreditPipeline:
         return self.mode.extra_loss
 
 
-__all__ = ["BATCH_TENSORS", "CreditPipeline", "CreditResult", "scored_rows"]
+__all__ = ["BATCH_TENSORS", "CreditPipeline"]

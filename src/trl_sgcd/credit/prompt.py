@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from trl_sgcd.credit.sanitize_patterns import PLACEHOLDERS
 
 if TYPE_CHECKING:
-    from trl_sgcd.credit.evidence import Evidence
+    from trl_sgcd.credit.types import Evidence
 
 SECTION_TITLES = (
     "State checks",

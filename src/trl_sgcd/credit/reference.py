@@ -19,10 +19,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from trl_sgcd.credit.contrast import contrast_sections
-from trl_sgcd.credit.evidence import Evidence, approx_token_count, build_evidence, visible_tool_names
+from trl_sgcd.credit.evidence import approx_token_count, build_evidence, render_sanitized_trace, visible_tool_names
 from trl_sgcd.credit.llm import LiteLLMClient
 from trl_sgcd.credit.llm_result import (
     ANSWER_BYTES_PER_TOKEN,
@@ -44,7 +43,7 @@ from trl_sgcd.credit.prompt import (
     split_sections,
 )
 from trl_sgcd.credit.sanitize import PLACEHOLDER_RE, Sanitizer, private_values
-from trl_sgcd.credit.siblings import SiblingGroup
+from trl_sgcd.credit.types import CreditReference, Evidence, SiblingGroup
 
 logger = logging.getLogger(__name__)
 
@@ -90,35 +89,6 @@ def check_api_key(key_env: str | None) -> str | None:
             "credit_reference_api_key_env=None for a local server that needs no key."
         )
     return key
-
-
-@dataclass
-class CreditReference:
-    """
-    Credit reference of one sibling group (teacher-side context only).
-
-    Args:
-        text (`str`): the reference, capped at `max_reference_tokens` (`""` when `source="none"`).
-        sections (`dict[str, str]`): section title -> body.
-        masked_literals (`list[str]`): literals masked in the evidence and the reference (their tokens get no credit).
-        source (`str`): `"llm"`, `"contrast"`, `"fallback"` (contrast text because the LLM failed) or `"none"` (no
-            reference: the group keeps W = 1).
-        latency_s (`float`): time spent building it (LLM wall time, retries included).
-        cost_usd (`float` or `None`): LLM cost; `None` when unknown.
-        prompt_tokens (`int` or `None`): LLM prompt tokens.
-        completion_tokens (`int` or `None`): LLM completion tokens.
-        group_index (`int`): index of the sibling group.
-    """
-
-    text: str
-    sections: dict[str, str]
-    masked_literals: list[str]
-    source: str
-    latency_s: float = 0.0
-    cost_usd: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    group_index: int = -1
 
 
 class SiblingReferenceBuilder:
@@ -371,6 +341,55 @@ class SiblingReferenceBuilder:
         if self.fallback == "contrast":
             return self._contrast(group, evidence, source="fallback", **llm), reason
         return self._none(group, evidence.masked_literals, **llm), reason
+
+
+def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], observation_max_chars: int) -> list:
+    """Teacher context per rollout for the sibling-context modes (`no_reference`, `sdpo`): a raw successful sibling
+    other than the rollout itself, sanitized, no LLM.
+
+    A rollout is never shown its own completion (the teacher would then hold the answer it is scoring): a failed
+    rollout gets the shortest successful sibling, a successful one the shortest *other* success, and a lone success
+    gets no teacher (`None`), as in SDPO's reference code (`dont_reprompt_on_self_success`). Ties go to the lowest row
+    index, so the choice is deterministic.
+
+    Args:
+        group ([`SiblingGroup`]):
+            The group; its rollouts' `row` dicts hold the private values.
+        private_columns (`Sequence[str]`):
+            Columns whose values are masked in the rendered sibling.
+        observation_max_chars (`int`):
+            Tool observations are truncated to this many characters (after sanitizing).
+
+    Returns:
+        `list[CreditReference | None]`: one entry per rollout of the group, in order.
+    """
+    successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
+    if not successes:
+        return [None] * len(group.rollouts)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
+    # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
+    rendered = {
+        r.index: render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars)
+        for r in successes
+    }
+    ranked = sorted(rendered, key=lambda index: (len(rendered[index].text), index))  # shortest first
+    contexts = []
+    for rollout in group.rollouts:
+        chosen = next((index for index in ranked if index != rollout.index), None)
+        if chosen is None:
+            contexts.append(None)
+            continue
+        clean = rendered[chosen]
+        contexts.append(
+            CreditReference(
+                text="A successful attempt at this same task:\n" + clean.text,
+                sections={},
+                masked_literals=list(clean.masked),
+                source="sibling",
+                group_index=group.group_index,
+            )
+        )
+    return contexts
 
 
 def _guess_class(result: LLMResult) -> str:

@@ -139,7 +139,7 @@ _EDGES = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
 def literal_pattern(literal: str) -> re.Pattern:
     """A literal as a whole value: case-insensitive, never inside a longer alphanumeric run ("258" is not in "12580").
 
-    The same boundary rule as the sanitizer's private values (`trl_sgcd.credit.evidence.Sanitizer`).
+    The same boundary rule as the sanitizer's private values (`trl_sgcd.credit.sanitize.Sanitizer`).
     """
     return re.compile(r"(?i)(?<![A-Za-z0-9])" + re.escape(literal) + r"(?![A-Za-z0-9])")
 
