@@ -18,12 +18,14 @@ Only TRL hooks, gathers and rank logic live here (groups span ranks; every rank 
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
 import time
 
 import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 
@@ -132,11 +134,31 @@ class SGCDTrainer(GRPOTrainer):
         return self._apply_credit(output, batch) if self.credit_mode.scores else output
 
     def _generate(self, prompts):
-        watch_episode_ends(self)  # tool results returned once an environment is `done` end that rollout's loop
-        return apply_scripted_sibling(self, prompts, super()._generate(prompts))
+        # Tool results returned once an environment is `done` end that rollout's loop (TRL builds these dicts just now).
+        tool_dicts = (getattr(self, "_sync_tool_dicts", None), getattr(self, "_async_tool_dicts", None))
+        watch_episode_ends(self.environments if self.tools else None, tool_dicts)
+        output = super()._generate(prompts)
+        if self.scripted_sibling is None or not self.model.training:
+            return output
+        by_env = self.environment_factories is not None
+        output, n = apply_scripted_sibling(
+            output,
+            prompts,
+            script=self.scripted_sibling,
+            environments=self.environments,
+            tools=[self._env_tools[name] for name in self._batch_environments] if by_env else self.tools,
+            tokenizer=self._tokenizer,
+            num_generations=self.num_generations,
+            process_index=self.accelerator.process_index,
+            template_kwargs={"chat_template": self.chat_template, **(self.chat_template_kwargs or {})},
+        )
+        self._metrics["train"]["sgcd/scripted_siblings"].append(float(n))
+        return output
 
     def _get_tool_suffix_ids(self, tool_messages):
-        return end_episode_suffix(self, tool_messages, super()._get_tool_suffix_ids(tool_messages))
+        suffix = super()._get_tool_suffix_ids(tool_messages)
+        pad, budget = self._tokenizer.pad_token_id, self.max_completion_length
+        return end_episode_suffix(tool_messages, suffix, pad_token_id=pad, max_completion_length=budget)
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         with compact_lm_head(self.args.credit_compact_lm_head):
@@ -243,11 +265,19 @@ class SGCDTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        save_sgcd_state(self, trial)
+        if self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            state = {"reference_builder": self.reference_builder.state_dict(), "inert_steps": self._credit_inert_steps}
+            save_sgcd_state(folder, {**state, "resample": self._credit_stream.state_dict()})
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        load_sgcd_state(self, checkpoint)
+        if (state := load_sgcd_state(checkpoint)) is not None:
+            self.reference_builder.load_state_dict(state.get("reference_builder", {}))
+            self._credit_inert_steps = int(state.get("inert_steps", 0))
+            self._credit_stream.load_state_dict(state.get("resample", {}))
 
 
 __all__ = ["SGCDTrainer", "CreditReference", "SGCD_STATE_FILE"]
