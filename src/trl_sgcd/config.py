@@ -315,7 +315,7 @@ class SGCDConfig(GRPOConfig):
                 "credit_reference_model must be set when credit_reference_backend='litellm' "
                 "(e.g. 'openai/gpt-4o-mini', or 'hosted_vllm/<name>' with credit_reference_api_base)."
             )
-        from trl_sgcd.credit.reference import check_api_key, uses_reference_llm
+        from trl_sgcd.credit.reference.builder import check_api_key, uses_reference_llm
 
         if uses_reference_llm(self):  # as the CLI does: a named key variable that is not set is an error now
             check_api_key(self.credit_reference_api_key_env)

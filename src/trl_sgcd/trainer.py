@@ -5,7 +5,7 @@ After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)`
 
 * `_calculate_rewards`: the tool-use audit (zero-tool collapse; every mode, so GRPO arms have it too); keeps the
   texts and rewards that dynamic sampling and the credit stages need;
-* `_generate_and_score_completions`: dynamic sampling (every mode alike, `credit/sampling.py`), then one call of the
+* `_generate_and_score_completions`: dynamic sampling (every mode alike, `sampling.py`), then one call of the
   credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
 * `_compute_loss`: the mode's extra loss (`direct_sd`, `sdpo`); `_get_per_token_logps_and_entropies`: `lm_head.py`;
 * `_generate`: a rollout whose environment is `done` gets no further turn (`envs/episode.py`); with `scripted_sibling`,
@@ -29,16 +29,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 
+from trl_sgcd import sampling
 from trl_sgcd.config import SGCDConfig
-from trl_sgcd.credit import sampling
 from trl_sgcd.credit.modes import credit_mode
 from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline
-from trl_sgcd.credit.sanitize import private_values
+from trl_sgcd.credit.reference.sanitize import private_values
 from trl_sgcd.credit.siblings import owner_of_group
 from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
 from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, replace_last, total_rewards
 from trl_sgcd.credit.types import CreditReference, CreditResult
-from trl_sgcd.credit.weights import loss_mask
+from trl_sgcd.credit.weighting.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
 from trl_sgcd.envs.scripted import apply_scripted_sibling
 from trl_sgcd.lm_head import compact_lm_head
@@ -174,7 +174,7 @@ class SGCDTrainer(GRPOTrainer):
         return loss + coef * aux / self.current_gradient_accumulation_steps
 
     def _resample(self, output: dict, batch: dict):
-        """Extra generation rounds while too few groups are mixed (the rule and its logs: `credit/sampling.py`)."""
+        """Extra generation rounds while too few groups are mixed (the rule and its logs: `sampling.py`)."""
         args, G, acc, n_local = self.args, self.num_generations, self.accelerator, len(batch["prompts"])
         if why_not := sampling.unavailable(n_local, G, iterable=isinstance(self.train_dataset, IterableDataset)):
             logger.warning_once(why_not)
@@ -188,7 +188,15 @@ class SGCDTrainer(GRPOTrainer):
         global_sum = lambda n: int(acc.gather(torch.tensor([float(n)], device=acc.device)).sum().item())  # noqa: E731
         local = slice(acc.process_index * n_local, (acc.process_index + 1) * n_local)
         outputs, batches, rewards, chosen, metrics = sampling.draw_rounds(
-            output, batch, local, next_round, global_sum, args=args, reward_weights=self.reward_weights, group_size=G
+            output,
+            batch,
+            local,
+            next_round,
+            global_sum,
+            args=args,
+            reward_weights=self.reward_weights,
+            group_size=G,
+            announce=logger.warning if acc.is_main_process else None,
         )
         self._log(metrics)
         if len(outputs) == 1:  # no extra round

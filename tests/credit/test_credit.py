@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from trl_sgcd.credit.modes import MODES, credit_mode
-from trl_sgcd.credit.sampling import ResampleStream, keep_resampling, merge_outputs, resample_metrics, select_groups
 from trl_sgcd.credit.stats import (
     CreditStats,
     check_validity,
@@ -19,6 +18,7 @@ from trl_sgcd.credit.stats import (
     validity_problems,
 )
 from trl_sgcd.credit.types import CreditReference
+from trl_sgcd.sampling import ResampleStream, keep_resampling, merge_outputs, resample_metrics, select_groups
 
 
 def _stats(**sums):

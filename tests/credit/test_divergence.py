@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trl_sgcd.credit.divergence import DIVERGENCES, topk_divergence, topk_support
+from trl_sgcd.credit.scoring.divergence import DIVERGENCES, topk_divergence, topk_support
 
 EPS = 1e-12
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.credit.test_scorer import _args, make_batch
-from trl_sgcd.credit.divergence import topk_divergence
-from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
-from trl_sgcd.credit.weights import apply_credit_weights, credit_weights
+from trl_sgcd.credit.scoring.divergence import topk_divergence
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.weighting.saliency import credit_saliency
+from trl_sgcd.credit.weighting.weights import apply_credit_weights, credit_weights
 
 EPS = 0.2
 CAP = 2.0

@@ -3,7 +3,7 @@ budget, the backend and model, and `CreditReference` defaults."""
 
 import pytest
 
-from trl_sgcd.credit.reference import SiblingReferenceBuilder
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
 from trl_sgcd.credit.types import CreditReference
 
 

@@ -5,7 +5,7 @@ import types
 import pytest
 
 from tests.credit.scorer_utils import _args, make_batch
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 
 def test_layout_errors(model):

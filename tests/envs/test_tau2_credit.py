@@ -56,8 +56,8 @@ def _private(user, gold=()) -> list[str]:
 
 
 def _requests(group, private_columns):
-    from trl_sgcd.credit.llm import LiteLLMClient
-    from trl_sgcd.credit.reference import SiblingReferenceBuilder
+    from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
+    from trl_sgcd.credit.reference.llm import LiteLLMClient
     from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
 
     with FakeLLMServer(answer=VALID_REFERENCE) as server:

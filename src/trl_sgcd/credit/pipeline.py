@@ -22,12 +22,17 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from trl_sgcd.credit.distill_losses import sdpo_distillation_loss, teacher_matching_loss
-from trl_sgcd.credit.llm_result import merge_step_metrics
 from trl_sgcd.credit.modes import CreditMode, credit_mode
-from trl_sgcd.credit.reference import SiblingReferenceBuilder, sibling_contexts
-from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.reference.builder import (
+    SiblingReferenceBuilder,
+    cap_reference,
+    merge_step_metrics,
+    sibling_contexts,
+)
+from trl_sgcd.credit.report.table import CreditTableRecorder
+from trl_sgcd.credit.scoring.distill_losses import sdpo_distillation_loss, teacher_matching_loss
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.teacher import literal_token_mask, splice_teacher_inputs, teacher_prompt_ids, unpad_left
 from trl_sgcd.credit.siblings import build_sibling_groups
 from trl_sgcd.credit.stats import (
     CreditStats,
@@ -38,16 +43,9 @@ from trl_sgcd.credit.stats import (
     local_credit_stats,
     peak_memory_gb,
 )
-from trl_sgcd.credit.table import CreditTableRecorder
-from trl_sgcd.credit.teacher import (
-    cap_reference,
-    literal_token_mask,
-    splice_teacher_inputs,
-    teacher_prompt_ids,
-    unpad_left,
-)
 from trl_sgcd.credit.types import CreditReference, CreditResult, SiblingGroup, scored_rows
-from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, loss_mask, uniform_credit_weights
+from trl_sgcd.credit.weighting.saliency import credit_saliency
+from trl_sgcd.credit.weighting.weights import apply_credit_weights, credit_weights, loss_mask, uniform_credit_weights
 
 # The tensors of TRL's generation output that `compute_credit` takes (keyword arguments of the same names).
 BATCH_TENSORS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask", "advantages")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from trl_sgcd.credit.scorer import DenseScores
+    from trl_sgcd.credit.scoring.scorer import DenseScores
     from trl_sgcd.credit.stats import CreditStats
 
 __all__ = ["CreditReference", "CreditResult", "Evidence", "Rollout", "SiblingGroup", "TraceStep", "scored_rows"]

@@ -1,6 +1,6 @@
 """The text form of a rollout: policy-visible steps (`ASSISTANT: ...`, `CALL name(args)`, `OBS name: ...`).
 
-Pure rendering, no I/O and no sanitizing (that is [`~trl_sgcd.credit.evidence.build_evidence`]'s job, which
+Pure rendering, no I/O and no sanitizing (that is [`~trl_sgcd.credit.reference.evidence.build_evidence`]'s job, which
 sanitizes every step before any truncation). Also home of the one tool-error predicate, [`is_tool_error`], shared by
 the contrast reference (which failed calls to name) and the tool-use audit (the tool failure rate), so the two can
 never disagree.

@@ -38,11 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from trl_sgcd.credit.divergence import LOG_FLOOR
-from trl_sgcd.credit.hidden import completion_hidden
-
-# The scorer's model access (unwrapping, backbone, chunked LM head): the one place trl-sgcd runs the model.
-from trl_sgcd.credit.scorer import _backbone, _chunks, _LMHead, _unwrap
+from trl_sgcd.credit.scoring.divergence import LOG_FLOOR
+from trl_sgcd.credit.scoring.hidden_states import completion_hidden
+from trl_sgcd.credit.scoring.model_access import LMHead, backbone_of, chunk_slices, unwrap_model
 
 
 def _student_and_teacher(model, input_ids, attention_mask, completion_mask, topk_ids, topk_logprobs, *, temperature):
@@ -57,9 +55,9 @@ def _student_and_teacher(model, input_ids, attention_mask, completion_mask, topk
             f"teacher_topk_ids {tuple(topk_ids.shape)} and teacher_topk_logprobs "
             f"{tuple(topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
         )
-    base = _unwrap(model)
-    head = _LMHead(base, temperature)
-    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    base = unwrap_model(model)
+    head = LMHead(base, temperature)
+    hidden, _ = completion_hidden(backbone_of(base), input_ids, attention_mask, mask)  # (N, H)
     ids = topk_ids[mask].to(hidden.device)  # (N, K)
     log_q = topk_logprobs[mask].to(hidden.device).float()  # (N, K)
     return mask, head, hidden, ids, log_q
@@ -105,14 +103,14 @@ def teacher_matching_loss(
     total = hidden.sum() * 0.0  # connected to the graph even with no token
     with head.gathered():
         weight = head.weight.detach().clone() if head.zero3 else head.weight
-        for part in _chunks(ids.size(0), chunk_size):
+        for part in chunk_slices(ids.size(0), chunk_size):
             total = total + checkpoint(
                 _teacher_kl_sum, head, weight, hidden[part], ids[part], log_q[part], use_reentrant=False
             )
     return total / mask.sum().clamp(min=1)
 
 
-def _teacher_kl_sum(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor) -> Tensor:
+def _teacher_kl_sum(head: LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor) -> Tensor:
     """Sum over the chunk of KL(q || p) on the K teacher ids plus one tail bucket each side."""
     log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
     log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
@@ -148,7 +146,7 @@ def generalized_jsd(log_p: Tensor, log_q: Tensor, alpha: float) -> Tensor:
     return (1.0 - alpha) * kl_p + alpha * kl_q
 
 
-def _jsd_chunk(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor, alpha: float) -> Tensor:
+def _jsd_chunk(head: LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor, alpha: float) -> Tensor:
     """Per-position divergence `(n,)` on the K teacher ids plus one tail bucket each side."""
     log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
     log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
@@ -195,7 +193,7 @@ def sdpo_distillation_loss(
     parts = [hidden.sum(-1)[:0].float() * 0.0]  # (0,) connected to the graph even with no token
     with head.gathered():
         weight = head.weight.detach().clone() if head.zero3 else head.weight
-        for part in _chunks(ids.size(0), chunk_size):
+        for part in chunk_slices(ids.size(0), chunk_size):
             parts.append(
                 checkpoint(_jsd_chunk, head, weight, hidden[part], ids[part], log_q[part], alpha, use_reentrant=False)
             )

@@ -1,6 +1,6 @@
 """Sibling evidence for the credit reference: sanitized steps, and sibling selection under a token budget.
 
-Every step of every sibling, and the task, pass through the [`~trl_sgcd.credit.sanitize.Sanitizer`] first, untruncated;
+Every step of every sibling, and the task, pass through the [`~trl_sgcd.credit.reference.sanitize.Sanitizer`] first, untruncated;
 only then are observations cut and siblings selected, so a secret cut in half can never slip through.
 
 Selection follows the paper's appendix: all siblings when they fit; otherwise the smaller outcome class whole, matched
@@ -18,8 +18,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from trl_sgcd.credit.sanitize import SanitizedText, Sanitizer
-from trl_sgcd.credit.traces import format_steps, render_task, trace_steps
+from trl_sgcd.credit.reference.sanitize import SanitizedText, Sanitizer
+from trl_sgcd.credit.reference.traces import format_steps, render_task, trace_steps
 from trl_sgcd.credit.types import Evidence, SiblingGroup, TraceStep
 
 __all__ = ["build_evidence", "render_sanitized_trace", "select_siblings", "visible_tool_names"]

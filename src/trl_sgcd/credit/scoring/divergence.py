@@ -3,7 +3,7 @@
 At each completion position the student's and the teacher's next-token distributions are compared on a small support:
 the teacher's top-K tokens, plus the observed (sampled) token when it is not among them, plus one tail bucket per side
 that keeps the remaining mass. With K >= V this is the full-vocabulary divergence. The model-running scorer that calls
-these functions chunk by chunk is `trl_sgcd.credit.scorer`.
+these functions chunk by chunk is `trl_sgcd.credit.scoring.scorer`.
 
 Where this departs from the paper's text (numerics only, same quantities):
 

@@ -7,7 +7,7 @@ import pytest
 
 from trl_sgcd.credit import render
 from trl_sgcd.credit import table as ct
-from trl_sgcd.credit.table import render_weighted_html, weight_color
+from trl_sgcd.credit.report.html import render_weighted_html, weight_color
 
 SPAN_RE = re.compile(r'<span style="([^"]*)" title="W=([0-9.]+)[^"]*">')
 
