@@ -5,22 +5,22 @@ After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)`
 
 * `_calculate_rewards`: the tool-use audit (zero-tool collapse; every mode, so GRPO arms have it too); keeps the
   texts and rewards that dynamic sampling and the credit stages need;
-* `_generate_and_score_completions`: dynamic sampling (every mode alike, `sampling.py`), then one call of the
-  credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
+* `_generate_and_score_completions`: dynamic sampling (every mode alike, `sampling.py`), then one call of
+  `CreditPipeline.run` (`credit/pipeline.py`: the stages in order, rank logic through `credit/comm.py`) in the modes
+  that score (`credit/modes.py` says what each mode does);
 * `_compute_loss`: the mode's extra loss (`direct_sd`, `sdpo`); `_get_per_token_logps_and_entropies`: `lm_head.py`;
 * `_generate`: a rollout whose environment is `done` gets no further turn (`envs/episode.py`); with `scripted_sibling`,
   the last rollout of each group is the script's (`envs/scripted.py`); `_get_tool_suffix_ids`: ends those rollouts;
-* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (`credit/state.py`), a resume is exact;
+* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (`credit/state.py`: the pipeline's state
+  and dynamic sampling's stream position), a resume is exact;
 * `create_model_card`, `_issue_warnings_after_load`: the SGCD model card; no warning for tied weights on resume.
-Only TRL hooks, gathers and rank logic live here (groups span ranks; every rank runs equal scoring forwards: ZeRO-3).
+Only TRL hooks live here; the credit's order, state and cross-rank logic are the pipeline's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import textwrap
-import time
 
 import torch
 from accelerate.utils import gather_object
@@ -31,12 +31,11 @@ from trl import GRPOTrainer
 
 from trl_sgcd import sampling
 from trl_sgcd.config import SGCDConfig
+from trl_sgcd.credit.comm import AcceleratorComm
 from trl_sgcd.credit.modes import credit_mode
-from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline
-from trl_sgcd.credit.reference.sanitize import private_values
-from trl_sgcd.credit.siblings import owner_of_group
+from trl_sgcd.credit.pipeline import CreditBatch, CreditPipeline
 from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
-from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, replace_last, total_rewards
+from trl_sgcd.credit.stats import masked_row_mean, refuse_unsupported, replace_last, total_rewards
 from trl_sgcd.credit.types import CreditReference, CreditResult
 from trl_sgcd.credit.weighting.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
@@ -107,7 +106,8 @@ class SGCDTrainer(GRPOTrainer):
         pipe = self.credit_pipeline = CreditPipeline(args, self._tokenizer, num_generations=self.num_generations)
         self.credit_scorer, self.reference_builder = pipe.scorer, pipe.reference_builder
         self.last_credit: CreditResult | None = None  # the last generation batch's credit, stats reduced over ranks
-        self._credit_batch, self._credit_inert_steps, self.scripted_sibling = None, 0, scripted_sibling
+        self._credit_batch, self._credit_comm = None, AcceleratorComm(self.accelerator)
+        self.scripted_sibling = scripted_sibling
         self._credit_stream = sampling.ResampleStream(self._resample_loader)  # dynamic sampling's extra rounds
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -216,46 +216,26 @@ class SGCDTrainer(GRPOTrainer):
         return self._get_dataloader(self.train_dataset, "SGCD resampling", batch_size, sampler, is_training=True)
 
     def _apply_credit(self, output: dict, batch: dict) -> dict:
-        acc, pipe = self.accelerator, self.credit_pipeline
-        n_local, G = len(batch["prompts"]), self.num_generations
-        offset, rewards = acc.process_index * n_local, total_rewards(batch["rewards_per_func"], self.reward_weights)
-        # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
-        private = gather_object([private_values(row, self.args.credit_private_columns) for row in batch["inputs"]])
-        prompts, completions = gather_object(list(batch["prompts"])), batch["all_completions"]
-        groups = pipe.sibling_groups(prompts, completions, rewards.tolist(), private, num_generations=G)
-        # References: each group is built exactly once, by its owner rank; every rank receives all of them.
-        t0 = time.perf_counter()
-        owned = [g for g in groups if owner_of_group(g.group_index, acc.num_processes) == acc.process_index]
-        references = dict(gather_object(pipe.references(owned)))
-        steps = gather_object([pipe.reference_step_metrics()])  # every rank's reference-builder counters
-        latency = time.perf_counter() - t0
-        local_refs = [references.get(offset + i) for i in range(n_local)]
-        result = pipe.compute_credit(
-            model=self.model,
-            **{key: output.get(key) for key in BATCH_TENSORS},
+        """The credit pipeline on this batch (its order and cross-rank logic: `CreditPipeline.run`)."""
+        credit = CreditBatch(
+            output,
             prompts=batch["prompts"],
-            references=local_refs,
+            rows=batch["inputs"],
+            all_completions=batch["all_completions"],
+            rewards=total_rewards(batch["rewards_per_func"], self.reward_weights),
+            model=self.model,
             render=lambda prompts: self._tokenize_prompts(prompts)[0],
-            min_batches=int(acc.gather(torch.tensor([pipe.num_score_batches(local_refs)], device=acc.device)).max()),
-            autocast=acc.autocast,  # the scorer calls the backbone past accelerate's autocast wrapper of forward
+            autocast=self.accelerator.autocast,  # the scorer calls the backbone past accelerate's autocast wrapper
+            step=self.state.global_step + 1,  # the optimizer step that first trains on this batch
+            has_tools=bool(self.tools),
         )
-        advantages, output["advantages"] = output["advantages"], result.advantages
+        self.last_credit = result = self.credit_pipeline.run(credit, self._credit_comm)
+        output["advantages"] = result.advantages
         output.update(result.extra_loss_inputs)
-        sums, maxima = result.stats.vectors(acc.device)  # statistics reduced over ranks: sums, maxima, fallbacks
-        stats = CreditStats.from_vectors(acc.gather(sums[None]).sum(0), acc.gather(maxima[None]).max(0).values)
-        fallback = int(acc.gather(torch.tensor([float(result.fallback_prefix)], device=acc.device)).sum().item())
-        self.last_credit = dataclasses.replace(result, stats=stats)
-        self._log(pipe.metrics(stats, groups, references.values(), latency, fallback, steps))
+        self._log(result.metrics)
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         shown = masked_row_mean(output["advantages"], loss_mask(output["completion_mask"], output.get("tool_mask")))
-        replace_last(self._logs["advantages"], acc.gather(shown).tolist())  # it ends with this batch's GRPO ones
-        if acc.is_main_process:  # the table's step: the optimizer step that first trains on this batch
-            pipe.record_table(
-                self.state.global_step + 1, batch["prompts"], output, result, advantages, rewards, offset
-            )
-        self._credit_inert_steps = pipe.check_validity(stats, groups, result.weights, self._credit_inert_steps)
-        if acc.is_main_process and (why := pipe.inert_reason(stats, groups, has_tools=bool(self.tools))):
-            logger.warning(f"SGCD step {self.state.global_step + 1}: {why}.")
+        replace_last(self._logs["advantages"], self.accelerator.gather(shown).tolist())  # it ends with GRPO's ones
         return output
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
@@ -277,14 +257,13 @@ class SGCDTrainer(GRPOTrainer):
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            state = {"reference_builder": self.reference_builder.state_dict(), "inert_steps": self._credit_inert_steps}
-            save_sgcd_state(folder, {**state, "resample": self._credit_stream.state_dict()})
+            state = {**self.credit_pipeline.state_dict(), "resample": self._credit_stream.state_dict()}
+            save_sgcd_state(folder, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if (state := load_sgcd_state(checkpoint)) is not None:
-            self.reference_builder.load_state_dict(state.get("reference_builder", {}))
-            self._credit_inert_steps = int(state.get("inert_steps", 0))
+            self.credit_pipeline.load_state_dict(state)
             self._credit_stream.load_state_dict(state.get("resample", {}))
 
 

@@ -33,6 +33,20 @@ def test_total_rewards_weighted_and_nan_when_all_none():
     assert r[0] == 2.0 and r[1] == 2.0 and math.isnan(r[2])
 
 
+def test_sdpos_sampled_token_variant_is_a_record_of_the_mode_table():
+    from types import SimpleNamespace
+
+    from trl_sgcd.credit.modes import SDPO_SAMPLED_TOKEN, credit_mode_of
+
+    topk = credit_mode_of(SimpleNamespace(credit_mode="sdpo", credit_sdpo_distillation_mode="topk_logits"))
+    sampled = credit_mode_of(SimpleNamespace(credit_mode="sdpo", credit_sdpo_distillation_mode="sampled_token"))
+    assert topk is credit_mode("sdpo") and topk.extra_loss == "sdpo" and topk.teacher_targets
+    assert sampled is SDPO_SAMPLED_TOKEN and sampled.extra_loss is None and not sampled.teacher_targets
+    assert sampled.advantage == "sdpo_sampled_token" and sampled.context == topk.context == "sibling"
+    sgcd = SimpleNamespace(credit_mode="sgcd", credit_sdpo_distillation_mode="sampled_token")
+    assert credit_mode_of(sgcd) is credit_mode("sgcd")
+
+
 def test_mode_table_decides_who_gets_a_teacher():
     assert credit_mode("sgcd").group_gets_teacher(1, 4) and not credit_mode("sgcd").group_gets_teacher(0, 4)
     assert not credit_mode("sgcd").group_gets_teacher(4, 4)

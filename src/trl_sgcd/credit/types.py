@@ -161,14 +161,15 @@ class CreditResult:
         weights (`torch.Tensor` of shape `(B, T)`): the credit weights W (1 where a row got no credit).
         references (`list[CreditReference | None]`): each row's teacher context (`None`: no teacher).
         rows (`list[int]`): the rows scored with a teacher ([`scored_rows`] of `references`).
-        stats ([`CreditStats`]): sums and maxima over the scored rows (the trainer's `last_credit` holds them
-            reduced over ranks).
+        stats ([`CreditStats`]): sums and maxima over the scored rows (reduced over ranks by
+            [`~trl_sgcd.credit.pipeline.CreditPipeline.run`]; this rank's own from `compute_credit`).
         extra_loss_inputs (`dict[str, torch.Tensor]`): `(B, T, K)` teacher targets and the `(B, T)` mask for the
             mode's extra loss (empty when it has none).
         scores ([`DenseScores`] or `None`): the dense scores of `rows`; `None` when no rank scored anything.
         eligible (`torch.Tensor` of shape `(R, T)` or `None`): credit-eligible tokens of `rows`.
         fallback_prefix (`int`): rows whose teacher prompt used the token-level fallback.
         scoring_time_s (`float`): wall time of the dense scoring.
+        metrics (`dict[str, float]`): the batch's `sgcd/` metrics ([`~trl_sgcd.credit.pipeline.CreditPipeline.run`]).
     """
 
     advantages: Tensor
@@ -181,3 +182,4 @@ class CreditResult:
     eligible: Tensor | None = None
     fallback_prefix: int = 0
     scoring_time_s: float = 0.0
+    metrics: dict = field(default_factory=dict)

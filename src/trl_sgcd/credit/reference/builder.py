@@ -170,7 +170,8 @@ _QUOTED_LITERAL_RE = re.compile(r"`([^`\n]{3,80})`|\"([^\"\n]{3,80})\"")
 
 def cap_reference(text: str, tokenizer, max_tokens: int) -> str:
     """
-    Cap a reference at `max_tokens` tokens (the one capping rule: the builder's output and the teacher context).
+    Cap a reference at `max_tokens` tokens: the one capping rule, applied once, where a reference is made (the
+    builder, the sibling contexts); the teacher prompt uses the text as it is.
 
     The text is first cut to `ANSWER_BYTES_PER_TOKEN * max_tokens` UTF-8 bytes, so a huge text is never tokenized
     whole; then it keeps its first `max_tokens` tokens of `tokenizer` (without one: ~4 characters per token).
@@ -456,7 +457,14 @@ class SiblingReferenceBuilder:
         return self._none(group, evidence.masked_literals, **llm), reason
 
 
-def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], observation_max_chars: int) -> list:
+def sibling_contexts(
+    group: SiblingGroup,
+    *,
+    private_columns: Sequence[str],
+    observation_max_chars: int,
+    tokenizer=None,
+    max_tokens: int | None = None,
+) -> list:
     """Teacher context per rollout for the sibling-context modes (`no_reference`, `sdpo`): a raw successful sibling
     other than the rollout itself, sanitized, no LLM.
 
@@ -472,6 +480,9 @@ def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], obs
             Columns whose values are masked in the rendered sibling.
         observation_max_chars (`int`):
             Tool observations are truncated to this many characters (after sanitizing).
+        tokenizer (*optional*), max_tokens (`int`, *optional*):
+            Cap each context at `max_tokens` tokens ([`cap_reference`], as the builder caps its references); no cap
+            when `max_tokens` is `None`.
 
     Returns:
         `list[CreditReference | None]`: one entry per rollout of the group, in order.
@@ -493,9 +504,10 @@ def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], obs
             contexts.append(None)
             continue
         clean = rendered[chosen]
+        text = "A successful attempt at this same task:\n" + clean.text
         contexts.append(
             CreditReference(
-                text="A successful attempt at this same task:\n" + clean.text,
+                text=text if max_tokens is None else cap_reference(text, tokenizer, max_tokens),
                 sections={},
                 masked_literals=list(clean.masked),
                 source="sibling",

@@ -113,6 +113,13 @@ def _teacher_support(teacher_logits: Tensor, observed_ids: Tensor, *, top_k: int
     return _Support(ids, valid, *_reduce_to_support(log_q, ids))
 
 
+def topk_tail_logprob(support: _Support) -> Tensor:
+    """Log of the teacher mass outside its top K `(N,)`: the tail bucket plus the observed token when it lies outside
+    the top K, added in log space (never `1 - sum`), for the extra losses' tail bucket."""
+    observed_outside = support.log_q[:, -1].masked_fill(~support.valid[:, -1], float("-inf"))  # (N,)
+    return torch.logaddexp(support.log_q_tail, observed_outside)
+
+
 def _student_scores(student_logits: Tensor, support: _Support, *, divergence: str) -> tuple[Tensor, Tensor, Tensor]:
     """Student half: divergence `(N,)`, teacher entropy `(N,)` and log p(observed) `(N,)` from float32 logits."""
     lp_support, lp_tail = _reduce_to_support(torch.log_softmax(student_logits, dim=-1), support.ids)

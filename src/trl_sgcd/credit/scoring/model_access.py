@@ -1,7 +1,9 @@
 """Model access for every forward trl-sgcd runs itself (the credit scorer and the two extra losses): unwrap the
 trainer's model, find its decoder, apply its LM head in chunks with the config's logit scale, softcap and temperature.
 
-Public so the scorer and the losses share one implementation; nothing here runs a forward on its own.
+Public so the scorer and the losses share one implementation; [`map_chunks`] is the one loop over completion positions
+(Liger's chunked-loss pattern: never more than `chunk_size` rows of `(n, V)` logits at once; with gradient, each
+chunk's logits are recomputed in the backward). Nothing here runs a backbone forward.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["LMHead", "backbone_of", "chunk_slices", "unwrap_model"]
+__all__ = ["LMHead", "backbone_of", "chunk_slices", "map_chunks", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -88,3 +91,36 @@ class LMHead:
 def chunk_slices(n: int, size: int) -> list[slice]:
     """Slices of at most `size` positions: the LM head never sees more at once."""
     return [slice(start, start + size) for start in range(0, n, size)]
+
+
+def _logits_then(head: LMHead, weight: Tensor | None, fn, hidden: Tensor, *inputs):
+    return fn(head.logits(hidden, weight), *inputs)
+
+
+def map_chunks(head: LMHead, hidden: Tensor, fn, *per_position, chunk_size: int, weight=None, grad: bool = False):
+    """
+    `fn(logits, *inputs)` on every chunk of at most `chunk_size` positions: the one loop over completion positions.
+
+    Args:
+        head ([`LMHead`]): the LM head (call inside `head.gathered()` under ZeRO-3).
+        hidden (`torch.Tensor` of shape `(N, H)`): hidden states of the N positions.
+        fn (`Callable`): `fn(logits (n, V) float32, *inputs) -> result` for one chunk of n positions.
+        *per_position: tensors (or objects sliceable like them) with one row per position, sliced with the chunk.
+        chunk_size (`int`): positions per chunk.
+        weight (`torch.Tensor`, *optional*): the head weight to use (a detached copy under ZeRO-3).
+        grad (`bool`, *optional*, defaults to `False`): checkpoint each chunk (its logits are recomputed in the
+            backward), for losses with gradient.
+
+    Returns:
+        `list`: `fn`'s results, one per chunk, in order (empty for N = 0).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
+    out = []
+    for part in chunk_slices(hidden.size(0), chunk_size):
+        inputs = [x[part] for x in per_position]
+        if grad:
+            out.append(checkpoint(_logits_then, head, weight, fn, hidden[part], *inputs, use_reentrant=False))
+        else:
+            out.append(fn(head.logits(hidden[part], weight), *inputs))
+    return out

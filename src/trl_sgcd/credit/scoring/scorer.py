@@ -1,8 +1,8 @@
 """The dense scorer: runs the current policy, forward-only, under the student and the teacher context (paper §4.3).
 
 The current policy is scored twice on the same completion ids: the student sees the clean prompt, the teacher the
-prompt with the credit reference inserted. The per-position math is `trl_sgcd.credit.scoring.divergence`; this module owns
-the model access and the one chunk loop over positions.
+prompt with the credit reference inserted. The per-position math is `trl_sgcd.credit.scoring.divergence`, the model
+access and the chunk loop over positions `trl_sgcd.credit.scoring.model_access` (shared with the extra losses).
 
 * No `(B, L, V)` logits: the backbone runs once per input (with `share_prefix`, the prompt prefix common to a
   micro-batch is encoded once and the rest on its key/value cache, `trl_sgcd.credit.scoring.hidden_states`; not under ZeRO-3), the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +26,10 @@ from trl_sgcd.credit.scoring.divergence import (
     _student_scores,
     _Support,
     _teacher_support,
+    topk_tail_logprob,
 )
 from trl_sgcd.credit.scoring.hidden_states import completion_hidden
-from trl_sgcd.credit.scoring.model_access import LMHead, backbone_of, chunk_slices, unwrap_model
+from trl_sgcd.credit.scoring.model_access import LMHead, backbone_of, chunk_slices, map_chunks, unwrap_model
 
 
 # ------------------------------------------------------------------------------------------------------------ scorer
@@ -43,6 +45,8 @@ class DenseScores:
         teacher_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log q(observed token), teacher context.
         teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)` or `None`): teacher top-K ids, when requested.
         teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)` or `None`): their teacher log-probabilities.
+        teacher_tail_logprobs (`torch.Tensor` of shape `(B, T)` or `None`): log of the teacher mass outside the top K
+            (summed directly, not `1 - sum`), when the top K is requested.
         num_forwards (`int`): backbone forwards run, dummy ones included (2 per micro-batch, 4 with a shared prefix).
     """
 
@@ -52,6 +56,7 @@ class DenseScores:
     teacher_logprobs: Tensor
     teacher_topk_ids: Tensor | None = None
     teacher_topk_logprobs: Tensor | None = None
+    teacher_tail_logprobs: Tensor | None = None
     num_forwards: int = 0
 
 
@@ -194,25 +199,25 @@ class DenseDivergenceScorer:
             if support is None:
                 support = self._teacher_pass(head, h_teacher, observed)
                 del h_teacher
-            for part in chunk_slices(observed.numel(), self.chunk_size):
-                div, ent, student_lp = _student_scores(
-                    head.logits(h_student[part]), support[part], divergence=self.divergence
-                )
+            student = partial(_student_scores, divergence=self.divergence)
+            for (div, ent, student_lp), part in zip(
+                map_chunks(head, h_student, student, support, chunk_size=self.chunk_size),
+                chunk_slices(observed.numel(), self.chunk_size),
+            ):
                 flat["divergence"][part], flat["teacher_entropy"][part] = div, ent
                 flat["student_logprobs"][part] = student_lp
         flat["teacher_logprobs"] = support.log_q[:, -1]
         if topk:
             flat["teacher_topk_ids"], flat["teacher_topk_logprobs"] = support.ids[:, :-1], support.log_q[:, :-1]
+            flat["teacher_tail_logprobs"] = topk_tail_logprob(support)
         dense = self._empty(mask.shape, head, completion_ids.device, topk)  # (b, T) and (b, T, K)
         for name, values in flat.items():
             dense[name][mask.to(completion_ids.device)] = values.to(completion_ids.device)
         return dense, n_teacher + n_student
 
     def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
-        parts = [
-            _teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
-            for part in chunk_slices(observed.numel(), self.chunk_size)
-        ]
+        teacher = partial(_teacher_support, top_k=self.top_k)
+        parts = map_chunks(head, hidden, teacher, observed, chunk_size=self.chunk_size)
         if not parts:
             k = min(self.top_k, head.vocab_size) + 1
             empty = observed.new_zeros((0, k))
@@ -225,6 +230,7 @@ class DenseDivergenceScorer:
             k = min(self.top_k, head.vocab_size)
             out["teacher_topk_ids"] = torch.zeros((*shape, k), dtype=torch.long, device=device)
             out["teacher_topk_logprobs"] = torch.zeros((*shape, k), device=device)
+            out["teacher_tail_logprobs"] = torch.zeros(shape, device=device)
         return out
 
     def _dummy_batch(self, backbone, head, device) -> None:
