@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import textwrap
+import warnings
+from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather_object
@@ -47,6 +49,19 @@ from trl_sgcd.tooluse.models import builtin_model_dir, check_model_name
 from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
 logger = logging.get_logger(__name__)
+
+
+@contextmanager
+def quiet_trl_deprecations():
+    """
+    Silence, inside the block only, transformers' deprecation warnings for calls that TRL 1.16 makes, not trl-sgcd nor
+    the user: transformers 5.24 renamed `is_gradient_checkpointing` and `gradient_checkpointing_enable` / `_disable` to
+    `*activation_checkpointing*`, and TRL still uses the old names around every generation (trl.models.utils).
+    """
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable", "gradient_checkpointing_disable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+        yield
 
 
 class SGCDTrainer(GRPOTrainer):
@@ -125,13 +140,14 @@ class SGCDTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        batch, self._credit_batch = self._credit_batch, None
-        if batch is None or not self.model.training:
-            return output
-        if self.args.credit_dynamic_sampling:
-            output, batch = self._resample(output, batch)
-        return self._apply_credit(output, batch) if self.credit_mode.scores else output
+        with quiet_trl_deprecations():  # TRL's own deprecated calls around generation, not the user's
+            output = super()._generate_and_score_completions(inputs)
+            batch, self._credit_batch = self._credit_batch, None
+            if batch is None or not self.model.training:
+                return output
+            if self.args.credit_dynamic_sampling:
+                output, batch = self._resample(output, batch)
+            return self._apply_credit(output, batch) if self.credit_mode.scores else output
 
     def _generate(self, prompts):
         # Tool results returned once an environment is `done` end that rollout's loop (TRL builds these dicts just now).

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from tests.credit.credit_table_utils import _finished_records, _history, _rows
-from trl_sgcd.credit import table as ct
+from trl_sgcd.credit.report import table as ct
 from trl_sgcd.credit.report.table import COLUMNS, log_credit_table
 
 

@@ -63,7 +63,7 @@ def test_from_config():
 
 def test_from_sgcd_config(tmp_path):
     from trl_sgcd.config import DIVERGENCES, SGCDConfig
-    from trl_sgcd.credit import divergence
+    from trl_sgcd.credit.scoring import divergence
 
     assert divergence.DIVERGENCES == DIVERGENCES
     config = SGCDConfig(
