@@ -14,7 +14,7 @@ _LAZY = {
     "SGCDConfig": "trl_sgcd.config",
     "SGCDTrainer": "trl_sgcd.trainer",
     "SiblingReferenceBuilder": "trl_sgcd.credit.reference.builder",
-    "CreditReference": "trl_sgcd.credit.reference.builder",
+    "CreditReference": "trl_sgcd.credit.types",
     "DenseDivergenceScorer": "trl_sgcd.credit.scoring.scorer",
     "topk_divergence": "trl_sgcd.credit.scoring.divergence",
     "credit_saliency": "trl_sgcd.credit.weighting.saliency",

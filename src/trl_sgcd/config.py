@@ -398,6 +398,24 @@ _RULES = [
 ]
 
 
+def refuse_unsupported(args, *, is_vlm: bool = False) -> None:
+    """Refuse, at construction, combinations whose credit would be silently wrong (`is_vlm`: the model takes images,
+    known once TRL has loaded it)."""
+    if not MODES[args.credit_mode].scores:
+        return
+    if is_vlm:
+        raise ValueError(
+            "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
+            "images, so its divergence would be wrong. Use a text model, or credit_mode='off' (plain GRPO)."
+        )
+    if args.loss_type == "vespo":
+        raise ValueError(
+            f"credit_mode={args.credit_mode!r} with loss_type='vespo' is not supported: VESPO weights whole sequences "
+            "by their importance ratio, so token-level credit weights have no defined meaning there. Use loss_type "
+            "'dapo', 'grpo', 'bnpo' or 'dr_grpo', or credit_mode='off'."
+        )
+
+
 def _has_bf16_accelerator() -> bool:
     """Whether TrainingArguments accepts `bf16=True` without `use_cpu` (a bf16 GPU, or XLA)."""
     from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available

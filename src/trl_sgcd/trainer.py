@@ -32,12 +32,12 @@ from transformers.utils import logging
 from trl import GRPOTrainer
 
 from trl_sgcd import sampling
-from trl_sgcd.config import SGCDConfig
+from trl_sgcd.config import SGCDConfig, refuse_unsupported
 from trl_sgcd.credit.comm import AcceleratorComm
 from trl_sgcd.credit.modes import credit_mode
 from trl_sgcd.credit.pipeline import CreditBatch, CreditPipeline
 from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
-from trl_sgcd.credit.stats import masked_row_mean, refuse_unsupported, replace_last, total_rewards
+from trl_sgcd.credit.stats import masked_row_mean, total_rewards
 from trl_sgcd.credit.types import CreditReference, CreditResult
 from trl_sgcd.credit.weighting.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
@@ -62,6 +62,12 @@ def quiet_trl_deprecations():
         for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable", "gradient_checkpointing_disable"):
             warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
         yield
+
+
+def _replace_last(logged, values: list) -> None:
+    """Overwrite the last `len(values)` entries of a list or deque (TRL's completions-table logs) with `values`."""
+    for k, value in enumerate(values, start=len(logged) - len(values)):
+        logged[k] = value
 
 
 class SGCDTrainer(GRPOTrainer):
@@ -251,7 +257,7 @@ class SGCDTrainer(GRPOTrainer):
         self._log(result.metrics)
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         shown = masked_row_mean(output["advantages"], loss_mask(output["completion_mask"], output.get("tool_mask")))
-        replace_last(self._logs["advantages"], self.accelerator.gather(shown).tolist())  # it ends with GRPO's ones
+        _replace_last(self._logs["advantages"], self.accelerator.gather(shown).tolist())  # it ends with GRPO's ones
         return output
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
