@@ -38,7 +38,7 @@ from trl_sgcd.credit.modes import credit_mode
 from trl_sgcd.credit.pipeline import CreditBatch, CreditPipeline
 from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
 from trl_sgcd.credit.stats import masked_row_mean, total_rewards
-from trl_sgcd.credit.types import CreditReference, CreditResult
+from trl_sgcd.credit.types import CreditResult
 from trl_sgcd.credit.weighting.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
 from trl_sgcd.envs.scripted import apply_scripted_sibling
@@ -289,4 +289,4 @@ class SGCDTrainer(GRPOTrainer):
             self._credit_stream.load_state_dict(state.get("resample", {}))
 
 
-__all__ = ["SGCDTrainer", "CreditReference", "SGCD_STATE_FILE"]
+__all__ = ["SGCDTrainer", "SGCD_STATE_FILE", "quiet_trl_deprecations"]

@@ -308,14 +308,14 @@ class CreditPipeline:
         )
         # Masked literals the student cannot see get no credit; those in its prompt or an earlier tool observation do.
         literals = [list(result.references[i].masked_literals) for i in rows]
-        hidden = literal_token_mask(
+        unseen = literal_token_mask(
             completion_ids[rows],
             literals,
             tok,
             prompt_ids=student_prompts,
             tool_mask=None if tool_mask is None else tool_mask[rows],
         )
-        result.eligible = mask[rows] & ~hidden.to(mask.device)  # (R, T)
+        result.eligible = mask[rows] & ~unseen.to(mask.device)  # (R, T)
         return teacher_ids
 
     def _weigh(self, result: CreditResult, mask: Tensor) -> None:
