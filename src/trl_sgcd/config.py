@@ -138,89 +138,89 @@ class SGCDConfig(GRPOConfig):
         > Expert parameters: the dense divergence (defaults measured; each says when to touch it)
 
         credit_divergence (`str`, *optional*, defaults to `"reverse_kl"`):
-            Touch it for a divergence ablation; the paper and the benchmarks use the default.
             Per-token divergence between the student (clean prompt) and the teacher (prompt with the reference) on the
             same completion: `"reverse_kl"` (KL(student || teacher), the paper's default), `"forward_kl"`
             (KL(teacher || student)) or `"jsd"` (Jensen-Shannon).
+            Touch it for a divergence ablation; the paper and the benchmarks use the default.
         credit_top_k (`int`, *optional*, defaults to `32`):
-            Touch it only for a large vocabulary whose mass spreads past 32 tokens (cost grows with K).
             Size K of the teacher top-K support over which the divergence is computed (plus the observed token and one
             tail bucket). With K >= the vocabulary size it equals the full-vocabulary divergence.
+            Touch it only for a large vocabulary whose mass spreads past 32 tokens (cost grows with K).
 
         > Expert parameters: saliency (the segmenter)
 
         credit_spike_z (`float`, *optional*, defaults to `3.0`):
-            Touch it only with the localization benchmark at hand (`--sweep`): it moves where credit lands.
             A token is a divergence spike when its robust z-score (median / MAD over the rollout's eligible tokens)
             reaches this value. Must be > `credit_reset_z`. The three segmenter defaults were chosen on the controlled
             tier of the localization benchmark (`benchmarks/bench_credit_controlled.py --sweep`, 24 TRAIN-task
             failures, README "Where credit lands"): with the others at their defaults, 3.0 gives median lift 5.52 /
             7.78 (base / warm-started SmolLM2) where 2.0 gives 5.01 / 7.57.
+            Touch it only with the localization benchmark at hand (`--sweep`): it moves where credit lands.
         credit_saturation_z (`float`, *optional*, defaults to `8.0`):
-            Touch it only with the localization benchmark at hand, like `credit_spike_z`.
             z-score at which saliency reaches 1 (s = clip(z / saturation, 0, 1) at the span's peak). Must be > 0.
             Decisive spikes reach z 10-20 while incidental ones stay near the spike threshold, so saliency is graded
             over that range: median lift 5.52 / 7.78 at 8.0, 5.13 / 7.20 at 4.0, 5.96 / 7.77 at 16.0.
-        credit_reset_z (`float`, *optional*, defaults to `1.0`):
             Touch it only with the localization benchmark at hand, like `credit_spike_z`.
+        credit_reset_z (`float`, *optional*, defaults to `1.0`):
             A span ends when the z-score falls below this value (the divergence is back to the rollout's usual level).
             The former -0.5 (below the median) kept spans open until an entropy rise or `credit_max_span`: W > 1 on
             54 / 44 percent of eligible tokens and median lift 1.75 / 2.04 (with the former spike 2.0 and saturation 4.0);
             the three defaults give 9 / 5 percent and 5.52 / 7.78.
+            Touch it only with the localization benchmark at hand, like `credit_spike_z`.
         credit_entropy_rise (`float`, *optional*, defaults to `0.5`):
-            Touch it only when spans visibly run past the decisive tokens in the credit table.
             A span ends when the teacher entropy rises more than this many nats above its value at the span start.
+            Touch it only when spans visibly run past the decisive tokens in the credit table.
         credit_max_span (`int`, *optional*, defaults to `32`):
-            Touch it only when decisive actions are longer than 32 tokens (long tool arguments).
             Longest span, in tokens.
+            Touch it only when decisive actions are longer than 32 tokens (long tool arguments).
         credit_min_divergence (`float`, *optional*, defaults to `1e-4`):
-            Touch it only if a near-identical teacher and student still produce spikes (noise).
             Spikes below this divergence (nats) are ignored, so numerical noise never makes credit.
+            Touch it only if a near-identical teacher and student still produce spikes (noise).
 
         > Expert parameters: the reference LLM transport and budgets
 
         credit_reference_deadline (`float`, *optional*, defaults to `60.0`):
-            Touch it when a slow LLM endpoint times out (`sgcd/reference/timeouts`).
             Hard deadline in seconds for one LLM call, retries excluded; enforced with `asyncio.wait_for`.
+            Touch it when a slow LLM endpoint times out (`sgcd/reference/timeouts`).
         credit_reference_retries (`int`, *optional*, defaults to `3`):
-            Touch it when a rate-limited endpoint fails groups (`sgcd/reference/rate_limited`).
             Retries on rate limits (429), server errors (5xx) and timeouts, with exponential backoff and jitter.
+            Touch it when a rate-limited endpoint fails groups (`sgcd/reference/rate_limited`).
         credit_reference_step_budget (`float`, *optional*, defaults to `60.0`):
-            Touch it when reference building dominates the step time or falls back too often.
             Wall seconds for one step's whole reference build (evidence, every LLM request, retry, backoff and wave);
             groups still waiting when it is spent fall back. A hung endpoint costs a step at most this.
+            Touch it when reference building dominates the step time or falls back too often.
         credit_reference_concurrency (`int`, *optional*, defaults to `8`):
-            Touch it to match the endpoint's rate limit.
             LLM calls in flight at once.
+            Touch it to match the endpoint's rate limit.
         credit_reference_max_input_tokens (`int`, *optional*, defaults to `12000`):
-            Touch it when the reference model's context is smaller than 12k tokens.
             Token budget of the sibling evidence sent to the LLM (the selection rule of the paper's appendix applies).
+            Touch it when the reference model's context is smaller than 12k tokens.
         credit_reference_max_tokens (`int`, *optional*, defaults to `512`):
-            Touch it when references are cut (a longer cap costs teacher-forward tokens).
             Cap on the reference, both as LLM output and as inserted teacher context. The task prompt is never cut.
+            Touch it when references are cut (a longer cap costs teacher-forward tokens).
         credit_observation_max_chars (`int`, *optional*, defaults to `512`):
-            Touch it when decisive facts sit deep in long tool outputs.
             Tool observations longer than this are truncated in the evidence before any sibling is dropped.
+            Touch it when decisive facts sit deep in long tool outputs.
 
         > Expert parameters: scoring performance (results unchanged up to float rounding)
 
         credit_chunk_size (`int`, *optional*, defaults to `256`):
-            Touch it when scoring runs out of memory (smaller) or a large GPU idles (larger).
             Number of completion positions whose vocabulary logits are materialised at once while scoring (bounds
             memory; does not change the result).
+            Touch it when scoring runs out of memory (smaller) or a large GPU idles (larger).
         credit_scoring_batch_size (`int` or `None`, *optional*, defaults to `None`):
-            Touch it when scoring runs out of memory (smaller than the train batch).
             Rollouts per scoring forward; `None` uses `per_device_train_batch_size`.
+            Touch it when scoring runs out of memory (smaller than the train batch).
         credit_share_prefix (`bool`, *optional*, defaults to `True`):
-            Touch it only to debug scoring (`False` scores every row on its own).
             Whether to encode the prompt prefix common to a scoring micro-batch once (a group's prompt, the system
             message and tool schemas) and score the completions on its key/value cache; equal to unshared scoring up to
             float rounding. Off under DeepSpeed ZeRO-3 (every rank must run the same forwards).
+            Touch it only to debug scoring (`False` scores every row on its own).
         credit_compact_lm_head (`bool`, *optional*, defaults to `True`):
-            Touch it only to check GRPO parity on CPU (`False`).
             Whether to let TRL's fused LM head score only the completion positions on CPU (as it does on Triton devices)
             instead of every prompt position too; applies in every mode, `off` included. Equal up to float rounding;
             `False` makes `off` GRPO bit for bit on CPU. No effect on GPUs (see `trl_sgcd.lm_head`).
+            Touch it only to check GRPO parity on CPU (`False`).
     """
 
     # Each help text is the field's entry in the docstring above (`--help` shows it in full).
