@@ -18,7 +18,7 @@ python benchmarks/bench_credit.py --policy tiny --tasks 2 --k 2 --expert-sibling
    successful sibling and, for each failed one, its first differing step, in the five sections) and `no_reference`
    (the raw trace of ANOTHER successful sibling, never the row itself; rows without one are skipped), each with the
    reverse KL, forward KL and JSD, then the trainer's segmenter and weights with the `SGCDConfig` defaults.
-4. **Metrics** (`trl_sgcd.credit.localization`) against `trl_sgcd.envs.decisive` labels: credit-mass lift, recall,
+4. **Metrics** (`trl_sgcd.credit.report.localization`) against `trl_sgcd.envs.decisive` labels: credit-mass lift, recall,
    precision; the same for equal-mass random spans and `uniform`; medians over rollouts with 95% bootstrap
    intervals. Diagnostics: the lift of the raw divergence (before the segmenter), the share of decisive tokens that
    the literal mask leaves eligible, and two single changes of the contrast / reverse-KL variant (no literal mask;
@@ -100,7 +100,7 @@ def scripted_reference(body: dict) -> str:
     """The scripted 'LLM' of the local server: restates the sanitized sibling traces of the request (no model)."""
     import re
 
-    from trl_sgcd.credit.prompt import SECTION_TITLES, section_header
+    from trl_sgcd.credit.reference.prompt import SECTION_TITLES, section_header
 
     text = body["messages"][-1]["content"]
     siblings = re.findall(r'<sibling id="(\d+)" outcome="(\w+)">\n(.*?)\n</sibling>', text, re.DOTALL)
@@ -132,7 +132,7 @@ def scripted_reference(body: dict) -> str:
 def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
     """`{reference name: {global row: CreditReference}}` for every row of the mixed `groups`."""
     from trl_sgcd import SiblingReferenceBuilder
-    from trl_sgcd.credit.siblings import sibling_contexts
+    from trl_sgcd.credit.reference.builder import sibling_contexts
     from trl_sgcd.envs.airline import AIRLINE_PRIVATE_COLUMNS
 
     common = dict(private_columns=AIRLINE_PRIVATE_COLUMNS, tokenizer=tokenizer)
@@ -159,8 +159,8 @@ def build_references(groups, tokenizer, *, config: dict, api_base: str) -> dict:
 
 # --------------------------------------------------------------------------------------------------- scoring
 def _teacher_prompt(tokenizer, prompt, text, tools, max_tokens):
-    from trl_sgcd.credit.reference import cap_reference
-    from trl_sgcd.credit.teacher import insert_reference
+    from trl_sgcd.credit.reference.builder import cap_reference
+    from trl_sgcd.credit.scoring.teacher import insert_reference
 
     capped = cap_reference(text, tokenizer, max_tokens)
     return tokenizer.apply_chat_template(
@@ -172,7 +172,7 @@ def score_rollouts(model, tokenizer, rollouts, refs, *, config, temperature):
     """Per row and reference: divergence and entropy per divergence, and the literal mask (numpy arrays)."""
     from transformers.utils import get_json_schema
 
-    from trl_sgcd.credit.teacher import literal_token_mask
+    from trl_sgcd.credit.scoring.teacher import literal_token_mask
     from trl_sgcd.envs.airline import AirlineEnv
     from trl_sgcd.tooluse.evaluation import environment_tools
 

@@ -20,7 +20,7 @@ inserted, spliced ids, literal mask with the prompt and tool mask, dense top-K d
 * `irrelevant`: unrelated text of the same token length (a control: credit must not concentrate);
 * `identity`: teacher = student on the first 4 failures (the divergence must be exactly 0).
 
-Metrics over the failures (`trl_sgcd.credit.localization`), median over groups with 95% bootstrap intervals: the raw
+Metrics over the failures (`trl_sgcd.credit.report.localization`), median over groups with 95% bootstrap intervals: the raw
 divergence ratio (mean d on decisive / on other eligible tokens) and its AUC, the share of eligible tokens with W > 1,
 the credit-mass lift on decisive tokens against equal-mass random spans, and recall. `--sweep` re-runs the segmenter on
 the saved divergences for a grid of settings (how the defaults were chosen; TRAIN tasks only); `--from-scores` re-runs
@@ -132,7 +132,7 @@ def layout(groups, tokenizer):
 
 def oracle_text(row, tokenizer) -> str:
     """The oracle context: the gold calls verbatim and the corrupted value against the gold one (never sanitized)."""
-    from trl_sgcd.credit.traces import format_steps, trace_steps
+    from trl_sgcd.credit.reference.traces import format_steps, trace_steps
 
     bad = tokenizer.decode(row["bad_ids"], skip_special_tokens=True)
     gold = tokenizer.decode(row["gold_ids"], skip_special_tokens=True)
@@ -147,8 +147,9 @@ def oracle_text(row, tokenizer) -> str:
 
 def references(rows, args, tokenizer):
     """`{context: [CreditReference per row]}` for the failures of `rows` (identity: the contrast one, see below)."""
-    from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+    from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
     from trl_sgcd.credit.siblings import build_sibling_groups
+    from trl_sgcd.credit.types import CreditReference
 
     prompts, completions, rewards, extra = [], [], [], []
     for r in rows:

@@ -26,8 +26,8 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trl_sgcd.credit.llm import LiteLLMClient  # noqa: E402
-from trl_sgcd.credit.reference import SiblingReferenceBuilder  # noqa: E402
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder  # noqa: E402
+from trl_sgcd.credit.reference.llm import LiteLLMClient  # noqa: E402
 from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer  # noqa: E402
 from trl_sgcd.testing.samples import sample_group  # noqa: E402
 

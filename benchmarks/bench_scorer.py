@@ -34,8 +34,8 @@ import time
 
 import torch
 
-from trl_sgcd.credit.divergence import topk_divergence
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.divergence import topk_divergence
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 VOCAB, HIDDEN, LAYERS = 49152, 256, 2
 PROMPT, REFERENCE = 64, 128

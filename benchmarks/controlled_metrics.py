@@ -31,7 +31,7 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def row_metrics(score: dict, decisive: np.ndarray, weights: np.ndarray, rng, draws: int) -> dict:
     """Localization of one failure: raw-divergence ratio and AUC, W > 1 share, lift vs random spans, recall."""
-    from trl_sgcd.credit.localization import random_span_weights, rollout_localization
+    from trl_sgcd.credit.report.localization import random_span_weights, rollout_localization
 
     d, e = score["divergence"].astype(np.float64), score["eligible"]
     loc = rollout_localization(weights, e, decisive)
@@ -48,7 +48,7 @@ def row_metrics(score: dict, decisive: np.ndarray, weights: np.ndarray, rng, dra
 
 
 def summarize_rows(metrics: list[dict], seed: int = 0) -> dict:
-    from trl_sgcd.credit.localization import bootstrap_median, bootstrap_pooled_lift
+    from trl_sgcd.credit.report.localization import bootstrap_median, bootstrap_pooled_lift
 
     out = {
         k: bootstrap_median([m[k] for m in metrics], seed=seed)

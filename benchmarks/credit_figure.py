@@ -1,5 +1,5 @@
 """The picture of `bench_credit.py`: a few scored rollouts, tokens shaded by W, decisive tokens underlined, the
-reference beside them (`trl_sgcd.credit.render.localization_html_page`), and a PNG of it by headless Chromium."""
+reference beside them (`trl_sgcd.credit.report.html.localization_html_page`), and a PNG of it by headless Chromium."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def write_figure(
     """Write the HTML page to `path` and, when a Chromium is installed, `path` with `.png`; returns the HTML path."""
     from credit_metrics import credit_weights_of
 
-    from trl_sgcd.credit.render import localization_html_page
-    from trl_sgcd.credit.table_rows import decode_token_strings
+    from trl_sgcd.credit.report.html import localization_html_page
+    from trl_sgcd.credit.report.table import decode_token_strings
 
     weights, eligible = {}, {}
     for (name, i), score in scores.items():

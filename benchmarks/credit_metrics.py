@@ -41,8 +41,8 @@ def credit_weights_of(score, tool_mask, divergence, config, *, literal_mask=True
 # --------------------------------------------------------------------------------------------------- metrics
 def variant_rows(scores, rollouts, decisive, *, config, reference, divergence, draws, seed, **options):
     """Per-rollout metrics of one variant and of its two equal-mass baselines."""
-    from trl_sgcd.credit.localization import random_span_weights, rollout_localization
-    from trl_sgcd.credit.weights import uniform_credit_weights
+    from trl_sgcd.credit.report.localization import random_span_weights, rollout_localization
+    from trl_sgcd.credit.weighting.weights import uniform_credit_weights
 
     rng = np.random.default_rng(seed)
     out = {"sgcd": [], "random spans": [], "uniform": [], "signal_lift": [], "eligible_decisive_share": []}
@@ -105,7 +105,7 @@ def format_table(results: dict) -> str:
 
 
 def summarize_variants(scores, rollouts, decisive, config, draws, seed) -> dict:
-    from trl_sgcd.credit.localization import bootstrap_median, summarize
+    from trl_sgcd.credit.report.localization import bootstrap_median, summarize
 
     variants = {f"{ref} / {div}": (ref, div, {}) for ref in REFERENCES for div in DIVERGENCES}
     variants |= {f"contrast / reverse_kl, {label}": ("contrast", "reverse_kl", o) for label, o in DIAGNOSTICS.items()}
@@ -124,7 +124,7 @@ def summarize_variants(scores, rollouts, decisive, config, draws, seed) -> dict:
 def outcome_breakdown(scores, rollouts, decisive, kinds, config, *, threshold, reference="contrast"):
     """Default variant (`reference` / reverse KL, the `SGCDConfig` segmenter) per (outcome, first decisive kind):
     rollouts, median lift, pooled W > 1 share, decisive share of eligible tokens, median raw-divergence ratio."""
-    from trl_sgcd.credit.localization import bootstrap_median, rollout_localization
+    from trl_sgcd.credit.report.localization import bootstrap_median, rollout_localization
 
     cells = {}
     for (name, i), score in sorted(scores.items(), key=lambda kv: kv[0][1]):

@@ -193,8 +193,8 @@ def literal_mask_audit(tokenizer, *, seed: int = 0) -> dict:
     import torch
     from transformers.utils import get_json_schema
 
-    from trl_sgcd.credit.sanitize import Sanitizer
-    from trl_sgcd.credit.teacher import literal_token_mask
+    from trl_sgcd.credit.reference.sanitize import Sanitizer
+    from trl_sgcd.credit.scoring.teacher import literal_token_mask
     from trl_sgcd.envs.airline import AirlineEnv, make_airline_dataset, tool_names
     from trl_sgcd.envs.airline_tasks import get_task
     from trl_sgcd.envs.decisive import decisive_token_mask

@@ -3,7 +3,7 @@
 One student forward and one teacher forward per reference, each over the rollout's own tokens only: the airline
 system message with its tool schemas (~1.1k tokens, the same for every prompt and every teacher, since the reference
 goes into the user turn) is encoded once and its key/value cache reused. From the completion logits of the two
-contexts, the scorer's own per-chunk math (`trl_sgcd.credit.divergence`) gives the divergence and teacher entropy for
+contexts, the scorer's own per-chunk math (`trl_sgcd.credit.scoring.divergence`) gives the divergence and teacher entropy for
 every divergence at once; `tests/test_bench_credit.py` checks that this equals `trl_sgcd.DenseDivergenceScorer.score`.
 """
 
@@ -67,7 +67,7 @@ def dense_scores(student_log_probs, teacher_logits, completion_ids, *, top_k: in
     The same quantities as `trl_sgcd.topk_divergence` (the scorer's per-chunk math, whose helpers it calls), with the
     teacher support and the student's log-softmax computed once for all divergences instead of once per divergence.
     """
-    from trl_sgcd.credit.divergence import _reduce_to_support, _support_divergence, _teacher_support
+    from trl_sgcd.credit.scoring.divergence import _reduce_to_support, _support_divergence, _teacher_support
 
     observed = torch.as_tensor(list(completion_ids), dtype=torch.long)
     support = _teacher_support(teacher_logits.float(), observed, top_k=top_k)

@@ -233,7 +233,7 @@ def test_trl_deprecated_checkpointing_calls_are_silenced():
     generation; transformers' deprecation warnings for them are TRL's, not the user's, and are silenced."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trl_sgcd.config import quiet_trl_deprecations
+    from trl_sgcd.trainer import quiet_trl_deprecations
 
     config = LlamaConfig(
         vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
@@ -241,8 +241,30 @@ def test_trl_deprecated_checkpointing_calls_are_silenced():
     model = LlamaForCausalLM(config)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        quiet_trl_deprecations()
-        model.gradient_checkpointing_enable()
-        assert model.is_gradient_checkpointing
-        model.gradient_checkpointing_disable()
-    assert [str(w.message) for w in caught if "deprecated" in str(w.message)] == []
+        with quiet_trl_deprecations():  # scoped: no global filter (importing trl_sgcd installs none)
+            model.gradient_checkpointing_enable()
+            assert model.is_gradient_checkpointing
+            model.gradient_checkpointing_disable()
+        model.gradient_checkpointing_enable()  # outside the block, transformers warns as usual
+    messages = [str(w.message) for w in caught if "deprecated" in str(w.message)]
+    assert len(messages) == 1 and "gradient_checkpointing_enable" in messages[0]
+
+
+def test_dynamic_sampling_defaults_on_in_the_credit_modes_and_off_in_off(tmp_path):
+    assert make_config(tmp_path).credit_dynamic_sampling is True
+    assert make_config(tmp_path, credit_mode="no_reference").credit_dynamic_sampling is True
+    assert make_config(tmp_path, credit_mode="off").credit_dynamic_sampling is False  # GRPO bit for bit
+    assert make_config(tmp_path, credit_mode="off", credit_dynamic_sampling=True).credit_dynamic_sampling is True
+    assert make_config(tmp_path, credit_dynamic_sampling=False).credit_dynamic_sampling is False
+
+
+def test_importing_the_config_installs_no_warnings_filter():
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, trl_sgcd.config; "
+        "assert not [f for f in warnings.filters if f[1] is not None and 'checkpointing' in f[1].pattern]"
+    )  # third-party imports add their own filters; none of trl-sgcd's
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]

@@ -1,8 +1,11 @@
 """Dynamic sampling in the trainer: the batch keeps mixed groups, and `off` (GRPO) draws what `sgcd` draws."""
 
 import math
+import types
 
 import torch
+
+from trl_sgcd import sampling
 
 
 def _alternating(i, rank, rnd):
@@ -44,3 +47,21 @@ def test_grpo_and_sgcd_draw_the_same_batches_and_keep_the_same_groups(trained):
     assert resample and all(
         off.trainer.state.log_history[0][k] == sgcd.trainer.state.log_history[0][k] for k in resample
     )
+
+
+def test_each_extra_round_is_announced():
+    """A batch that needs extra rounds says so before each one ("round r/R: m of n groups mixed"): not hung."""
+    flat, mixed = torch.zeros(4, 1), torch.tensor([[1.0], [0.0], [1.0], [0.0]])  # (4 rows, 1 reward function)
+    rounds = iter([flat, mixed])
+    first = next(rounds)
+    args = types.SimpleNamespace(
+        credit_success_threshold=0.5, credit_min_mixed_fraction=1.0, credit_max_resample_rounds=3
+    )
+    lines = []
+    outputs, *_ = sampling.draw_rounds(
+        {}, {"prompts": ["p"] * 4, "rewards_per_func": first}, slice(0, 4),
+        lambda: ({}, {"prompts": ["p"] * 4, "rewards_per_func": next(rounds)}), lambda n: n,
+        args=args, reward_weights=torch.ones(1), group_size=2, announce=lines.append,
+    )  # fmt: skip
+    assert len(outputs) == 2
+    assert lines == ["dynamic sampling round 1/3: 0 of 2 groups mixed"]

@@ -120,6 +120,7 @@ def tiny_args(output_dir, **overrides):
         logging_steps=1,
         save_strategy="no",
         seed=42,
+        credit_dynamic_sampling=False,  # the tests that want it say so (the default: on in the credit modes)
         # At temperature 1 the random model's divergences are ~1e-6 (float noise); at 0.05 they reach ~0.1, so the
         # credit the tests see is signal, not rounding.
         temperature=0.05,

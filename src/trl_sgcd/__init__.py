@@ -13,12 +13,12 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "SGCDConfig": "trl_sgcd.config",
     "SGCDTrainer": "trl_sgcd.trainer",
-    "SiblingReferenceBuilder": "trl_sgcd.credit.reference",
-    "CreditReference": "trl_sgcd.credit.reference",
-    "DenseDivergenceScorer": "trl_sgcd.credit.scorer",
-    "topk_divergence": "trl_sgcd.credit.divergence",
-    "credit_saliency": "trl_sgcd.credit.saliency",
-    "credit_weights": "trl_sgcd.credit.weights",
+    "SiblingReferenceBuilder": "trl_sgcd.credit.reference.builder",
+    "CreditReference": "trl_sgcd.credit.types",
+    "DenseDivergenceScorer": "trl_sgcd.credit.scoring.scorer",
+    "topk_divergence": "trl_sgcd.credit.scoring.divergence",
+    "credit_saliency": "trl_sgcd.credit.weighting.saliency",
+    "credit_weights": "trl_sgcd.credit.weighting.weights",
 }
 
 __all__ = [*_LAZY, "__version__"]

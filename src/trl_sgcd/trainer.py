@@ -5,38 +5,41 @@ After GRPO has generated, rewarded and normalised a batch, its advantages `(B,)`
 
 * `_calculate_rewards`: the tool-use audit (zero-tool collapse; every mode, so GRPO arms have it too); keeps the
   texts and rewards that dynamic sampling and the credit stages need;
-* `_generate_and_score_completions`: dynamic sampling (every mode alike, `credit/sampling.py`), then one call of the
-  credit pipeline (`credit/pipeline.py`) in the modes that score (`credit/modes.py` says what each mode does);
+* `_generate_and_score_completions`: dynamic sampling (every mode alike, `sampling.py`), then one call of
+  `CreditPipeline.run` (`credit/pipeline.py`: the stages in order, rank logic through `credit/comm.py`) in the modes
+  that score (`credit/modes.py` says what each mode does);
 * `_compute_loss`: the mode's extra loss (`direct_sd`, `sdpo`); `_get_per_token_logps_and_entropies`: `lm_head.py`;
 * `_generate`: a rollout whose environment is `done` gets no further turn (`envs/episode.py`); with `scripted_sibling`,
   the last rollout of each group is the script's (`envs/scripted.py`); `_get_tool_suffix_ids`: ends those rollouts;
-* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (`credit/state.py`), a resume is exact;
+* `_save_checkpoint` / `_load_optimizer_and_scheduler`: `sgcd_state.json` (`credit/state.py`: the pipeline's state
+  and dynamic sampling's stream position), a resume is exact;
 * `create_model_card`, `_issue_warnings_after_load`: the SGCD model card; no warning for tied weights on resume.
-Only TRL hooks, gathers and rank logic live here (groups span ranks; every rank runs equal scoring forwards: ZeRO-3).
+Only TRL hooks live here; the credit's order, state and cross-rank logic are the pipeline's.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import textwrap
-import time
+import warnings
+from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather_object
 from datasets import IterableDataset
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOTrainer
 
-from trl_sgcd.config import SGCDConfig
-from trl_sgcd.credit import sampling
+from trl_sgcd import sampling
+from trl_sgcd.config import SGCDConfig, refuse_unsupported
+from trl_sgcd.credit.comm import AcceleratorComm
 from trl_sgcd.credit.modes import credit_mode
-from trl_sgcd.credit.pipeline import BATCH_TENSORS, CreditPipeline, CreditResult
-from trl_sgcd.credit.reference import CreditReference
-from trl_sgcd.credit.sanitize import private_values
-from trl_sgcd.credit.siblings import owner_of_group
+from trl_sgcd.credit.pipeline import CreditBatch, CreditPipeline
 from trl_sgcd.credit.state import SGCD_STATE_FILE, load_sgcd_state, save_sgcd_state
-from trl_sgcd.credit.stats import CreditStats, masked_row_mean, refuse_unsupported, replace_last, total_rewards
-from trl_sgcd.credit.weights import loss_mask
+from trl_sgcd.credit.stats import masked_row_mean, total_rewards
+from trl_sgcd.credit.types import CreditResult
+from trl_sgcd.credit.weighting.weights import loss_mask
 from trl_sgcd.envs.episode import end_episode_suffix, watch_episode_ends
 from trl_sgcd.envs.scripted import apply_scripted_sibling
 from trl_sgcd.lm_head import compact_lm_head
@@ -46,6 +49,25 @@ from trl_sgcd.tooluse.models import builtin_model_dir, check_model_name
 from trl_sgcd.vllm_cpu import cpu_colocate_generation
 
 logger = logging.get_logger(__name__)
+
+
+@contextmanager
+def quiet_trl_deprecations():
+    """
+    Silence, inside the block only, transformers' deprecation warnings for calls that TRL 1.16 makes, not trl-sgcd nor
+    the user: transformers 5.24 renamed `is_gradient_checkpointing` and `gradient_checkpointing_enable` / `_disable` to
+    `*activation_checkpointing*`, and TRL still uses the old names around every generation (trl.models.utils).
+    """
+    with warnings.catch_warnings():
+        for name in ("is_gradient_checkpointing", "gradient_checkpointing_enable", "gradient_checkpointing_disable"):
+            warnings.filterwarnings("ignore", message=f"`{name}` is deprecated", category=FutureWarning)
+        yield
+
+
+def _replace_last(logged, values: list) -> None:
+    """Overwrite the last `len(values)` entries of a list or deque (TRL's completions-table logs) with `values`."""
+    for k, value in enumerate(values, start=len(logged) - len(values)):
+        logged[k] = value
 
 
 class SGCDTrainer(GRPOTrainer):
@@ -105,7 +127,8 @@ class SGCDTrainer(GRPOTrainer):
         pipe = self.credit_pipeline = CreditPipeline(args, self._tokenizer, num_generations=self.num_generations)
         self.credit_scorer, self.reference_builder = pipe.scorer, pipe.reference_builder
         self.last_credit: CreditResult | None = None  # the last generation batch's credit, stats reduced over ranks
-        self._credit_batch, self._credit_inert_steps, self.scripted_sibling = None, 0, scripted_sibling
+        self._credit_batch, self._credit_comm = None, AcceleratorComm(self.accelerator)
+        self.scripted_sibling = scripted_sibling
         self._credit_stream = sampling.ResampleStream(self._resample_loader)  # dynamic sampling's extra rounds
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -123,20 +146,41 @@ class SGCDTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        batch, self._credit_batch = self._credit_batch, None
-        if batch is None or not self.model.training:
-            return output
-        if self.args.credit_dynamic_sampling:
-            output, batch = self._resample(output, batch)
-        return self._apply_credit(output, batch) if self.credit_mode.scores else output
+        with quiet_trl_deprecations():  # TRL's own deprecated calls around generation, not the user's
+            output = super()._generate_and_score_completions(inputs)
+            batch, self._credit_batch = self._credit_batch, None
+            if batch is None or not self.model.training:
+                return output
+            if self.args.credit_dynamic_sampling:
+                output, batch = self._resample(output, batch)
+            return self._apply_credit(output, batch) if self.credit_mode.scores else output
 
     def _generate(self, prompts):
-        watch_episode_ends(self)  # tool results returned once an environment is `done` end that rollout's loop
-        return apply_scripted_sibling(self, prompts, super()._generate(prompts))
+        # Tool results returned once an environment is `done` end that rollout's loop (TRL builds these dicts just now).
+        tool_dicts = (getattr(self, "_sync_tool_dicts", None), getattr(self, "_async_tool_dicts", None))
+        watch_episode_ends(self.environments if self.tools else None, tool_dicts)
+        output = super()._generate(prompts)
+        if self.scripted_sibling is None or not self.model.training:
+            return output
+        by_env = self.environment_factories is not None
+        output, n = apply_scripted_sibling(
+            output,
+            prompts,
+            script=self.scripted_sibling,
+            environments=self.environments,
+            tools=[self._env_tools[name] for name in self._batch_environments] if by_env else self.tools,
+            tokenizer=self._tokenizer,
+            num_generations=self.num_generations,
+            process_index=self.accelerator.process_index,
+            template_kwargs={"chat_template": self.chat_template, **(self.chat_template_kwargs or {})},
+        )
+        self._metrics["train"]["sgcd/scripted_siblings"].append(float(n))
+        return output
 
     def _get_tool_suffix_ids(self, tool_messages):
-        return end_episode_suffix(self, tool_messages, super()._get_tool_suffix_ids(tool_messages))
+        suffix = super()._get_tool_suffix_ids(tool_messages)
+        pad, budget = self._tokenizer.pad_token_id, self.max_completion_length
+        return end_episode_suffix(tool_messages, suffix, pad_token_id=pad, max_completion_length=budget)
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         with compact_lm_head(self.args.credit_compact_lm_head):
@@ -152,7 +196,7 @@ class SGCDTrainer(GRPOTrainer):
         return loss + coef * aux / self.current_gradient_accumulation_steps
 
     def _resample(self, output: dict, batch: dict):
-        """Extra generation rounds while too few groups are mixed (the rule and its logs: `credit/sampling.py`)."""
+        """Extra generation rounds while too few groups are mixed (the rule and its logs: `sampling.py`)."""
         args, G, acc, n_local = self.args, self.num_generations, self.accelerator, len(batch["prompts"])
         if why_not := sampling.unavailable(n_local, G, iterable=isinstance(self.train_dataset, IterableDataset)):
             logger.warning_once(why_not)
@@ -166,7 +210,15 @@ class SGCDTrainer(GRPOTrainer):
         global_sum = lambda n: int(acc.gather(torch.tensor([float(n)], device=acc.device)).sum().item())  # noqa: E731
         local = slice(acc.process_index * n_local, (acc.process_index + 1) * n_local)
         outputs, batches, rewards, chosen, metrics = sampling.draw_rounds(
-            output, batch, local, next_round, global_sum, args=args, reward_weights=self.reward_weights, group_size=G
+            output,
+            batch,
+            local,
+            next_round,
+            global_sum,
+            args=args,
+            reward_weights=self.reward_weights,
+            group_size=G,
+            announce=logger.warning if acc.is_main_process else None,
         )
         self._log(metrics)
         if len(outputs) == 1:  # no extra round
@@ -186,46 +238,26 @@ class SGCDTrainer(GRPOTrainer):
         return self._get_dataloader(self.train_dataset, "SGCD resampling", batch_size, sampler, is_training=True)
 
     def _apply_credit(self, output: dict, batch: dict) -> dict:
-        acc, pipe = self.accelerator, self.credit_pipeline
-        n_local, G = len(batch["prompts"]), self.num_generations
-        offset, rewards = acc.process_index * n_local, total_rewards(batch["rewards_per_func"], self.reward_weights)
-        # Siblings: a group may span ranks, so gather texts and private values, then cut into groups of G.
-        private = gather_object([private_values(row, self.args.credit_private_columns) for row in batch["inputs"]])
-        prompts, completions = gather_object(list(batch["prompts"])), batch["all_completions"]
-        groups = pipe.sibling_groups(prompts, completions, rewards.tolist(), private, num_generations=G)
-        # References: each group is built exactly once, by its owner rank; every rank receives all of them.
-        t0 = time.perf_counter()
-        owned = [g for g in groups if owner_of_group(g.group_index, acc.num_processes) == acc.process_index]
-        references = dict(gather_object(pipe.references(owned)))
-        steps = gather_object([pipe.reference_step_metrics()])  # every rank's reference-builder counters
-        latency = time.perf_counter() - t0
-        local_refs = [references.get(offset + i) for i in range(n_local)]
-        result = pipe.compute_credit(
-            model=self.model,
-            **{key: output.get(key) for key in BATCH_TENSORS},
+        """The credit pipeline on this batch (its order and cross-rank logic: `CreditPipeline.run`)."""
+        credit = CreditBatch(
+            output,
             prompts=batch["prompts"],
-            references=local_refs,
+            rows=batch["inputs"],
+            all_completions=batch["all_completions"],
+            rewards=total_rewards(batch["rewards_per_func"], self.reward_weights),
+            model=self.model,
             render=lambda prompts: self._tokenize_prompts(prompts)[0],
-            min_batches=int(acc.gather(torch.tensor([pipe.num_score_batches(local_refs)], device=acc.device)).max()),
-            autocast=acc.autocast,  # the scorer calls the backbone past accelerate's autocast wrapper of forward
+            autocast=self.accelerator.autocast,  # the scorer calls the backbone past accelerate's autocast wrapper
+            step=self.state.global_step + 1,  # the optimizer step that first trains on this batch
+            has_tools=bool(self.tools),
         )
-        advantages, output["advantages"] = output["advantages"], result.advantages
+        self.last_credit = result = self.credit_pipeline.run(credit, self._credit_comm)
+        output["advantages"] = result.advantages
         output.update(result.extra_loss_inputs)
-        sums, maxima = result.stats.vectors(acc.device)  # statistics reduced over ranks: sums, maxima, fallbacks
-        stats = CreditStats.from_vectors(acc.gather(sums[None]).sum(0), acc.gather(maxima[None]).max(0).values)
-        fallback = int(acc.gather(torch.tensor([float(result.fallback_prefix)], device=acc.device)).sum().item())
-        self.last_credit = dataclasses.replace(result, stats=stats)
-        self._log(pipe.metrics(stats, groups, references.values(), latency, fallback, steps))
+        self._log(result.metrics)
         # The completions table shows the reweighted advantages: per rollout, the mean of A*W over its loss tokens.
         shown = masked_row_mean(output["advantages"], loss_mask(output["completion_mask"], output.get("tool_mask")))
-        replace_last(self._logs["advantages"], acc.gather(shown).tolist())  # it ends with this batch's GRPO ones
-        if acc.is_main_process:  # the table's step: the optimizer step that first trains on this batch
-            pipe.record_table(
-                self.state.global_step + 1, batch["prompts"], output, result, advantages, rewards, offset
-            )
-        self._credit_inert_steps = pipe.check_validity(stats, groups, result.weights, self._credit_inert_steps)
-        if acc.is_main_process and (why := pipe.inert_reason(stats, groups, has_tools=bool(self.tools))):
-            logger.warning(f"SGCD step {self.state.global_step + 1}: {why}.")
+        _replace_last(self._logs["advantages"], self.accelerator.gather(shown).tolist())  # it ends with GRPO's ones
         return output
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, **kwargs):
@@ -243,11 +275,18 @@ class SGCDTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        save_sgcd_state(self, trial)
+        if self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            state = {**self.credit_pipeline.state_dict(), "resample": self._credit_stream.state_dict()}
+            save_sgcd_state(folder, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        load_sgcd_state(self, checkpoint)
+        if (state := load_sgcd_state(checkpoint)) is not None:
+            self.credit_pipeline.load_state_dict(state)
+            self._credit_stream.load_state_dict(state.get("resample", {}))
 
 
-__all__ = ["SGCDTrainer", "CreditReference", "SGCD_STATE_FILE"]
+__all__ = ["SGCDTrainer", "SGCD_STATE_FILE", "quiet_trl_deprecations"]

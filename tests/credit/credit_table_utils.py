@@ -7,7 +7,7 @@ import struct
 import time
 from types import SimpleNamespace
 
-from trl_sgcd.credit.table import credit_table_rows
+from trl_sgcd.credit.report.table import credit_table_rows
 
 
 def _rows(step=1, n=2, **overrides):

@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from trl_sgcd.credit.modes import MODES, credit_mode
-from trl_sgcd.credit.reference import CreditReference
-from trl_sgcd.credit.sampling import ResampleStream, keep_resampling, merge_outputs, resample_metrics, select_groups
 from trl_sgcd.credit.stats import (
     CreditStats,
     check_validity,
@@ -19,6 +17,8 @@ from trl_sgcd.credit.stats import (
     total_rewards,
     validity_problems,
 )
+from trl_sgcd.credit.types import CreditReference
+from trl_sgcd.sampling import ResampleStream, keep_resampling, merge_outputs, resample_metrics, select_groups
 
 
 def _stats(**sums):
@@ -31,6 +31,20 @@ def test_total_rewards_weighted_and_nan_when_all_none():
     per_func = torch.tensor([[1.0, 0.5], [float("nan"), 1.0], [float("nan"), float("nan")]])
     r = total_rewards(per_func, torch.tensor([1.0, 2.0]))
     assert r[0] == 2.0 and r[1] == 2.0 and math.isnan(r[2])
+
+
+def test_sdpos_sampled_token_variant_is_a_record_of_the_mode_table():
+    from types import SimpleNamespace
+
+    from trl_sgcd.credit.modes import SDPO_SAMPLED_TOKEN, credit_mode_of
+
+    topk = credit_mode_of(SimpleNamespace(credit_mode="sdpo", credit_sdpo_distillation_mode="topk_logits"))
+    sampled = credit_mode_of(SimpleNamespace(credit_mode="sdpo", credit_sdpo_distillation_mode="sampled_token"))
+    assert topk is credit_mode("sdpo") and topk.extra_loss == "sdpo" and topk.teacher_targets
+    assert sampled is SDPO_SAMPLED_TOKEN and sampled.extra_loss is None and not sampled.teacher_targets
+    assert sampled.advantage == "sdpo_sampled_token" and sampled.context == topk.context == "sibling"
+    sgcd = SimpleNamespace(credit_mode="sgcd", credit_sdpo_distillation_mode="sampled_token")
+    assert credit_mode_of(sgcd) is credit_mode("sgcd")
 
 
 def test_mode_table_decides_who_gets_a_teacher():

@@ -7,14 +7,9 @@ import pytest
 import torch
 
 from tests.credit.credit_table_utils import _rows
-from trl_sgcd.credit import render
-from trl_sgcd.credit.table import (
-    COLUMNS,
-    CreditTableRecorder,
-    decode_token_strings,
-    prompt_text,
-    save_credit_html,
-)
+from trl_sgcd.credit.report import html as render
+from trl_sgcd.credit.report.html import save_credit_html
+from trl_sgcd.credit.report.table import COLUMNS, CreditTableRecorder, decode_token_strings, prompt_text
 
 
 def test_rows_carry_prompt_reference_and_weight_stats():

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 
 from tests.credit.credit_table_utils import _finished_records, _history, _rows
-from trl_sgcd.credit import table as ct
-from trl_sgcd.credit.table import COLUMNS, log_credit_table
+from trl_sgcd.credit.report import table as ct
+from trl_sgcd.credit.report.table import COLUMNS, log_credit_table
 
 
 def _table_files(run_dir, key="sgcd/credit_table"):
@@ -91,7 +91,7 @@ def test_without_wandb_nothing_breaks(tmp_path):
         sys.modules["wandb"] = None  # `import wandb` now raises ImportError
         import torch
         from types import SimpleNamespace
-        from trl_sgcd.credit.table import CreditTableRecorder, credit_table_rows, log_credit_table
+        from trl_sgcd.credit.report.table import CreditTableRecorder, credit_table_rows, log_credit_table
 
         class Tok:
             pad_token_id = 0

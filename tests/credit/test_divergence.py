@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trl_sgcd.credit.divergence import DIVERGENCES, topk_divergence, topk_support
+from trl_sgcd.credit.scoring.divergence import DIVERGENCES, topk_divergence, topk_support
 
 EPS = 1e-12
 
@@ -201,3 +201,16 @@ def test_errors_name_the_argument():
         topk_divergence(x, torch.zeros(2, 6), ids, top_k=2)
     with pytest.raises(ValueError, match="observed_ids"):
         topk_divergence(x, x, torch.zeros(3, dtype=torch.long), top_k=2)
+
+
+def test_the_teacher_tail_is_summed_not_one_minus_the_top_k():
+    """The extra losses' tail bucket: exact where `1 - sum(top-K)` cancels to nothing in float32."""
+    from trl_sgcd.credit.scoring.divergence import _teacher_support, topk_tail_logprob
+
+    logits = torch.full((3, 50), -30.0)
+    logits[:, :4] = torch.tensor([8.0, 7.0, 6.0, 5.0])  # the top 4 hold all but ~1e-15 of the mass
+    observed = torch.tensor([0, 10, 49])  # in the top K, outside it, outside it
+    support = _teacher_support(logits, observed, top_k=4)
+    exact = logits.double().log_softmax(-1)[:, 4:].logsumexp(-1)  # mass outside the top 4, float64
+    torch.testing.assert_close(topk_tail_logprob(support).double(), exact, atol=1e-4, rtol=1e-5)
+    assert (1.0 - support.log_q[:, :-1].exp().sum(-1)).abs().max() < 1e-6  # what 1 - sum would have had to resolve

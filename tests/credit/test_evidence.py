@@ -2,10 +2,10 @@
 
 import json
 
-from trl_sgcd.credit.evidence import build_evidence, render_sanitized_trace, select_siblings
-from trl_sgcd.credit.sanitize import Sanitizer
-from trl_sgcd.credit.siblings import Rollout, SiblingGroup
-from trl_sgcd.credit.traces import render_task, render_trace, trace_steps
+from trl_sgcd.credit.reference.evidence import build_evidence, render_sanitized_trace, select_siblings
+from trl_sgcd.credit.reference.sanitize import Sanitizer
+from trl_sgcd.credit.reference.traces import render_task, render_trace, trace_steps
+from trl_sgcd.credit.types import Rollout, SiblingGroup
 from trl_sgcd.testing.samples import PLANTED, sample_group
 
 

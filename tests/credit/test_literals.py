@@ -11,9 +11,9 @@ import json
 import pytest
 import torch
 
-from trl_sgcd.credit.reference import SiblingReferenceBuilder
-from trl_sgcd.credit.siblings import Rollout, SiblingGroup
-from trl_sgcd.credit.teacher import literal_pattern, literal_token_mask
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
+from trl_sgcd.credit.scoring.teacher import literal_pattern, literal_token_mask
+from trl_sgcd.credit.types import Rollout, SiblingGroup
 from trl_sgcd.envs import AIRLINE_PRIVATE_COLUMNS, AirlineEnv, airline_prompt, airline_tool_schemas, get_task
 from trl_sgcd.tooluse.expert import expert_turn_ids
 

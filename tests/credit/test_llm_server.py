@@ -15,9 +15,9 @@ import urllib.request
 
 import pytest
 
-from trl_sgcd.credit.llm import LiteLLMClient
-from trl_sgcd.credit.prompt import SECTION_TITLES
-from trl_sgcd.credit.reference import SiblingReferenceBuilder
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
+from trl_sgcd.credit.reference.llm import LiteLLMClient
+from trl_sgcd.credit.reference.prompt import SECTION_TITLES
 from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
 from trl_sgcd.testing.samples import PLANTED, sample_group
 
@@ -273,7 +273,7 @@ def test_each_fault_is_counted_by_class(mode, kind):
 def test_closed_port_warning_names_the_url_and_the_field(caplog):
     url = _closed_port_url()
     builder = _builder(url, retries=0)
-    with caplog.at_level(logging.WARNING, logger="trl_sgcd.credit.reference"):
+    with caplog.at_level(logging.WARNING, logger="trl_sgcd.credit.reference.builder"):
         ref = builder.build(_groups(1, "closed"))[0]
     assert ref.source == "fallback" and builder.step_metrics()["sgcd/reference/errors/connection"] == 1
     (record,) = [r for r in caplog.records if "Credit reference LLM" in r.message]
@@ -297,8 +297,8 @@ def test_the_first_call_of_a_fresh_process_is_not_charged_for_the_litellm_import
     script = tmp_path / "first_call.py"
     script.write_text(
         "import sys, time\n"
-        "from trl_sgcd.credit.llm import LiteLLMClient\n"
-        "from trl_sgcd.credit.reference import SiblingReferenceBuilder\n"
+        "from trl_sgcd.credit.reference.llm import LiteLLMClient\n"
+        "from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder\n"
         "from trl_sgcd.testing.samples import sample_group\n"
         "client = LiteLLMClient('openai/test-model', api_base=sys.argv[1], deadline=1.0, retries=0)\n"
         "builder = SiblingReferenceBuilder('litellm', llm_client=client, step_budget=1.5)\n"

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from trl_sgcd.credit.localization import (
+from trl_sgcd.credit.report.localization import (
     bootstrap_median,
     pooled_lift,
     random_span_weights,
     rollout_localization,
     summarize,
 )
-from trl_sgcd.credit.weights import uniform_credit_weights
+from trl_sgcd.credit.weighting.weights import uniform_credit_weights
 
 
 def test_hand_computed_lift_recall_precision():

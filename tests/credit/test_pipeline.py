@@ -5,10 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.trainer_utils import tiny_args
-from trl_sgcd.credit.distill_losses import generalized_jsd, sdpo_distillation_loss
-from trl_sgcd.credit.pipeline import CreditPipeline, scored_rows
-from trl_sgcd.credit.reference import CreditReference
-from trl_sgcd.credit.weights import loss_mask
+from trl_sgcd.credit.pipeline import CreditPipeline
+from trl_sgcd.credit.scoring.distill_losses import generalized_jsd, sdpo_distillation_loss
+from trl_sgcd.credit.types import CreditReference, scored_rows
+from trl_sgcd.credit.weighting.weights import loss_mask
 
 ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5])
 REFERENCE = "Call lookup with the task's key first, then report the value it returns. Avoid alpha."

@@ -2,19 +2,66 @@
 
 The SGCD token loss is TRL's clipped surrogate fed with A * W instead of A:
     l_SGCD(z) = -min(r_z A W_z, clip(r_z, 1-eps, 1+eps) A W_z),   l_GRPO(z) = -min(r_z A, clip(r_z) A).
+The first test drives TRL's own loss (`GRPOTrainer._compute_loss` of a tiny `SGCDTrainer`) with the advantages the
+credit pipeline hands it; the others check the algebra on a toy parameter and the tiny model.
 """
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.credit.test_scorer import _args, make_batch
-from trl_sgcd.credit.divergence import topk_divergence
-from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
-from trl_sgcd.credit.weights import apply_credit_weights, credit_weights
+from trl_sgcd.credit.scoring.divergence import topk_divergence
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.weighting.saliency import credit_saliency
+from trl_sgcd.credit.weighting.weights import apply_credit_weights, credit_weights
 
 EPS = 0.2
 CAP = 2.0
+
+
+def test_trls_loss_weights_each_token_by_w(tmp_path, tiny_model_path, tokenizer):
+    """Proposition 2 through TRL's real loss: with the pipeline's advantages, TRL's loss is sum_z W_z l_GRPO(z), each
+    token's GRPO term (TRL's loss with only that token's advantage) scaled by its weight, clipped tokens included."""
+    from tests.credit.test_pipeline import _batch, _render
+    from tests.trainer_utils import tiny_args, toy_dataset, toy_reward
+    from trl_sgcd import SGCDTrainer
+    from trl_sgcd.credit.weighting.weights import loss_mask
+
+    args = tiny_args(tmp_path, loss_type="dapo", epsilon=EPS)
+    trainer = SGCDTrainer(tiny_model_path, toy_reward, args, train_dataset=toy_dataset(4))
+    model, pipe = trainer.model, trainer.credit_pipeline
+    t, prompts, refs = _batch(tokenizer)
+    with torch.no_grad():
+        result = pipe.compute_credit(model=model, **t, prompts=prompts, references=refs, render=_render(tokenizer))
+    w, mask = result.weights, loss_mask(t["completion_mask"], t["tool_mask"]).bool()
+    assert (w[mask] > 1).any() and (w[mask] == 1).any()
+    T = t["completion_ids"].size(1)
+    ids = torch.cat([t["prompt_ids"], t["completion_ids"]], 1)
+    with torch.no_grad():
+        logps = trainer._get_per_token_logps_and_entropies(
+            model, ids, torch.cat([t["prompt_mask"], t["completion_mask"]], 1), T
+        )[0]
+    old = logps + torch.randn(logps.shape, generator=torch.Generator().manual_seed(0)) * 0.5  # clip on both sides
+    ratio = (logps - old).exp()[mask]
+    assert (ratio < 1 - EPS).any() and (ratio > 1 + EPS).any() and ((ratio - 1).abs() < EPS).any()
+    inputs = {**t, "old_per_token_logps": old, "num_items_in_batch": mask.sum()}
+
+    def trl_loss(advantages):
+        with torch.no_grad():
+            return trainer._compute_loss(model, {**inputs, "advantages": advantages})
+
+    sgcd = trl_loss(result.advantages)  # what the trainer hands TRL
+    a = t["advantages"][:, None].expand(-1, T)  # (B, T)
+    per_token = {
+        (b, z): trl_loss(a * F.one_hot(torch.tensor(b * T + z), a.numel()).view_as(a))
+        for b, z in mask.nonzero().tolist()
+    }
+    weighted = sum(w[b, z] * loss for (b, z), loss in per_token.items())
+    torch.testing.assert_close(sgcd, weighted, atol=1e-6, rtol=1e-5)
+    grpo = sum(per_token.values())
+    torch.testing.assert_close(trl_loss(t["advantages"]), grpo, atol=1e-6, rtol=1e-5)  # W = 1: GRPO's own loss
+    assert (sgcd - grpo).abs() > 1e-3  # W reached the loss
 
 
 def surrogate(logp, old_logp, advantages):

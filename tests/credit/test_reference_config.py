@@ -3,7 +3,8 @@ budget, the backend and model, and `CreditReference` defaults."""
 
 import pytest
 
-from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
+from trl_sgcd.credit.types import CreditReference
 
 
 def test_from_config(monkeypatch, tmp_path):

@@ -4,12 +4,12 @@ tau2-bench data."""
 
 import json
 
-from trl_sgcd.credit.evidence import build_evidence
-from trl_sgcd.credit.llm_result import ANSWER_BYTES_PER_TOKEN
-from trl_sgcd.credit.prompt import SECTION_TITLES, parse_reference_sections
-from trl_sgcd.credit.reference import SiblingReferenceBuilder, cap_reference
-from trl_sgcd.credit.sanitize import Sanitizer
-from trl_sgcd.credit.siblings import Rollout, SiblingGroup
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder, cap_reference
+from trl_sgcd.credit.reference.evidence import build_evidence
+from trl_sgcd.credit.reference.llm import ANSWER_BYTES_PER_TOKEN
+from trl_sgcd.credit.reference.prompt import SECTION_TITLES, parse_reference_sections
+from trl_sgcd.credit.reference.sanitize import Sanitizer
+from trl_sgcd.credit.types import Rollout, SiblingGroup
 from trl_sgcd.testing.samples import PLANTED, sample_group
 
 

@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from trl_sgcd.credit.llm import LLMResult
-from trl_sgcd.credit.llm_result import merge_step_metrics
-from trl_sgcd.credit.prompt import parse_reference_sections
-from trl_sgcd.credit.reference import SiblingReferenceBuilder
+from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder, merge_step_metrics
+from trl_sgcd.credit.reference.llm import LLMResult
+from trl_sgcd.credit.reference.prompt import parse_reference_sections
 from trl_sgcd.testing.llm_server import VALID_REFERENCE
 from trl_sgcd.testing.samples import PLANTED, sample_group
 
@@ -150,7 +149,7 @@ def test_failure_warning_names_endpoint_error_and_field(caplog):
     answers = [LLMResult(None, "AuthenticationError: 401", 0.1, None, None, None, False, 1, error_class="auth")]
     client = RecordingClient(answers)
     client.endpoint, client.model = "http://llm.internal:8000/v1", "openai/x"
-    with caplog.at_level("WARNING", logger="trl_sgcd.credit.reference"):
+    with caplog.at_level("WARNING", logger="trl_sgcd.credit.reference.builder"):
         SiblingReferenceBuilder("litellm", llm_client=client).build([sample_group()])
     (message,) = [r.message for r in caplog.records]
     assert "http://llm.internal:8000/v1" in message and "AuthenticationError: 401" in message

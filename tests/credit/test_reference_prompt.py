@@ -3,9 +3,9 @@ headers accepted; malformed answers rejected."""
 
 import pytest
 
-from trl_sgcd.credit.evidence import build_evidence
-from trl_sgcd.credit.prompt import SECTION_TITLES, parse_reference_sections, render_reference_messages
-from trl_sgcd.credit.sanitize import Sanitizer
+from trl_sgcd.credit.reference.evidence import build_evidence
+from trl_sgcd.credit.reference.prompt import SECTION_TITLES, parse_reference_sections, render_reference_messages
+from trl_sgcd.credit.reference.sanitize import Sanitizer
 from trl_sgcd.testing.llm_server import VALID_REFERENCE
 from trl_sgcd.testing.samples import sample_group
 

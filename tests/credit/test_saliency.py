@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from trl_sgcd.credit.saliency import credit_saliency, credit_spans
+from trl_sgcd.credit.weighting.saliency import credit_saliency, credit_spans
 
 DEFAULTS = {
     "spike_z": 2.0,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_sgcd.credit.sanitize import Sanitizer, sanitize
+from trl_sgcd.credit.reference.sanitize import Sanitizer, sanitize
 
 
 def _check(text, placeholder, literal, **kwargs):

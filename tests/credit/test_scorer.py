@@ -14,7 +14,7 @@ from tests.credit.scorer_utils import (  # noqa: F401 (_pad_left, _pad_right: im
     make_batch,
     naive_scores,
 )
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer, DenseScores
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])

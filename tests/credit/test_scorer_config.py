@@ -5,7 +5,7 @@ import types
 import pytest
 
 from tests.credit.scorer_utils import _args, make_batch
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 
 def test_layout_errors(model):
@@ -63,7 +63,7 @@ def test_from_config():
 
 def test_from_sgcd_config(tmp_path):
     from trl_sgcd.config import DIVERGENCES, SGCDConfig
-    from trl_sgcd.credit import divergence
+    from trl_sgcd.credit.scoring import divergence
 
     assert divergence.DIVERGENCES == DIVERGENCES
     config = SGCDConfig(

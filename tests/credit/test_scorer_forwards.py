@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.credit.scorer_utils import TEMPERATURE, _args, _assert_scores_close, make_batch, naive_scores
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 
 @pytest.mark.parametrize("training", [True, False])

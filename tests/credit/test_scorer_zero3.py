@@ -9,8 +9,8 @@ from accelerate import Accelerator, InitProcessGroupKwargs
 from transformers import AutoModelForCausalLM
 sys.path.insert(0, sys.argv[1])
 from tests.credit.scorer_utils import _args, make_batch
-from trl_sgcd.credit.distill_losses import teacher_matching_loss
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.distill_losses import teacher_matching_loss
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 def load():  # before the Accelerator exists, so that nothing is partitioned at load time
     model = AutoModelForCausalLM.from_pretrained(sys.argv[2])

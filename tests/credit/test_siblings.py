@@ -5,15 +5,9 @@ import math
 import pytest
 import torch
 
-from trl_sgcd.credit.siblings import (
-    Rollout,
-    SiblingGroup,
-    build_sibling_groups,
-    is_mixed,
-    owner_of_group,
-    sibling_contexts,
-    success_mask,
-)
+from trl_sgcd.credit.reference.builder import sibling_contexts
+from trl_sgcd.credit.siblings import build_sibling_groups, is_mixed, owner_of_group, success_mask
+from trl_sgcd.credit.types import Rollout, SiblingGroup
 
 
 def _batch(rewards, num_generations):

@@ -2,9 +2,9 @@
 
 import torch
 
-from trl_sgcd.credit.teacher import (
+from trl_sgcd.credit.reference.builder import cap_reference
+from trl_sgcd.credit.scoring.teacher import (
     REFERENCE_HEADER,
-    cap_reference,
     insert_reference,
     literal_token_mask,
     splice_teacher_inputs,

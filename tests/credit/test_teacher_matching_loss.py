@@ -4,8 +4,8 @@ the teacher is the student, and an all-masked batch still backpropagates."""
 import torch
 
 from tests.credit.scorer_utils import TEMPERATURE, _args, make_batch
-from trl_sgcd.credit.distill_losses import teacher_matching_loss
-from trl_sgcd.credit.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.distill_losses import teacher_matching_loss
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 
 def naive_teacher_matching_loss(model, batch, topk_ids, topk_logprobs, temperature):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, uniform_credit_weights
+from trl_sgcd.credit.weighting.saliency import credit_saliency
+from trl_sgcd.credit.weighting.weights import apply_credit_weights, credit_weights, uniform_credit_weights
 
 
 def _saliency(seed=0, B=5, T=60):

@@ -29,7 +29,7 @@ def _expert_batch(tokenizer):
 
 
 def _records(tokenizer, weights, task, ids, tool_mask, literals=()):
-    from trl_sgcd.credit.teacher import literal_token_mask
+    from trl_sgcd.credit.scoring.teacher import literal_token_mask
 
     eligible = tool_mask.bool() & ~literal_token_mask(ids, [list(literals)], tokenizer)  # (1, T)
     prompt = f"<|im_start|>user\n{task['instruction']}<|im_end|>"

@@ -49,8 +49,9 @@ def test_results_after_done_are_final_and_end_the_loop():
         _tokenizer=tokenizer,
         max_completion_length=8,
     )
-    watch_episode_ends(trainer)
-    watch_episode_ends(trainer)  # idempotent: wrapped once
+    tool_dicts = (trainer._sync_tool_dicts, trainer._async_tool_dicts)
+    watch_episode_ends(envs, tool_dicts)
+    watch_episode_ends(envs, tool_dicts)  # idempotent: wrapped once
     first, second = trainer._sync_tool_dicts
     assert not isinstance(first["ping"](), FinalResult)
     final = first["finish"](answer="42")
@@ -59,8 +60,9 @@ def test_results_after_done_are_final_and_end_the_loop():
     assert not isinstance(second["ping"](), FinalResult)
     assert isinstance(first["ping"](), FinalResult)  # any call once done
     messages = [{"role": "tool", "name": "finish", "content": final}]
-    assert len(end_episode_suffix(trainer, messages, [5, 6])) > trainer.max_completion_length
-    assert end_episode_suffix(trainer, [{"role": "tool", "content": "pong"}], [5, 6]) == [5, 6]
+    budget = dict(pad_token_id=tokenizer.pad_token_id, max_completion_length=trainer.max_completion_length)
+    assert len(end_episode_suffix(messages, [5, 6], **budget)) > trainer.max_completion_length
+    assert end_episode_suffix([{"role": "tool", "content": "pong"}], [5, 6], **budget) == [5, 6]
 
 
 @pytest.mark.timeout(900)

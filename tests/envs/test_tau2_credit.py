@@ -19,7 +19,7 @@ TASK = "8"  # sophia_silva_7557 books ORD -> PHL: profile, reservations, flight 
 @pytest.fixture(scope="module")
 def group():
     """A mixed sibling group of real τ² rollouts: two gold-action experts and two that book with the wrong card."""
-    from trl_sgcd.credit.siblings import Rollout, SiblingGroup
+    from trl_sgcd.credit.types import Rollout, SiblingGroup
     from trl_sgcd.envs.tau2 import Tau2AirlineEnv, tau2_reward
     from trl_sgcd.envs.tau2.dataset import tau2_rows
     from trl_sgcd.envs.tau2.expert import expert_completion
@@ -56,8 +56,8 @@ def _private(user, gold=()) -> list[str]:
 
 
 def _requests(group, private_columns):
-    from trl_sgcd.credit.llm import LiteLLMClient
-    from trl_sgcd.credit.reference import SiblingReferenceBuilder
+    from trl_sgcd.credit.reference.builder import SiblingReferenceBuilder
+    from trl_sgcd.credit.reference.llm import LiteLLMClient
     from trl_sgcd.testing.llm_server import VALID_REFERENCE, FakeLLMServer
 
     with FakeLLMServer(answer=VALID_REFERENCE) as server:

@@ -50,7 +50,7 @@ def _generic_leaks(user, clean) -> list[str]:
 @pytest.mark.parametrize("domain_name", ["airline", "retail"])
 def test_generic_sanitizer_masks_prose_profiles_of_real_users(domain_name):
     """Without the column: bare birth dates, "last four"/"last 4 digits", and the unit line next to a masked street."""
-    from trl_sgcd.credit.sanitize import sanitize
+    from trl_sgcd.credit.reference.sanitize import sanitize
 
     users = _users(domain_name, 40)
     leaks = {u["user_id"]: _generic_leaks(u, sanitize(_profile_prose(u)).text) for u in users}
@@ -75,7 +75,7 @@ def _places(address) -> list[str]:
 @pytest.mark.parametrize("domain_name", ["airline", "retail"])
 def test_private_column_masks_city_state_and_every_shipping_address(domain_name):
     """With the column, on every task of the domain: the users' cities, "City, ST", zips and every order's address."""
-    from trl_sgcd.credit.sanitize import Sanitizer
+    from trl_sgcd.credit.reference.sanitize import Sanitizer
     from trl_sgcd.envs.tau2 import load_domain
     from trl_sgcd.envs.tau2.dataset import tau2_rows
 
@@ -104,7 +104,7 @@ def test_private_column_masks_city_state_and_every_shipping_address(domain_name)
 
 def test_real_first_user_messages_lose_city_and_zip():
     """τ²'s own retail scenarios ("I live in Denver, 80280"): the single-instruction message, with the column."""
-    from trl_sgcd.credit.sanitize import Sanitizer
+    from trl_sgcd.credit.reference.sanitize import Sanitizer
     from trl_sgcd.envs.tau2 import load_domain
     from trl_sgcd.envs.tau2.dataset import tau2_rows
 
@@ -123,7 +123,7 @@ def test_real_first_user_messages_lose_city_and_zip():
 
 @pytest.mark.parametrize("with_column", [False, True])
 def test_ids_flights_dates_and_tool_names_stay_readable(with_column):
-    from trl_sgcd.credit.sanitize import Sanitizer
+    from trl_sgcd.credit.reference.sanitize import Sanitizer
     from trl_sgcd.envs.tau2 import load_domain
     from trl_sgcd.envs.tau2.dataset import tau2_rows
 

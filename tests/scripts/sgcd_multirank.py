@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from tests.trainer_utils import ToyLookupEnv, tiny_args, tool_call_text, toy_dataset, toy_reward  # noqa: E402
 from trl_sgcd import SGCDTrainer  # noqa: E402
-from trl_sgcd.credit.scorer import _backbone, _unwrap  # noqa: E402
+from trl_sgcd.credit.scoring.model_access import backbone_of, unwrap_model  # noqa: E402
 from trl_sgcd.tooluse.models import tiny_model_dir  # noqa: E402
 
 KEYS = ["alpha", "beta", "gamma"]
@@ -151,7 +151,7 @@ def count_references_and_forwards(trainer, record: dict) -> None:
         return build(groups)
 
     hooked = {"on": False, "n": 0}
-    _backbone(_unwrap(trainer.model)).register_forward_hook(
+    backbone_of(unwrap_model(trainer.model)).register_forward_hook(
         lambda module, args, output: hooked.update(n=hooked["n"] + hooked["on"])
     )
     score = trainer.credit_scorer.score

@@ -76,7 +76,7 @@ def check_dependencies(training_args, model_args) -> None:
     Fail before loading anything when an option needs a package that is missing. (A named API key variable that is
     not set is `SGCDConfig`'s own `ValueError`, reported while parsing: the CLI and the Python API agree.)
     """
-    from trl_sgcd.credit.reference import uses_reference_llm
+    from trl_sgcd.credit.reference.builder import uses_reference_llm
     from trl_sgcd.import_utils import is_litellm_available, is_peft_available, is_vllm_available
 
     if training_args.use_vllm and not is_vllm_available():

@@ -10,11 +10,13 @@ ablation is one new entry here.
 | `no_reference` | mixed | another successful sibling | localised | A * W | none |
 | `uniform` | mixed | credit reference | per-rollout mean | A * W | none |
 | `direct_sd` | mixed | credit reference | none (W = 1) | GRPO's | teacher-matching KL |
-| `sdpo` | with a success | another successful sibling | none | SDPO's (see below) | SDPO's (see below) |
+| `sdpo` | with a success | another successful sibling | none | A * (1 - w) | SDPO's top-K JSD |
+| `sdpo`, sampled token | with a success | another successful sibling | none | A * (1 - w) + w log(q/p) | none |
 
-`sdpo` follows `credit_sdpo_distillation_mode`: `"topk_logits"` (the paper's Table 7: a JSD on the teacher's top-K
-support as the loss, GRPO's surrogate scaled by `1 - credit_sdpo_distillation_weight`) or `"sampled_token"` (TRL's
-default: the teacher/student log-ratio of the sampled tokens replaces the advantage).
+`sdpo` has two records, chosen by `credit_sdpo_distillation_mode` ([`credit_mode_of`]): `"topk_logits"` (the paper's
+Table 7: a JSD on the teacher's top-K support as the loss, GRPO's surrogate scaled by `1 - w`, w =
+`credit_sdpo_distillation_weight`) or `"sampled_token"` (TRL's default: the teacher/student log-ratio of the sampled
+tokens is added to the scaled advantage, no extra loss).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 TEACHER_GROUPS = ("none", "mixed", "with_success")
 CONTEXTS = ("none", "reference", "sibling")
 WEIGHTS = ("none", "localised", "uniform")
-ADVANTAGES = ("grpo", "credit", "sdpo")
+ADVANTAGES = ("grpo", "credit", "sdpo", "sdpo_sampled_token")
 EXTRA_LOSSES = (None, "teacher_kl", "sdpo")
 
 
@@ -42,7 +44,8 @@ class CreditMode:
         weights (`str`): the credit weights that enter A * W: `"none"` (W = 1), `"localised"` (W = clip(1 + gamma*s,
             1, c)) or `"uniform"` (each rollout's W replaced by its mean over eligible tokens).
         advantage (`str`): the advantage TRL's surrogate receives: `"grpo"` (unchanged), `"credit"` (A * W, `(B, T)`)
-            or `"sdpo"` (the comparator's, see the module docstring).
+            `"sdpo"` (GRPO's scaled by `1 - credit_sdpo_distillation_weight`) or `"sdpo_sampled_token"` (that plus the
+            weighted teacher/student log-ratio of the sampled tokens).
         extra_loss (`str` or `None`): a second loss term with gradient: `None`, `"teacher_kl"` (the `direct_sd`
             ablation) or `"sdpo"` (the comparator's distillation loss).
         summary (`str`): one line for help texts and logs.
@@ -76,6 +79,11 @@ class CreditMode:
     def uses_reference_builder(self) -> bool:
         """Whether the teacher context comes from the reference builder (contrast builder or LLM)."""
         return self.context == "reference"
+
+    @property
+    def teacher_targets(self) -> bool:
+        """Whether the scorer keeps the teacher's top-K log-probabilities as the targets of an extra loss."""
+        return self.extra_loss is not None
 
     @property
     def weights_carry_credit(self) -> bool:
@@ -136,6 +144,18 @@ MODES: dict[str, CreditMode] = {
 }
 
 
+SDPO_SAMPLED_TOKEN = CreditMode(
+    "sdpo",
+    "with_success",
+    "sibling",
+    "none",
+    "sdpo_sampled_token",
+    None,
+    "SDPO with credit_sdpo_distillation_mode='sampled_token': the teacher/student log-ratio joins the advantage",
+)
+"""The `sdpo` record under `credit_sdpo_distillation_mode="sampled_token"` (see [`credit_mode_of`])."""
+
+
 def credit_mode(name: str) -> CreditMode:
     """The record of `credit_mode=name`; a `ValueError` naming `credit_mode` for an unknown one."""
     if name not in MODES:
@@ -143,4 +163,12 @@ def credit_mode(name: str) -> CreditMode:
     return MODES[name]
 
 
-__all__ = ["MODES", "CreditMode", "credit_mode"]
+def credit_mode_of(args) -> CreditMode:
+    """The record a config runs: `credit_mode`, with `sdpo`'s variant from `credit_sdpo_distillation_mode`."""
+    mode = credit_mode(args.credit_mode)
+    if mode.name == "sdpo" and getattr(args, "credit_sdpo_distillation_mode", "topk_logits") == "sampled_token":
+        return SDPO_SAMPLED_TOKEN
+    return mode
+
+
+__all__ = ["MODES", "SDPO_SAMPLED_TOKEN", "CreditMode", "credit_mode", "credit_mode_of"]

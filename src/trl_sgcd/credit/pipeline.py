@@ -1,16 +1,19 @@
-"""The credit pipeline of one generation batch, as the trainer calls it: references in, advantages out.
+"""The credit pipeline of one generation batch, as the trainer calls it: TRL's output in, advantages out.
 
-[`CreditPipeline`] holds the stages' settings and runs them in order; it never sees the trainer, only tensors, texts,
-the model and the prompt renderer. Rank logic (which rank builds which group's reference, gathers, the number of
-scoring forwards every rank must run) stays in the trainer, which calls, per batch:
+[`CreditPipeline.run`] runs the stages in order on one batch; it never sees the trainer, only a [`CreditBatch`] (TRL's
+tensors, texts, the model and the prompt renderer) and a [`~trl_sgcd.credit.comm.Comm`] for what crosses ranks:
 
-1. [`CreditPipeline.sibling_groups`] on the gathered batch, then [`CreditPipeline.references`] on the groups this
-   rank owns (the mode record says which groups get a teacher and which context);
-2. [`CreditPipeline.compute_credit`] on this rank's tensors with its rows' references: teacher prompts (spliced ids),
-   dense scoring, saliency, weights, the advantage the mode hands TRL, and the extra-loss inputs.
+1. sibling groups, cut from the gathered batch (a group may span ranks);
+2. references: each group that gets a teacher is built once, by its owner rank, and every rank receives them all
+   (the mode record says which groups get a teacher and which context);
+3. [`CreditPipeline.compute_credit`] on this rank's rows: teacher prompts (spliced ids), dense scoring (every rank
+   runs the same number of forwards), saliency, weights, the advantage the mode hands TRL, the extra-loss inputs;
+4. statistics reduced over ranks, the `sgcd/` metrics, the credit table (main rank), the validity checks and the
+   one-line "SGCD changed nothing" reason.
 
-It returns a [`CreditResult`]; [`CreditPipeline.extra_loss`] turns the extra-loss inputs into the loss term at the
-loss step (`direct_sd`, `sdpo`).
+The pipeline keeps its own state (the reference builder's counters, the inert-step count of the validity check):
+[`CreditPipeline.state_dict`] for checkpoints. [`CreditPipeline.extra_loss`] turns the extra-loss inputs into the loss
+term at the loss step (`direct_sd`, `sdpo`).
 """
 
 from __future__ import annotations
@@ -18,18 +21,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers.utils import logging
 
-from trl_sgcd.credit.distill_losses import sdpo_distillation_loss, teacher_matching_loss
-from trl_sgcd.credit.llm_result import merge_step_metrics
-from trl_sgcd.credit.modes import CreditMode, credit_mode
-from trl_sgcd.credit.reference import CreditReference, SiblingReferenceBuilder
-from trl_sgcd.credit.saliency import credit_saliency
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, DenseScores
-from trl_sgcd.credit.siblings import SiblingGroup, build_sibling_groups, sibling_contexts
+from trl_sgcd.credit.comm import Comm
+from trl_sgcd.credit.modes import CreditMode, credit_mode_of
+from trl_sgcd.credit.reference.builder import (
+    SiblingReferenceBuilder,
+    merge_step_metrics,
+    sibling_contexts,
+)
+from trl_sgcd.credit.reference.sanitize import private_values
+from trl_sgcd.credit.report.table import CreditTableRecorder
+from trl_sgcd.credit.scoring.distill_losses import sdpo_distillation_loss, teacher_matching_loss
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
+from trl_sgcd.credit.scoring.teacher import literal_token_mask, splice_teacher_inputs, teacher_prompt_ids, unpad_left
+from trl_sgcd.credit.siblings import build_sibling_groups
 from trl_sgcd.credit.stats import (
     CreditStats,
     check_validity,
@@ -39,57 +49,51 @@ from trl_sgcd.credit.stats import (
     local_credit_stats,
     peak_memory_gb,
 )
-from trl_sgcd.credit.table import CreditTableRecorder
-from trl_sgcd.credit.teacher import (
-    cap_reference,
-    literal_token_mask,
-    splice_teacher_inputs,
-    teacher_prompt_ids,
-    unpad_left,
-)
-from trl_sgcd.credit.weights import apply_credit_weights, credit_weights, loss_mask, uniform_credit_weights
+from trl_sgcd.credit.types import CreditReference, CreditResult, SiblingGroup, scored_rows
+from trl_sgcd.credit.weighting.saliency import credit_saliency
+from trl_sgcd.credit.weighting.weights import apply_credit_weights, credit_weights, loss_mask, uniform_credit_weights
+
+logger = logging.get_logger(__name__)
 
 # The tensors of TRL's generation output that `compute_credit` takes (keyword arguments of the same names).
 BATCH_TENSORS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "tool_mask", "advantages")
 # The extra-loss inputs `compute_credit` adds to TRL's output (sliced into micro-batches by TRL like the rest).
-TARGET_KEYS = ("credit_teacher_topk_ids", "credit_teacher_topk_logprobs", "credit_sd_mask")
-
-
-def scored_rows(references: Sequence[CreditReference | None]) -> list[int]:
-    """Rows that get a teacher: those with a non-empty reference whose source is not `"none"`."""
-    return [i for i, ref in enumerate(references) if ref is not None and ref.source != "none" and ref.text]
+TARGET_KEYS = (
+    "credit_teacher_topk_ids",
+    "credit_teacher_topk_logprobs",
+    "credit_sd_mask",
+    "credit_teacher_tail_logprobs",
+)
 
 
 @dataclass
-class CreditResult:
-    r"""
-    What the credit pipeline made of one generation batch (this rank's rows).
+class CreditBatch:
+    """
+    One generation batch as the trainer hands it to [`CreditPipeline.run`] (this rank's rows unless said otherwise).
 
     Args:
-        advantages (`torch.Tensor` of shape `(B, T)`): what TRL's surrogate receives (A * W for the credit modes).
-        weights (`torch.Tensor` of shape `(B, T)`): the credit weights W (1 where a row got no credit).
-        references (`list[CreditReference | None]`): each row's teacher context (`None`: no teacher).
-        rows (`list[int]`): the rows scored with a teacher ([`scored_rows`] of `references`).
-        stats ([`CreditStats`]): sums and maxima over the scored rows (the trainer's `last_credit` holds them
-            reduced over ranks).
-        extra_loss_inputs (`dict[str, torch.Tensor]`): `(B, T, K)` teacher targets and the `(B, T)` mask for the
-            mode's extra loss (empty when it has none).
-        scores ([`DenseScores`] or `None`): the dense scores of `rows`; `None` when no rank scored anything.
-        eligible (`torch.Tensor` of shape `(R, T)` or `None`): credit-eligible tokens of `rows`.
-        fallback_prefix (`int`): rows whose teacher prompt used the token-level fallback.
-        scoring_time_s (`float`): wall time of the dense scoring.
+        output (`dict`): TRL's generation output (the tensors named in `BATCH_TENSORS`; `advantages` `(B,)`).
+        prompts (`list`): the `B` prompts (messages or text) the prompt ids were rendered from.
+        rows (`list[dict]`): the `B` dataset rows (for the private values the sanitizer masks).
+        all_completions (`list`): the completions of the whole batch, every rank's, in rank order.
+        rewards (`torch.Tensor` of shape `(N,)`): total rewards of the whole batch.
+        model: the policy, scored forward-only.
+        render (`Callable`): TRL's prompt renderer, `list of prompts -> list of token-id lists`.
+        autocast: context manager the scoring runs in (the trainer passes accelerate's autocast).
+        step (`int`): the optimizer step that first trains on this batch (the credit table's step and the log line).
+        has_tools (`bool`): the trainer has tools or an environment (for the "changed nothing" reason).
     """
 
-    advantages: Tensor
-    weights: Tensor
-    references: list
-    rows: list[int]
-    stats: CreditStats
-    extra_loss_inputs: dict[str, Tensor] = field(default_factory=dict)
-    scores: DenseScores | None = None
-    eligible: Tensor | None = None
-    fallback_prefix: int = 0
-    scoring_time_s: float = 0.0
+    output: dict
+    prompts: list
+    rows: list
+    all_completions: list
+    rewards: Tensor
+    model: object = None
+    render: Callable | None = None
+    autocast: Callable = nullcontext
+    step: int = 0
+    has_tools: bool = False
 
 
 class CreditPipeline:
@@ -106,12 +110,12 @@ class CreditPipeline:
     """
 
     def __init__(self, args, tokenizer, *, scorer=None, reference_builder=None, num_generations: int = 8):
-        self.args, self.tokenizer = args, tokenizer
-        self.mode: CreditMode = credit_mode(args.credit_mode)
-        self.sdpo_topk = self.mode.extra_loss == "sdpo" and args.credit_sdpo_distillation_mode == "topk_logits"
+        self.args, self.tokenizer, self.num_generations = args, tokenizer, num_generations
+        self.inert_steps = 0  # consecutive batches whose weights carried no credit (the validity check's counter)
+        self.mode: CreditMode = credit_mode_of(args)
         if scorer is None:
             scorer = DenseDivergenceScorer.from_config(args)
-            if self.sdpo_topk:
+            if self.mode.extra_loss == "sdpo":
                 scorer = DenseDivergenceScorer(
                     top_k=args.credit_sdpo_top_k,
                     divergence=scorer.divergence,
@@ -127,6 +131,58 @@ class CreditPipeline:
             if self.mode.scores and args.credit_log_table and "wandb" in (args.report_to or [])
             else None
         )
+
+    # ------------------------------------------------------------------------------------------------- one batch
+    def run(self, batch: CreditBatch, comm: Comm) -> CreditResult:
+        """The credit of one generation batch, every stage in order (see the module docstring); every rank calls it.
+
+        Returns this rank's [`CreditResult`] with its statistics reduced over ranks and the batch's `sgcd/` metrics.
+        """
+        args, out, n_local = self.args, batch.output, len(batch.prompts)
+        offset, device = comm.rank * n_local, out["completion_ids"].device
+        # 1. Siblings: gather texts and private values, then cut into groups of G.
+        private = comm.gather([private_values(row, args.credit_private_columns) for row in batch.rows])
+        prompts = comm.gather(list(batch.prompts))
+        groups = self.sibling_groups(
+            prompts, batch.all_completions, batch.rewards.tolist(), private, num_generations=self.num_generations
+        )
+        # 2. References: each group built exactly once, by its owner rank; every rank receives all of them.
+        t0 = time.perf_counter()
+        references = dict(comm.gather(self.references([g for g in groups if comm.owner(g.group_index) == comm.rank])))
+        steps = comm.gather([self.reference_step_metrics()])  # every rank's reference-builder counters
+        latency = time.perf_counter() - t0
+        local_refs = [references.get(offset + i) for i in range(n_local)]
+        # 3. Credit of this rank's rows; every rank runs the largest count of scoring forwards.
+        num_batches = comm.max(torch.tensor([self.num_score_batches(local_refs)], device=device))
+        result = self.compute_credit(
+            model=batch.model,
+            **{key: out.get(key) for key in BATCH_TENSORS},
+            prompts=batch.prompts,
+            references=local_refs,
+            render=batch.render,
+            min_batches=int(num_batches.max()),
+            autocast=batch.autocast,
+        )
+        # 4. Statistics over ranks, metrics, table, validity.
+        sums, maxima = result.stats.vectors(device)
+        result.stats = CreditStats.from_vectors(comm.sum(sums), comm.max(maxima))
+        fallback = int(comm.sum(torch.tensor([float(result.fallback_prefix)], device=device)).sum().item())
+        result.metrics = self.metrics(result.stats, groups, references.values(), latency, fallback, steps)
+        if comm.rank == 0:
+            self.record_table(batch.step, batch.prompts, out, result, out["advantages"], batch.rewards, offset)
+        self.inert_steps = self.check_validity(result.stats, groups, result.weights, self.inert_steps)
+        if comm.rank == 0 and (why := self.inert_reason(result.stats, groups, has_tools=batch.has_tools)):
+            logger.warning(f"SGCD step {batch.step}: {why}.")
+        return result
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the pipeline: the reference builder's counters and the inert-step count."""
+        return {"reference_builder": self.reference_builder.state_dict(), "inert_steps": self.inert_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore [`~CreditPipeline.state_dict`] (missing keys: a fresh state)."""
+        self.reference_builder.load_state_dict(state.get("reference_builder", {}))
+        self.inert_steps = int(state.get("inert_steps", 0))
 
     # ------------------------------------------------------------------------------------------ groups and references
     def sibling_groups(self, prompts, completions, rewards, rows, *, num_generations: int) -> list[SiblingGroup]:
@@ -158,6 +214,8 @@ class CreditPipeline:
                     group,
                     private_columns=self.args.credit_private_columns,
                     observation_max_chars=self.args.credit_observation_max_chars,
+                    tokenizer=self.tokenizer,
+                    max_tokens=self.args.credit_reference_max_tokens,
                 )
                 pairs.extend((r.index, ref) for r, ref in zip(group.rollouts, contexts) if ref is not None)
         elif self.mode.context == "reference":  # every rank builds (maybe nothing): its step metrics reset
@@ -195,7 +253,8 @@ class CreditPipeline:
             completion_ids, completion_mask, tool_mask (`torch.Tensor` of shape `(B, T)`): TRL's completions.
             advantages (`torch.Tensor` of shape `(B,)`): GRPO's advantages.
             prompts (`Sequence`): the `B` prompts (messages or text) the ids were rendered from.
-            references (`Sequence[CreditReference | None]`): each row's teacher context.
+            references (`Sequence[CreditReference | None]`): each row's teacher context, used as given (capped where
+                it was made).
             render (`Callable`): TRL's prompt renderer, `list of prompts -> list of token-id lists` (all `B` rows).
             min_batches (`int`, *optional*): scoring micro-batches to run at least (equal counts on every rank);
                 defaults to this rank's own count.
@@ -225,7 +284,7 @@ class CreditPipeline:
                     c_ids,
                     c_mask,
                     min_batches=min_batches,
-                    return_teacher_topk=self.mode.extra_loss == "teacher_kl" or self.sdpo_topk,
+                    return_teacher_topk=self.mode.teacher_targets,
                 )
             result.scoring_time_s = time.perf_counter() - t0
         if rows:
@@ -242,21 +301,21 @@ class CreditPipeline:
         rows, tok = result.rows, self.tokenizer
         if not rows:
             return []
-        texts = {i: cap_reference(result.references[i].text, tok, self.args.credit_reference_max_tokens) for i in rows}
+        texts = {i: result.references[i].text for i in rows}  # capped where they were made (builder, sibling contexts)
         student_prompts = unpad_left(prompt_ids[rows], prompt_mask[rows])
         teacher_ids, result.fallback_prefix = teacher_prompt_ids(
             prompts, texts, student_prompts, render=render, tokenizer=tok
         )
         # Masked literals the student cannot see get no credit; those in its prompt or an earlier tool observation do.
         literals = [list(result.references[i].masked_literals) for i in rows]
-        hidden = literal_token_mask(
+        unseen = literal_token_mask(
             completion_ids[rows],
             literals,
             tok,
             prompt_ids=student_prompts,
             tool_mask=None if tool_mask is None else tool_mask[rows],
         )
-        result.eligible = mask[rows] & ~hidden.to(mask.device)  # (R, T)
+        result.eligible = mask[rows] & ~unseen.to(mask.device)  # (R, T)
         return teacher_ids
 
     def _weigh(self, result: CreditResult, mask: Tensor) -> None:
@@ -293,31 +352,34 @@ class CreditPipeline:
 
     def _advantages(self, result: CreditResult, advantages: Tensor) -> Tensor:
         """The `(B, T)` advantage TRL's surrogate receives in this mode."""
-        if self.mode.advantage != "sdpo":
+        if self.mode.advantage not in ("sdpo", "sdpo_sampled_token"):
             return apply_credit_weights(advantages, result.weights)  # (B, T); W = 1 unless the mode keeps credit
         # SDPO: GRPO's surrogate keeps a share 1 - w of the advantage (0 for pure self-distillation, the default).
         keep = 1.0 - self.args.credit_sdpo_distillation_weight
         new = apply_credit_weights(advantages * keep, torch.ones_like(result.weights))  # (B, T)
-        if not self.sdpo_topk and result.rows:  # sampled-token SDPO: the teacher/student log-ratio is the advantage
+        if self.mode.advantage == "sdpo_sampled_token" and result.rows:  # the teacher/student log-ratio joins it
             scores = result.scores
             ratio = (scores.teacher_logprobs - scores.student_logprobs) * result.eligible  # (R, T)
             new[result.rows] += self.args.credit_sdpo_distillation_weight * ratio.to(new.device, new.dtype)
         return new
 
     def _loss_inputs(self, result: CreditResult, B: int, T: int, device) -> dict[str, Tensor]:
-        """Teacher top-K targets `(B, T, K)` and the distilled-token mask `(B, T)` for the mode's extra loss."""
-        if not (self.mode.extra_loss == "teacher_kl" or self.sdpo_topk):
+        """Teacher top-K targets `(B, T, K)`, the teacher's tail `(B, T)` and the distilled-token mask `(B, T)` for
+        the mode's extra loss."""
+        if not self.mode.teacher_targets:
             return {}
         rows, scores = result.rows, result.scores
         K = scores.teacher_topk_ids.size(-1) if rows else self.scorer.top_k  # rows without a teacher: mask 0
         ids = torch.zeros(B, T, K, dtype=torch.long, device=device)  # (B, T, K)
         logps = torch.zeros(B, T, K, device=device)  # (B, T, K)
         mask = torch.zeros(B, T, device=device)  # (B, T)
+        tail = torch.zeros(B, T, device=device)  # (B, T)
         if rows:
             ids[rows] = scores.teacher_topk_ids.to(device)
             logps[rows] = scores.teacher_topk_logprobs.to(device)
             mask[rows] = result.eligible.float().to(device)
-        return dict(zip(TARGET_KEYS, (ids, logps, mask)))
+            tail[rows] = scores.teacher_tail_logprobs.to(device)
+        return dict(zip(TARGET_KEYS, (ids, logps, mask, tail)))
 
     # ------------------------------------------------------------------------------------ logs and validity checks
     def metrics(self, stats: CreditStats, groups, references, latency_s, fallback_prefix, reference_steps) -> dict:
@@ -387,13 +449,13 @@ class CreditPipeline:
         `direct_sd`: the teacher-matching KL(q || p) of the paper's failing ablation. `sdpo` with `"topk_logits"`:
         SDPO's generalized JSD ([`sdpo_distillation_loss`]). Both have gradient through the student.
         """
-        if not self._loss_kind() or TARGET_KEYS[0] not in inputs:
+        if not self.mode.extra_loss or TARGET_KEYS[0] not in inputs:
             return None
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        targets = [inputs[k] for k in (TARGET_KEYS[2], TARGET_KEYS[0], TARGET_KEYS[1])]
+        targets = [inputs[k] for k in (TARGET_KEYS[2], TARGET_KEYS[0], TARGET_KEYS[1], TARGET_KEYS[3])]
         chunk = self.args.credit_chunk_size
-        if self._loss_kind() == "teacher_kl":
+        if self.mode.extra_loss == "teacher_kl":
             loss = teacher_matching_loss(
                 model, input_ids, attention_mask, *targets, temperature=temperature, chunk_size=chunk
             )
@@ -409,10 +471,5 @@ class CreditPipeline:
         )
         return loss, "sgcd/sdpo_distillation_loss", self.args.credit_sdpo_distillation_weight
 
-    def _loss_kind(self) -> str | None:
-        if self.mode.extra_loss == "sdpo":
-            return "sdpo" if self.sdpo_topk else None
-        return self.mode.extra_loss
 
-
-__all__ = ["BATCH_TENSORS", "CreditPipeline", "CreditResult", "scored_rows"]
+__all__ = ["BATCH_TENSORS", "CreditBatch", "CreditPipeline"]

@@ -13,68 +13,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class Rollout:
-    """
-    One policy rollout as seen by the credit pipeline.
-
-    Args:
-        index (`int`):
-            Row of the rollout in the (gathered) generation batch.
-        prompt (`str` or `list[dict]`):
-            The task prompt: a plain string or a list of chat messages.
-        completion (`str` or `list[dict]`):
-            The generated completion: a plain string or a list of messages (assistant turns, tool calls, tool
-            observations).
-        reward (`float`):
-            Total verifier reward (NaN when unscorable).
-        row (`dict`, *optional*):
-            The other dataset columns of this rollout's example (e.g. `task_id`, `gold_answer`).
-    """
-
-    index: int
-    prompt: Any
-    completion: Any
-    reward: float
-    row: dict = field(default_factory=dict)
-
-
-@dataclass
-class SiblingGroup:
-    """
-    The `num_generations` rollouts sampled for one prompt, with their binary outcomes.
-
-    Args:
-        group_index (`int`):
-            Index g of the group; its rollouts are rows `[g * G, (g + 1) * G)` of the gathered batch.
-        rollouts (`list[Rollout]`):
-            The sibling rollouts, in batch order.
-        success (`list[bool]`):
-            Outcome of each rollout (`reward >= threshold`).
-    """
-
-    group_index: int
-    rollouts: list[Rollout]
-    success: list[bool]
-
-    @property
-    def is_mixed(self) -> bool:
-        """Whether the group holds at least one success and at least one failure."""
-        return is_mixed(self.success)
-
-    @property
-    def num_success(self) -> int:
-        """Number of successful siblings."""
-        return sum(bool(s) for s in self.success)
-
-    @property
-    def prompt(self) -> Any:
-        """The shared task prompt (that of the first rollout)."""
-        return self.rollouts[0].prompt if self.rollouts else None
+from trl_sgcd.credit.types import Rollout, SiblingGroup
 
 
 def _to_floats(rewards) -> list[float]:
@@ -166,56 +107,3 @@ def owner_of_group(group_index: int, num_processes: int) -> int:
     if num_processes < 1:
         raise ValueError(f"num_processes={num_processes} must be >= 1.")
     return group_index % num_processes
-
-
-def sibling_contexts(group: SiblingGroup, *, private_columns: Sequence[str], observation_max_chars: int) -> list:
-    """Teacher context per rollout for the sibling-context modes (`no_reference`, `sdpo`): a raw successful sibling
-    other than the rollout itself, sanitized, no LLM.
-
-    A rollout is never shown its own completion (the teacher would then hold the answer it is scoring): a failed
-    rollout gets the shortest successful sibling, a successful one the shortest *other* success, and a lone success
-    gets no teacher (`None`), as in SDPO's reference code (`dont_reprompt_on_self_success`). Ties go to the lowest row
-    index, so the choice is deterministic.
-
-    Args:
-        group ([`SiblingGroup`]):
-            The group; its rollouts' `row` dicts hold the private values.
-        private_columns (`Sequence[str]`):
-            Columns whose values are masked in the rendered sibling.
-        observation_max_chars (`int`):
-            Tool observations are truncated to this many characters (after sanitizing).
-
-    Returns:
-        `list[CreditReference | None]`: one entry per rollout of the group, in order.
-    """
-    from trl_sgcd.credit.evidence import render_sanitized_trace
-    from trl_sgcd.credit.reference import CreditReference
-    from trl_sgcd.credit.sanitize import Sanitizer, private_values
-
-    successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
-    if not successes:
-        return [None] * len(group.rollouts)
-    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
-    # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
-    rendered = {
-        r.index: render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars)
-        for r in successes
-    }
-    ranked = sorted(rendered, key=lambda index: (len(rendered[index].text), index))  # shortest first
-    contexts = []
-    for rollout in group.rollouts:
-        chosen = next((index for index in ranked if index != rollout.index), None)
-        if chosen is None:
-            contexts.append(None)
-            continue
-        clean = rendered[chosen]
-        contexts.append(
-            CreditReference(
-                text="A successful attempt at this same task:\n" + clean.text,
-                sections={},
-                masked_literals=list(clean.masked),
-                source="sibling",
-                group_index=group.group_index,
-            )
-        )
-    return contexts

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trl_sgcd.credit.modes import credit_mode
-
 
 def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
     """Weighted sum of the reward functions, NaN where every function returned None (TRL's own rule).
@@ -158,12 +156,6 @@ def credit_metrics(
     return metrics
 
 
-def replace_last(logged, values: list) -> None:
-    """Overwrite the last `len(values)` entries of a list or deque (TRL's completions-table logs) with `values`."""
-    for k, value in enumerate(values, start=len(logged) - len(values)):
-        logged[k] = value
-
-
 def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-row mean of `values` over `mask` (rows with no masked token give 0). `(B, T) -> (B,)`"""
     mask = mask.to(values.dtype)
@@ -254,24 +246,6 @@ def check_validity(stats: CreditStats, *, strict: bool, **kwargs) -> int:
             raise RuntimeError(message + " (credit_strict=True)")
         warnings.warn(message, stacklevel=3)
     return inert_steps
-
-
-def refuse_unsupported(args, *, is_vlm: bool = False) -> None:
-    """Refuse, at construction, combinations whose credit would be silently wrong (`is_vlm`: the model takes images,
-    known once TRL has loaded it)."""
-    if not credit_mode(args.credit_mode).scores:
-        return
-    if is_vlm:
-        raise ValueError(
-            "SGCDTrainer does not score vision-language inputs yet: the dense teacher/student scoring passes no "
-            "images, so its divergence would be wrong. Use a text model, or credit_mode='off' (plain GRPO)."
-        )
-    if args.loss_type == "vespo":
-        raise ValueError(
-            f"credit_mode={args.credit_mode!r} with loss_type='vespo' is not supported: VESPO weights whole sequences "
-            "by their importance ratio, so token-level credit weights have no defined meaning there. Use loss_type "
-            "'dapo', 'grpo', 'bnpo' or 'dr_grpo', or credit_mode='off'."
-        )
 
 
 def peak_memory_gb() -> float:

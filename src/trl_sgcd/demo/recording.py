@@ -3,7 +3,7 @@
 `recording_trainer_class()` is `SGCDTrainer` plus one bookkeeping step after each generation batch: for every rollout
 that got a credit reference it keeps the weights of its eligible tokens (for the histogram) and its localization
 against the ground-truth decisive tokens of the airline task (`trl_sgcd.envs.decisive`, metrics of
-`trl_sgcd.credit.localization`), so the demo can print the credit-mass lift of its own run next to pass@1.
+`trl_sgcd.credit.report.localization`), so the demo can print the credit-mass lift of its own run next to pass@1.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def rollout_records(
             mask minus masked literals).
         weights (`torch.Tensor` of shape `(B, T)`): the credit weights of every local row.
     """
-    from trl_sgcd.credit.localization import rollout_localization
+    from trl_sgcd.credit.report.localization import rollout_localization
     from trl_sgcd.envs.decisive import decisive_token_mask
 
     mask = completion_mask.bool().cpu()  # (B, T)
@@ -89,8 +89,8 @@ def recording_trainer_class():
 
 
 def lift_summary(credit_log: list[dict]) -> dict | None:
-    """`trl_sgcd.credit.localization.summarize` over the run's scored airline rollouts, or `None` without any."""
-    from trl_sgcd.credit.localization import summarize
+    """`trl_sgcd.credit.report.localization.summarize` over the run's scored airline rollouts, or `None` without any."""
+    from trl_sgcd.credit.report.localization import summarize
 
     rows = [r["localization"] for e in credit_log for r in e["rows"] if r["localization"] is not None]
     if not rows:

@@ -71,21 +71,28 @@ def _watched(tool, environment):
     return watched
 
 
-def watch_episode_ends(trainer) -> None:
-    """Wrap the batch's per-rollout tool functions so a result returned once the environment is `done` is final."""
-    environments = getattr(trainer, "environments", None)
-    if not environments or not getattr(trainer, "tools", None):
+def watch_episode_ends(environments, tool_dicts) -> None:
+    """Wrap the batch's per-rollout tool functions so a result returned once the environment is `done` is final.
+
+    Args:
+        environments (`list` or `None`): the batch's environments, one per rollout (`None`: nothing to watch).
+        tool_dicts (`Iterable[list[dict] | None]`): lists of per-rollout `{name: tool}` dicts (TRL's sync and async
+            ones), wrapped in place.
+    """
+    if not environments:
         return
-    for tool_dicts in (getattr(trainer, "_sync_tool_dicts", None), getattr(trainer, "_async_tool_dicts", None)):
-        for tools, environment in zip(tool_dicts or [], environments, strict=False):
+    for dicts in tool_dicts:
+        for tools, environment in zip(dicts or [], environments, strict=False):
             for name, tool in tools.items():
                 if not getattr(tool, "__sgcd_watched__", False):
                     tools[name] = _watched(tool, environment)
 
 
-def end_episode_suffix(trainer, tool_messages: list[dict], suffix_ids: list[int]) -> list[int]:
+def end_episode_suffix(
+    tool_messages: list[dict], suffix_ids: list[int], *, pad_token_id: int | None, max_completion_length: int
+) -> list[int]:
     """`suffix_ids`, or, after a final result, a suffix past the completion budget (TRL then ends that rollout)."""
     if not any(isinstance(message.get("content"), FinalResult) for message in tool_messages):
         return suffix_ids
-    filler = trainer._tokenizer.pad_token_id or 0  # never generated from: the row leaves the loop with this turn
-    return suffix_ids + [filler] * (trainer.max_completion_length + 1)
+    filler = pad_token_id or 0  # never generated from: the row leaves the loop with this turn
+    return suffix_ids + [filler] * (max_completion_length + 1)

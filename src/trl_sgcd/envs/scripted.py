@@ -141,33 +141,35 @@ NEEDS_ENVIRONMENT = "scripted_sibling needs an `environment_factory`: the script
 """The one message of that rule: the CLI checks it before the model loads, the trainer again for the Python API."""
 
 
-def apply_scripted_sibling(trainer, prompts: list, output: tuple) -> tuple:
-    """What `SGCDTrainer._generate` calls: `output` with the scripted siblings in it (training batches only)."""
-    script = trainer.scripted_sibling
-    if script is None or not trainer.model.training:
-        return output
-    if not trainer.environments:
+def apply_scripted_sibling(
+    output: tuple,
+    prompts: list,
+    *,
+    script,
+    environments,
+    tools,
+    tokenizer,
+    num_generations: int,
+    process_index: int,
+    template_kwargs: dict,
+) -> tuple[tuple, int]:
+    """What `SGCDTrainer._generate` calls on a training batch: `output` with the scripted siblings in it, and how
+    many rows the script played. `tools`: the batch's tools (per rollout with `environment_factory`)."""
+    if not environments:
         raise ValueError(NEEDS_ENVIRONMENT)
-    if trainer.environment_factories is not None:
-        tools = [trainer._env_tools[name] for name in trainer._batch_environments]
-    else:
-        tools = trainer.tools
-    kwargs = {"chat_template": trainer.chat_template, **(trainer.chat_template_kwargs or {})}
     n = len(output[1])
     output = inject_scripted_siblings(
         output,
         prompts=prompts,
-        environments=trainer.environments,
-        num_generations=trainer.num_generations,
+        environments=environments,
+        num_generations=num_generations,
         script=script,
-        tokenizer=trainer._tokenizer,
+        tokenizer=tokenizer,
         tools=tools,
-        offset=trainer.accelerator.process_index * n,
-        template_kwargs=kwargs,
+        offset=process_index * n,
+        template_kwargs=template_kwargs,
     )
-    rows = scripted_rows(n, trainer.num_generations, trainer.accelerator.process_index * n)
-    trainer._metrics["train"]["sgcd/scripted_siblings"].append(float(len(rows)))
-    return output
+    return output, len(scripted_rows(n, num_generations, process_index * n))
 
 
 def airline_expert_script(env) -> list[dict]:

@@ -89,7 +89,7 @@ def _failed_rollout(tag: str) -> list[dict]:
 
 def sample_group(group_index: int = 0, *, num_success: int = 2, num_failed: int = 2, tag: str = ""):
     """A mixed airline-style sibling group with planted secrets in observations and assistant text."""
-    from trl_sgcd.credit.siblings import Rollout, SiblingGroup
+    from trl_sgcd.credit.types import Rollout, SiblingGroup
 
     prompt = [
         {"role": "system", "content": "You are an airline agent. Use the tools."},

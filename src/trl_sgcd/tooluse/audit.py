@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from trl_sgcd.credit.traces import is_tool_error
+from trl_sgcd.credit.reference.traces import is_tool_error
 
 __all__ = ["count_tool_calls", "count_tool_errors", "is_tool_error", "tool_use_audit"]
 

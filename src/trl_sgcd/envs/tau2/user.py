@@ -11,7 +11,7 @@ Rendering user turns as real `user` messages instead would need a `rollout_func`
 
 The simulator sees τ²'s own system prompt (`tau2.user.user_simulator`: the simulation guidelines and the task's full
 scenario, hidden instructions included, as in τ²); the agent never sees it. Calls go through
-[`~trl_sgcd.credit.llm.LiteLLMClient`] with the same deadline, retries and cache as the credit references, configured
+[`~trl_sgcd.credit.reference.llm.LiteLLMClient`] with the same deadline, retries and cache as the credit references, configured
 by environment variables (a recipe's `env:` block):
 
 - `TRL_SGCD_TAU2_USER_MODEL` (required), `TRL_SGCD_TAU2_USER_API_BASE`, `TRL_SGCD_TAU2_USER_API_KEY_ENV`
@@ -52,7 +52,7 @@ def user_client():
         os.environ.get(ENV_PREFIX + "CACHE_DIR"),
     )
     if settings not in _CLIENTS:
-        from trl_sgcd.credit.llm import LiteLLMClient
+        from trl_sgcd.credit.reference.llm import LiteLLMClient
 
         model, api_base, api_key, deadline, cache_dir = settings
         _CLIENTS[settings] = LiteLLMClient(

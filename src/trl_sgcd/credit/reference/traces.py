@@ -1,6 +1,6 @@
 """The text form of a rollout: policy-visible steps (`ASSISTANT: ...`, `CALL name(args)`, `OBS name: ...`).
 
-Pure rendering, no I/O and no sanitizing (that is [`~trl_sgcd.credit.evidence.build_evidence`]'s job, which
+Pure rendering, no I/O and no sanitizing (that is [`~trl_sgcd.credit.reference.evidence.build_evidence`]'s job, which
 sanitizes every step before any truncation). Also home of the one tool-error predicate, [`is_tool_error`], shared by
 the contrast reference (which failed calls to name) and the tool-use audit (the tool failure rate), so the two can
 never disagree.
@@ -11,8 +11,9 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
+
+from trl_sgcd.credit.types import TraceStep
 
 __all__ = ["TraceStep", "format_steps", "is_tool_error", "render_task", "render_trace", "trace_steps"]
 
@@ -57,17 +58,6 @@ def is_tool_error(content: Any) -> bool:
             return isinstance(value, dict) and is_tool_error(value)
         return bool(_ERROR_JSON_PREFIX_RE.match(text))  # unparseable (truncated) object
     return bool(_ERROR_TEXT_RE.match(text))
-
-
-@dataclass
-class TraceStep:
-    """One policy-visible step: `"say"` (assistant text), `"call"` (tool call), `"obs"` (tool/user/env output)."""
-
-    kind: str
-    text: str
-    name: str = ""
-    arg_keys: tuple[str, ...] = ()
-    is_error: bool = False
 
 
 def _call_parts(call: dict) -> tuple[str, str, tuple[str, ...]]:

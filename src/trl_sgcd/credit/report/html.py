@@ -18,7 +18,8 @@ _BOX_STYLE = (
     "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;line-height:1.55;"
     "white-space:pre-wrap;word-break:break-word;color:#1a1a1a;background:#ffffff;padding:6px"
 )
-_EPS = 1e-6
+CREDIT_EPS = 1e-6
+"""A weight counts as credit (shaded, counted in `credit_tokens`) above 1 + this."""
 
 
 def weight_color(weight: float, *, cap: float) -> tuple[int, int, int]:
@@ -72,7 +73,7 @@ def render_weighted_html(
         note = ", decisive" if key else ""
         if not ok:
             style, title = _INELIGIBLE_STYLE + mark, f"W={weight:.3f} (not eligible{note})"
-        elif weight > 1.0 + _EPS:
+        elif weight > 1.0 + CREDIT_EPS:
             r, g, b = weight_color(weight, cap=cap)
             style, title = f"background:rgb({r},{g},{b})" + mark, f"W={weight:.3f}" + (" (decisive)" if key else "")
         else:

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 
 import torch
 
-from trl_sgcd.credit.reference import cap_reference  # noqa: F401 - the one reference cap, re-exported for the trainer
-
 REFERENCE_HEADER = (
     "<credit_reference>\n"
     "Training-only notes distilled from sibling attempts at this same task (not visible at deployment):\n"
@@ -139,7 +137,7 @@ _EDGES = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
 def literal_pattern(literal: str) -> re.Pattern:
     """A literal as a whole value: case-insensitive, never inside a longer alphanumeric run ("258" is not in "12580").
 
-    The same boundary rule as the sanitizer's private values (`trl_sgcd.credit.evidence.Sanitizer`).
+    The same boundary rule as the sanitizer's private values (`trl_sgcd.credit.reference.sanitize.Sanitizer`).
     """
     return re.compile(r"(?i)(?<![A-Za-z0-9])" + re.escape(literal) + r"(?![A-Za-z0-9])")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from trl_sgcd.credit.sanitize_patterns import KEYED_RULES, PLACEHOLDERS, SHAPE_RULES, Rule
+from trl_sgcd.credit.reference.sanitize_patterns import KEYED_RULES, PLACEHOLDERS, SHAPE_RULES, Rule
 
 __all__ = [
     "PLACEHOLDERS",

@@ -15,7 +15,7 @@ builder's former output) moves it nowhere in particular (credit lift below 1, RE
 The other sections: the state checks (look-ups every success makes before its first write), the successful branch
 (the canonical success's calls quoted, other successful shapes named), each failed branch with its visible tool
 errors, and how many values of each kind were masked. It is the `"contrast"` backend of
-[`~trl_sgcd.credit.reference.SiblingReferenceBuilder`] and its fallback when the LLM fails.
+[`~trl_sgcd.credit.reference.builder.SiblingReferenceBuilder`] and its fallback when the LLM fails.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from trl_sgcd.credit.evidence import Evidence
-from trl_sgcd.credit.prompt import SECTION_TITLES
-from trl_sgcd.credit.sanitize import PLACEHOLDER_RE
-from trl_sgcd.credit.traces import TraceStep
+from trl_sgcd.credit.reference.prompt import SECTION_TITLES
+from trl_sgcd.credit.reference.sanitize import PLACEHOLDER_RE
+from trl_sgcd.credit.types import Evidence, TraceStep
 
 __all__ = ["contrast_sections", "deviation_line"]
 

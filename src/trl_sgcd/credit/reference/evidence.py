@@ -1,6 +1,6 @@
 """Sibling evidence for the credit reference: sanitized steps, and sibling selection under a token budget.
 
-Every step of every sibling, and the task, pass through the [`~trl_sgcd.credit.sanitize.Sanitizer`] first, untruncated;
+Every step of every sibling, and the task, pass through the [`~trl_sgcd.credit.reference.sanitize.Sanitizer`] first, untruncated;
 only then are observations cut and siblings selected, so a secret cut in half can never slip through.
 
 Selection follows the paper's appendix: all siblings when they fit; otherwise the smaller outcome class whole, matched
@@ -16,28 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from trl_sgcd.credit.sanitize import SanitizedText, Sanitizer, sanitize
-from trl_sgcd.credit.siblings import SiblingGroup
-from trl_sgcd.credit.traces import TraceStep, format_steps, render_task, render_trace, trace_steps
+from trl_sgcd.credit.reference.sanitize import SanitizedText, Sanitizer
+from trl_sgcd.credit.reference.traces import format_steps, render_task, trace_steps
+from trl_sgcd.credit.types import Evidence, SiblingGroup, TraceStep
 
-__all__ = [
-    "Evidence",
-    "build_evidence",
-    "render_sanitized_trace",
-    "select_siblings",
-    "visible_tool_names",
-    # re-exported for callers of the former single module
-    "SanitizedText",
-    "Sanitizer",
-    "TraceStep",
-    "render_task",
-    "render_trace",
-    "sanitize",
-    "trace_steps",
-]
+__all__ = ["build_evidence", "render_sanitized_trace", "select_siblings", "visible_tool_names"]
 
 TEMPLATE_OVERHEAD_TOKENS = 400  # instructions and headers of the reference prompt (prompt.py), generously rounded up
 TRACE_OVERHEAD_TOKENS = 16  # per-sibling header
@@ -106,32 +91,6 @@ def select_siblings(lengths: list[int], success: list[bool], budget: int) -> lis
 def approx_token_count(text: str) -> int:
     """Rough token count (~4 characters per token), used when no tokenizer is given."""
     return (len(text) + 3) // 4
-
-
-@dataclass
-class Evidence:
-    """
-    Sanitized sibling evidence of one mixed group.
-
-    Args:
-        task (`str`): sanitized task instruction (never truncated).
-        traces (`list[str]`): sanitized, rendered traces of the selected siblings.
-        outcomes (`list[bool]`): outcome of each selected sibling.
-        sibling_indices (`list[int]`): positions of the selected siblings within the group.
-        masked_literals (`list[str]`): original literals masked anywhere in the group's evidence.
-        digest (`str`): sha256 of the sanitized content (cache key, together with the model name).
-        steps (`list[list[TraceStep]]`): sanitized structured steps of every sibling (for the contrast builder).
-        success (`list[bool]`): outcome of every sibling of the group.
-    """
-
-    task: str
-    traces: list[str]
-    outcomes: list[bool]
-    sibling_indices: list[int]
-    masked_literals: list[str]
-    digest: str
-    steps: list[list[TraceStep]] = field(default_factory=list)
-    success: list[bool] = field(default_factory=list)
 
 
 def visible_tool_names(group: SiblingGroup) -> set[str]:

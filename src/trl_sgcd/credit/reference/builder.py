@@ -3,7 +3,7 @@
 Two backends write the same five sections (see `prompt.SECTION_TITLES`):
 
 - `"contrast"` (offline default, no model): the deterministic contrast of the sanitized traces (`contrast.py`).
-- `"litellm"`: an external LLM (paper, Table 5), called once per batch through [`~trl_sgcd.credit.llm.LiteLLMClient`]. A
+- `"litellm"`: an external LLM (paper, Table 5), called once per batch through [`~trl_sgcd.credit.reference.llm.LiteLLMClient`]. A
   malformed or empty answer, an error, a deadline or the step budget falls back per group (`fallback="contrast"` or
   `"none"`), and the failure is counted by class. `build` never raises because of the LLM: training must not stop.
 
@@ -19,23 +19,23 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from trl_sgcd.credit.contrast import contrast_sections
-from trl_sgcd.credit.evidence import Evidence, approx_token_count, build_evidence, visible_tool_names
-from trl_sgcd.credit.llm import LiteLLMClient
-from trl_sgcd.credit.llm_result import (
-    ANSWER_BYTES_PER_TOKEN,
-    LLMResult,
-    account,
-    accumulate,
-    cut_to_bytes,
-    empty_stats,
-    failed_result,
-    failure_warning,
-    step_metrics,
+from trl_sgcd.credit.reference.contrast import contrast_sections
+from trl_sgcd.credit.reference.evidence import (
+    approx_token_count,
+    build_evidence,
+    render_sanitized_trace,
+    visible_tool_names,
 )
-from trl_sgcd.credit.prompt import (
+from trl_sgcd.credit.reference.llm import (
+    ANSWER_BYTES_PER_TOKEN,
+    ERROR_CLASSES,
+    LiteLLMClient,
+    LLMResult,
+    cut_to_bytes,
+    failed_result,
+)
+from trl_sgcd.credit.reference.prompt import (
     PROMPT_VERSION,
     SECTION_TITLES,
     format_reference,
@@ -43,12 +43,124 @@ from trl_sgcd.credit.prompt import (
     render_reference_messages,
     split_sections,
 )
-from trl_sgcd.credit.sanitize import PLACEHOLDER_RE, Sanitizer, private_values
-from trl_sgcd.credit.siblings import SiblingGroup
+from trl_sgcd.credit.reference.sanitize import PLACEHOLDER_RE, Sanitizer, private_values
+from trl_sgcd.credit.types import CreditReference, Evidence, SiblingGroup
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CreditReference", "SiblingReferenceBuilder", "cap_reference", "check_api_key", "uses_reference_llm"]
+
+# --- per-build accounting ----------------------------------------------------------------------------------------------
+COUNTERS = (
+    "groups",
+    "requests",
+    "attempts",
+    "llm",
+    "contrast",
+    "fallback",
+    "none",
+    "errors",
+    "timeouts",
+    "rate_limited",
+    "cache_hits",
+    "budget_exhausted",
+    "prompt_tokens",
+    "completion_tokens",
+    *(f"errors/{c}" for c in ERROR_CLASSES),
+)
+STEP_METRICS = (
+    "requests",
+    "attempts",
+    "timeouts",
+    "rate_limited",
+    "cache_hits",
+    "fallbacks",
+    "budget_exhausted",
+    *(f"errors/{c}" for c in ERROR_CLASSES),
+    "build_s",
+)
+"""What `SiblingReferenceBuilder.step_metrics` logs each step, as `sgcd/reference/<name>` (`fallbacks` = failed
+groups; `build_s` = wall seconds of the whole build; timeouts and rate limits count attempts, errors count groups)."""
+
+FIELD_TO_CHECK = {
+    "timeout": "credit_reference_deadline",
+    "budget_exhausted": "credit_reference_step_budget",
+    "connection": "credit_reference_api_base",
+    "bad_response": "credit_reference_api_base",
+    "server_error": "credit_reference_api_base",
+    "auth": "credit_reference_api_key_env",
+    "not_found": "credit_reference_model",
+    "client_error": "credit_reference_model",
+    "malformed": "credit_reference_model",
+    "rate_limited": "credit_reference_concurrency",
+    "other": "credit_reference_api_base",
+}
+"""The config field to check first for each failure class (named in the warning)."""
+
+
+def empty_stats() -> dict:
+    """Zeroed counters of one build (or of a whole run)."""
+    return {**dict.fromkeys(COUNTERS, 0), "latency_s": 0.0, "cost_usd": 0.0, "build_s": 0.0}
+
+
+def account(result: LLMResult, stats: dict) -> None:
+    """Add one request's outcome to `stats` (the failed group itself is counted by the caller)."""
+    if result.cached:
+        stats["cache_hits"] += 1
+    else:
+        stats["requests"] += int(result.attempts > 0)
+        stats["attempts"] += result.attempts
+        stats["timeouts"] += max(result.attempt_errors.count("timeout"), int(result.timed_out))
+        stats["rate_limited"] += result.attempt_errors.count("rate_limited")
+        stats["budget_exhausted"] += int(result.budget_exhausted)
+        if result.error is None and (result.cost_usd is None or stats["cost_usd"] is None):
+            stats["cost_usd"] = None  # an answer of unknown price: the total is unknown, never under-reported
+        elif stats["cost_usd"] is not None:
+            stats["cost_usd"] += result.cost_usd or 0.0
+    stats["latency_s"] += result.latency_s
+    stats["prompt_tokens"] += result.prompt_tokens or 0
+    stats["completion_tokens"] += result.completion_tokens or 0
+
+
+def accumulate(total: dict, stats: dict) -> None:
+    """Add the counters of one build to the run's `total` (a cost stays `None` once unknown)."""
+    for key, value in stats.items():
+        if key == "cost_usd":
+            known = value is not None and total.get("cost_usd") is not None
+            total["cost_usd"] = total["cost_usd"] + value if known else None
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+def step_metrics(stats: dict) -> dict[str, float]:
+    """`sgcd/reference/<name>` -> value for every name of `STEP_METRICS`, from the counters of one build."""
+    values = {**stats, "fallbacks": stats["errors"]}
+    return {f"sgcd/reference/{name}": float(values.get(name, 0)) for name in STEP_METRICS}
+
+
+def merge_step_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """Step metrics of all ranks in one dict: counts add up, `build_s` is the slowest rank's."""
+    merged: dict[str, float] = {}
+    for metrics in per_rank:
+        for name, value in metrics.items():
+            merged[name] = (
+                max(merged.get(name, 0.0), value) if name.endswith("build_s") else merged.get(name, 0) + value
+            )
+    return merged
+
+
+def failure_warning(stats: dict, last_error: str | None, *, endpoint: str, model: str | None, fallback: str) -> str:
+    """One line for the log: what failed this step, the last error, the endpoint, and the config field to check."""
+    classes = {c: stats[f"errors/{c}"] for c in ERROR_CLASSES if stats[f"errors/{c}"]}
+    worst = max(classes, key=classes.get) if classes else "other"
+    what = ", ".join(f"{c}: {n}" for c, n in classes.items())
+    asked = stats["errors"] + stats["llm"]
+    return (
+        f"Credit reference LLM: {stats['errors']} of {asked} group(s) failed this step ({what}; "
+        f"{stats['attempts']} attempt(s), {stats['build_s']:.1f} s) and got fallback={fallback!r}. "
+        f"Last error: {last_error}. Endpoint: {endpoint} (model {model!r}). Check {FIELD_TO_CHECK[worst]}."
+    )
+
 
 BACKENDS = ("contrast", "litellm")
 FALLBACKS = ("contrast", "none")
@@ -58,7 +170,8 @@ _QUOTED_LITERAL_RE = re.compile(r"`([^`\n]{3,80})`|\"([^\"\n]{3,80})\"")
 
 def cap_reference(text: str, tokenizer, max_tokens: int) -> str:
     """
-    Cap a reference at `max_tokens` tokens (the one capping rule: the builder's output and the teacher context).
+    Cap a reference at `max_tokens` tokens: the one capping rule, applied once, where a reference is made (the
+    builder, the sibling contexts); the teacher prompt uses the text as it is.
 
     The text is first cut to `ANSWER_BYTES_PER_TOKEN * max_tokens` UTF-8 bytes, so a huge text is never tokenized
     whole; then it keeps its first `max_tokens` tokens of `tokenizer` (without one: ~4 characters per token).
@@ -92,35 +205,6 @@ def check_api_key(key_env: str | None) -> str | None:
     return key
 
 
-@dataclass
-class CreditReference:
-    """
-    Credit reference of one sibling group (teacher-side context only).
-
-    Args:
-        text (`str`): the reference, capped at `max_reference_tokens` (`""` when `source="none"`).
-        sections (`dict[str, str]`): section title -> body.
-        masked_literals (`list[str]`): literals masked in the evidence and the reference (their tokens get no credit).
-        source (`str`): `"llm"`, `"contrast"`, `"fallback"` (contrast text because the LLM failed) or `"none"` (no
-            reference: the group keeps W = 1).
-        latency_s (`float`): time spent building it (LLM wall time, retries included).
-        cost_usd (`float` or `None`): LLM cost; `None` when unknown.
-        prompt_tokens (`int` or `None`): LLM prompt tokens.
-        completion_tokens (`int` or `None`): LLM completion tokens.
-        group_index (`int`): index of the sibling group.
-    """
-
-    text: str
-    sections: dict[str, str]
-    masked_literals: list[str]
-    source: str
-    latency_s: float = 0.0
-    cost_usd: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    group_index: int = -1
-
-
 class SiblingReferenceBuilder:
     """
     Build one [`CreditReference`] per sibling group, from sanitized evidence, with the contrast or the litellm backend.
@@ -143,7 +227,7 @@ class SiblingReferenceBuilder:
         private_columns (`Sequence[str]`, *optional*): row columns whose values are masked as `[PRIVATE]`.
         tokenizer (*optional*): the policy tokenizer, for token budgets and the cap (default: ~4 chars per token).
         llm_client (*optional*): object with `complete_many(requests, budget=None) -> list[LLMResult]` (or such a
-            callable), used instead of building a [`~trl_sgcd.credit.llm.LiteLLMClient`].
+            callable), used instead of building a [`~trl_sgcd.credit.reference.llm.LiteLLMClient`].
         warm (`bool`, *optional*, defaults to `True`): warm the LLM client now (import litellm), not on the first step.
     """
 
@@ -371,6 +455,66 @@ class SiblingReferenceBuilder:
         if self.fallback == "contrast":
             return self._contrast(group, evidence, source="fallback", **llm), reason
         return self._none(group, evidence.masked_literals, **llm), reason
+
+
+def sibling_contexts(
+    group: SiblingGroup,
+    *,
+    private_columns: Sequence[str],
+    observation_max_chars: int,
+    tokenizer=None,
+    max_tokens: int | None = None,
+) -> list:
+    """Teacher context per rollout for the sibling-context modes (`no_reference`, `sdpo`): a raw successful sibling
+    other than the rollout itself, sanitized, no LLM.
+
+    A rollout is never shown its own completion (the teacher would then hold the answer it is scoring): a failed
+    rollout gets the shortest successful sibling, a successful one the shortest *other* success, and a lone success
+    gets no teacher (`None`), as in SDPO's reference code (`dont_reprompt_on_self_success`). Ties go to the lowest row
+    index, so the choice is deterministic.
+
+    Args:
+        group ([`SiblingGroup`]):
+            The group; its rollouts' `row` dicts hold the private values.
+        private_columns (`Sequence[str]`):
+            Columns whose values are masked in the rendered sibling.
+        observation_max_chars (`int`):
+            Tool observations are truncated to this many characters (after sanitizing).
+        tokenizer (*optional*), max_tokens (`int`, *optional*):
+            Cap each context at `max_tokens` tokens ([`cap_reference`], as the builder caps its references); no cap
+            when `max_tokens` is `None`.
+
+    Returns:
+        `list[CreditReference | None]`: one entry per rollout of the group, in order.
+    """
+    successes = [r for r, ok in zip(group.rollouts, group.success) if ok]
+    if not successes:
+        return [None] * len(group.rollouts)
+    sanitizer = Sanitizer([private_values(r.row, private_columns) for r in group.rollouts])
+    # Sanitize each step before truncating it, so a secret cut in half by the truncation cannot leak.
+    rendered = {
+        r.index: render_sanitized_trace(r.completion, sanitizer=sanitizer, max_observation_chars=observation_max_chars)
+        for r in successes
+    }
+    ranked = sorted(rendered, key=lambda index: (len(rendered[index].text), index))  # shortest first
+    contexts = []
+    for rollout in group.rollouts:
+        chosen = next((index for index in ranked if index != rollout.index), None)
+        if chosen is None:
+            contexts.append(None)
+            continue
+        clean = rendered[chosen]
+        text = "A successful attempt at this same task:\n" + clean.text
+        contexts.append(
+            CreditReference(
+                text=text if max_tokens is None else cap_reference(text, tokenizer, max_tokens),
+                sections={},
+                masked_literals=list(clean.masked),
+                source="sibling",
+                group_index=group.group_index,
+            )
+        )
+    return contexts
 
 
 def _guess_class(result: LLMResult) -> str:

@@ -17,27 +17,203 @@ the first step's deadline measures the request, not the import (4-17 s on a load
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from trl_sgcd.credit.llm_cache import DiskCache
-from trl_sgcd.credit.llm_result import (
-    ANSWER_BYTES_PER_TOKEN,
-    RETRYABLE_CLASSES,
-    LLMResult,
-    cut_to_bytes,
-    describe_error,
-    error_class,
-    failed_result,
+__all__ = [
+    "ANSWER_BYTES_PER_TOKEN",
+    "ERROR_CLASSES",
+    "RETRYABLE_CLASSES",
+    "DiskCache",
+    "LLMResult",
+    "LiteLLMClient",
+    "cut_to_bytes",
+    "describe_error",
+    "error_class",
+    "failed_result",
+    "import_litellm",
+    "route_model",
+]
+
+
+# --- results and failure classes (pure data, no litellm import) ----------------------------------------------------
+ANSWER_BYTES_PER_TOKEN = 32
+"""An answer is cut to this many UTF-8 bytes per completion token allowed (`max_tokens`) as soon as it arrives."""
+
+ERROR_CLASSES = (
+    "timeout",
+    "rate_limited",
+    "server_error",
+    "connection",
+    "bad_response",
+    "auth",
+    "not_found",
+    "client_error",
+    "budget_exhausted",
+    "malformed",
+    "other",
+)
+"""Failure classes of a credit-reference request (`malformed`: an answer that is not a five-section reference)."""
+
+RETRYABLE_CLASSES = frozenset({"timeout", "rate_limited", "server_error", "connection", "bad_response"})
+_RETRYABLE_NAMES = (
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "APIConnectionError",
+    "Timeout",
+    "APITimeoutError",
+    "BadGatewayError",
 )
 
-__all__ = ["LLMResult", "LiteLLMClient", "import_litellm", "route_model"]
+
+@dataclass
+class LLMResult:
+    """
+    Outcome of one chat completion request.
+
+    Args:
+        text (`str` or `None`):
+            Assistant content; `None` when the request failed.
+        error (`str` or `None`):
+            Why it failed (`"timeout: ..."`, `"RateLimitError: ..."`); `None` on success.
+        latency_s (`float`):
+            Wall time of the request, retries and backoff included.
+        prompt_tokens (`int` or `None`):
+            Prompt tokens reported by the server (`None` when unknown; 0 on a cache hit).
+        completion_tokens (`int` or `None`):
+            Completion tokens reported by the server.
+        cost_usd (`float` or `None`):
+            Cost from litellm's price map; `None` when the model's price is unknown (never a made-up 0).
+        cached (`bool`):
+            Whether the answer came from the disk cache (no request was made).
+        attempts (`int`):
+            Number of HTTP attempts made.
+        timed_out (`bool`, *optional*, defaults to `False`):
+            Whether the last attempt hit the deadline.
+        error_class (`str` or `None`, *optional*):
+            Class of the failure, one of `ERROR_CLASSES` (`None` on success).
+        attempt_errors (`tuple[str, ...]`, *optional*):
+            Class of every failed attempt, in order (timeouts and rate limits are counted from it).
+        budget_exhausted (`bool`, *optional*, defaults to `False`):
+            Whether the batch's wall budget cut this request short (an attempt, a retry, or the request itself).
+    """
+
+    text: str | None
+    error: str | None
+    latency_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    cached: bool
+    attempts: int
+    timed_out: bool = False
+    error_class: str | None = None
+    attempt_errors: tuple[str, ...] = ()
+    budget_exhausted: bool = False
+
+
+def failed_result(error: str, error_class: str, *, attempts: int = 0, **fields) -> LLMResult:
+    """An [`LLMResult`] for a request that got no answer."""
+    return LLMResult(
+        None, error, 0.0, None, None, None, cached=False, attempts=attempts, error_class=error_class, **fields
+    )
+
+
+def cut_to_bytes(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` that is at most `max_bytes` UTF-8 bytes (never splits a character)."""
+    if len(text) * 4 <= max_bytes:  # no character is longer than 4 bytes
+        return text
+    data = text.encode("utf-8")
+    return text if len(data) <= max_bytes else data[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def error_class(exc: BaseException) -> str:
+    """
+    The failure class (one of `ERROR_CLASSES`) of an exception raised by a litellm call.
+
+    litellm reports a refused connection, a dropped socket and a body that is not JSON all as `InternalServerError`
+    (status 500), so the message and the exception chain are read too.
+    """
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(exc).__name__:
+        return "timeout"
+    names = {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__}
+    text = str(exc).lower()
+    if names & {"APIConnectionError", "ConnectError", "ConnectionError", "RemoteProtocolError", "ReadError"}:
+        return "connection"
+    if "connection error" in text or "connection refused" in text:
+        return "connection"
+    if "invalid response" in text or names & {"JSONDecodeError"}:
+        return "bad_response"
+    status = getattr(exc, "status_code", None)
+    by_status = {429: "rate_limited", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout"}
+    if isinstance(status, int):
+        return by_status.get(status, "server_error" if status >= 500 else "client_error")
+    if names & {"RateLimitError"}:
+        return "rate_limited"
+    if names & {"AuthenticationError", "PermissionDeniedError"}:
+        return "auth"
+    return "server_error" if names & set(_RETRYABLE_NAMES) else "other"
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Class: message` of an exception, on one line, at most 300 characters of message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+# --- disk cache of answers: one JSON file per (model, evidence digest), written atomically ---------------------------
+class DiskCache:
+    """JSON files keyed by `sha256(model + "\\n" + key)`; writes are atomic (temp file + `os.replace`)."""
+
+    def __init__(self, directory: str | os.PathLike | None):
+        self.directory = Path(directory) if directory else None
+
+    def _path(self, model: str, key: str) -> Path:
+        digest = hashlib.sha256(f"{model}\n{key}".encode()).hexdigest()
+        return self.directory / f"{digest}.json"
+
+    def get(self, model: str, key: str) -> dict | None:
+        if self.directory is None:
+            return None
+        try:
+            record = json.loads(self._path(model, key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if record.get("model") == model and record.get("key") == key else None
+
+    def put(self, model: str, key: str, record: dict) -> None:
+        if self.directory is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"model": model, "key": key, **record}, f)
+            os.replace(tmp, self._path(model, key))
+        except OSError:  # a read-only or full disk must not stop training
+            pass
+
+
+# --- the client -------------------------------------------------------------------------------------------------------
 
 
 def import_litellm():

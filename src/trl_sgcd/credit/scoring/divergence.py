@@ -3,7 +3,7 @@
 At each completion position the student's and the teacher's next-token distributions are compared on a small support:
 the teacher's top-K tokens, plus the observed (sampled) token when it is not among them, plus one tail bucket per side
 that keeps the remaining mass. With K >= V this is the full-vocabulary divergence. The model-running scorer that calls
-these functions chunk by chunk is `trl_sgcd.credit.scorer`.
+these functions chunk by chunk is `trl_sgcd.credit.scoring.scorer`.
 
 Where this departs from the paper's text (numerics only, same quantities):
 
@@ -111,6 +111,13 @@ def _teacher_support(teacher_logits: Tensor, observed_ids: Tensor, *, top_k: int
     log_q = torch.log_softmax(teacher_logits, dim=-1)  # (N, V)
     ids, valid = topk_support(log_q, observed_ids, top_k=top_k)  # (N, K+1)
     return _Support(ids, valid, *_reduce_to_support(log_q, ids))
+
+
+def topk_tail_logprob(support: _Support) -> Tensor:
+    """Log of the teacher mass outside its top K `(N,)`: the tail bucket plus the observed token when it lies outside
+    the top K, added in log space (never `1 - sum`), for the extra losses' tail bucket."""
+    observed_outside = support.log_q[:, -1].masked_fill(~support.valid[:, -1], float("-inf"))  # (N,)
+    return torch.logaddexp(support.log_q_tail, observed_outside)
 
 
 def _student_scores(student_logits: Tensor, support: _Support, *, divergence: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,10 +12,10 @@ import hashlib
 import re
 from typing import TYPE_CHECKING
 
-from trl_sgcd.credit.sanitize_patterns import PLACEHOLDERS
+from trl_sgcd.credit.reference.sanitize_patterns import PLACEHOLDERS
 
 if TYPE_CHECKING:
-    from trl_sgcd.credit.evidence import Evidence
+    from trl_sgcd.credit.types import Evidence
 
 SECTION_TITLES = (
     "State checks",
@@ -68,7 +68,7 @@ def render_reference_messages(evidence: Evidence) -> list[dict]:
     Chat messages that ask the external LLM for a credit reference.
 
     Args:
-        evidence ([`~trl_sgcd.credit.evidence.Evidence`]):
+        evidence ([`~trl_sgcd.credit.reference.evidence.Evidence`]):
             Sanitized task and selected sibling traces with outcomes.
 
     Returns:

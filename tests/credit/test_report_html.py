@@ -5,9 +5,8 @@ import re
 
 import pytest
 
-from trl_sgcd.credit import render
-from trl_sgcd.credit import table as ct
-from trl_sgcd.credit.table import render_weighted_html, weight_color
+from trl_sgcd.credit.report import html as render
+from trl_sgcd.credit.report.html import render_weighted_html, weight_color
 
 SPAN_RE = re.compile(r'<span style="([^"]*)" title="W=([0-9.]+)[^"]*">')
 
@@ -72,6 +71,6 @@ def test_localization_page_puts_the_reference_beside_the_tokens():
         "decisive": [False, False, True],
         "reference": "check <state>",
     }
-    page = ct.localization_html_page([item], title="where credit lands", cap=2.0, intro="intro")
+    page = render.localization_html_page([item], title="where credit lands", cap=2.0, intro="intro")
     assert page.count('class="pair"') == 1 and "check &lt;state&gt;" in page and "task 1 &lt;x&gt;" in page
     assert "underline" in page and 'title="W=2.000 (decisive)"' in page

@@ -10,7 +10,7 @@ no other token can receive credit), with the credit mass m_t = W_t - 1 on E:
 
 Baselines with the same credit mass: `random_span_weights` places the rollout's own credit spans (same lengths,
 same weights) at uniformly random non-overlapping positions among its eligible tokens; the `uniform` ablation
-(`trl_sgcd.credit.weights.uniform_credit_weights`) spreads the mass evenly. `bootstrap_median` gives the median over
+(`trl_sgcd.credit.weighting.weights.uniform_credit_weights`) spreads the mass evenly. `bootstrap_median` gives the median over
 rollouts and a percentile bootstrap interval; `pooled_lift` is the mass-weighted lift over all rollouts at once.
 """
 

@@ -1,11 +1,12 @@
-"""Shared-prefix scoring (`trl_sgcd.credit.hidden`) equals one plain forward per row, on the tiny random Llama."""
+"""Shared-prefix scoring (`trl_sgcd.credit.scoring.hidden_states`) equals one plain forward per row, on the tiny random Llama."""
 
 import pytest
 import torch
 
 from tests.credit.test_scorer import TEMPERATURE, _args, _pad_left, _pad_right, _reorder_atol
-from trl_sgcd.credit.hidden import completion_hidden, shared_prefix_length
-from trl_sgcd.credit.scorer import DenseDivergenceScorer, _backbone
+from trl_sgcd.credit.scoring.hidden_states import completion_hidden, shared_prefix_length
+from trl_sgcd.credit.scoring.model_access import backbone_of
+from trl_sgcd.credit.scoring.scorer import DenseDivergenceScorer
 
 FIELDS = ("divergence", "teacher_entropy", "student_logprobs", "teacher_logprobs", "teacher_topk_logprobs")
 
@@ -47,7 +48,7 @@ def group_batch(*, system_len=12, user_lens=(4, 7), group=3, reference_lens=(5, 
 def _encoded_tokens(model, fn):
     """Run `fn`, return its result and the number of input positions the backbone encoded."""
     seen = []
-    hook = _backbone(model).register_forward_hook(
+    hook = backbone_of(model).register_forward_hook(
         lambda m, args, kwargs, out: seen.append(kwargs["input_ids"].numel()), with_kwargs=True
     )
     try:
@@ -93,7 +94,7 @@ def test_shared_prefix_scores_equal_unshared(model, layout, batch_size):
 def test_hidden_states_equal_a_plain_forward(model):
     batch = group_batch(user_lens=(5, 5), reference_lens=(1, 1))  # equal lengths: no padding at all
     mask = batch["completion_mask"].bool()
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     with torch.no_grad():
         plain, n_plain = completion_hidden(backbone, batch["student_input_ids"], batch["student_attention_mask"], mask)
         shared, n_shared = completion_hidden(

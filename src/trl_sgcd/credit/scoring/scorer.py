@@ -1,11 +1,11 @@
 """The dense scorer: runs the current policy, forward-only, under the student and the teacher context (paper §4.3).
 
 The current policy is scored twice on the same completion ids: the student sees the clean prompt, the teacher the
-prompt with the credit reference inserted. The per-position math is `trl_sgcd.credit.divergence`; this module owns
-the model access and the one chunk loop over positions.
+prompt with the credit reference inserted. The per-position math is `trl_sgcd.credit.scoring.divergence`, the model
+access and the chunk loop over positions `trl_sgcd.credit.scoring.model_access` (shared with the extra losses).
 
 * No `(B, L, V)` logits: the backbone runs once per input (with `share_prefix`, the prompt prefix common to a
-  micro-batch is encoded once and the rest on its key/value cache, `trl_sgcd.credit.hidden`; not under ZeRO-3), the
+  micro-batch is encoded once and the rest on its key/value cache, `trl_sgcd.credit.scoring.hidden_states`; not under ZeRO-3), the
   completion positions' hidden states go through the LM head `chunk_size` at a time. The teacher is scored first and
   reduced to its support (K+1 ids and log-probabilities per position) before the student forward, so one context's
   hidden states are held at a time; under ZeRO-3 both forwards run first and the head is gathered once for both.
@@ -14,96 +14,22 @@ the model access and the one chunk loop over positions.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trl_sgcd.credit.divergence import (
+from trl_sgcd.credit.scoring.divergence import (
     _check_divergence,
     _check_top_k,
     _student_scores,
     _Support,
     _teacher_support,
+    topk_tail_logprob,
 )
-from trl_sgcd.credit.hidden import completion_hidden
-
-
-# ------------------------------------------------------------------------------------------------------ model access
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The `PreTrainedModel` inside accelerate/DDP/DeepSpeed (`.module`) and PEFT (`get_base_model()`) wrappers."""
-    from transformers import PreTrainedModel
-
-    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module  # DistributedDataParallel, DeepSpeedEngine (which has a `config` dict of its own)
-    if callable(getattr(model, "get_base_model", None)):  # peft.PeftModel: LoRA layers stay active
-        model = model.get_base_model()
-    return model
-
-
-def _backbone(base: nn.Module) -> nn.Module:
-    prefix = getattr(base, "base_model_prefix", "")
-    backbone = getattr(base, prefix, None) if prefix else None
-    return backbone if isinstance(backbone, nn.Module) else base.get_decoder()
-
-
-class _LMHead:
-    """The LM head applied to hidden states, with the config's logit scale / softcap and the temperature (as TRL)."""
-
-    def __init__(self, base: nn.Module, temperature: float):
-        self.module = base.get_output_embeddings()
-        self.weight, self.bias = self.module.weight, getattr(self.module, "bias", None)
-        self.zero3 = hasattr(self.weight, "ds_id")
-        self.plain = self.zero3 or type(self.module) is nn.Linear  # else (e.g. a LoRA lm_head) call the module
-        self.temperature = temperature
-        config = base.config.get_text_config()
-        self.softcap = getattr(config, "final_logit_softcapping", None)
-        scale = getattr(config, "logit_scale", None)  # same lookup order as trl.trainer.utils.add_fused_lm_head
-        if scale is None:
-            scale = getattr(config, "output_multiplier", None)
-        if scale is None:
-            scale = getattr(config, "lm_head_multiplier", None)
-        if scale is None and getattr(config, "logits_scaling", None) is not None:
-            scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
-        self.scale = 1.0 if scale is None else scale
-        self.vocab_size = getattr(self.module, "out_features", None) or config.vocab_size  # right under ZeRO-3 too
-
-    def logits(self, hidden: Tensor, weight: Tensor | None = None) -> Tensor:
-        """float32 logits `(n, V)` of hidden states `(n, H)`, divided by the temperature."""
-        weight = self.weight if weight is None else weight
-        hidden = hidden.to(weight.device)
-        if self.plain:
-            if hidden.dtype != weight.dtype and not torch.is_autocast_enabled(hidden.device.type):
-                hidden = hidden.to(weight.dtype)
-            z = F.linear(hidden, weight, self.bias).float()  # (n, V)
-        else:
-            z = self.module(hidden).float()  # (n, V)
-        if self.scale != 1.0:
-            z = z * self.scale
-        if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
-        return z / self.temperature if self.temperature != 1.0 else z
-
-    @contextmanager
-    def gathered(self):
-        """Under DeepSpeed ZeRO-3, all-gather the partitioned head once (one collective, whatever the positions)."""
-        params = [p for p in (self.weight, self.bias) if p is not None and hasattr(p, "ds_id")]
-        if not params:
-            yield
-            return
-        import deepspeed
-        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-
-        params = list({id(p): p for p in params if p.ds_status != ZeroParamStatus.AVAILABLE}.values())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            yield
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    """Slices of at most `size` positions: the LM head never sees more at once."""
-    return [slice(start, start + size) for start in range(0, n, size)]
+from trl_sgcd.credit.scoring.hidden_states import completion_hidden
+from trl_sgcd.credit.scoring.model_access import LMHead, backbone_of, chunk_slices, map_chunks, unwrap_model
 
 
 # ------------------------------------------------------------------------------------------------------------ scorer
@@ -119,6 +45,8 @@ class DenseScores:
         teacher_logprobs (`torch.Tensor` of shape `(B, T)`, float32): log q(observed token), teacher context.
         teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)` or `None`): teacher top-K ids, when requested.
         teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)` or `None`): their teacher log-probabilities.
+        teacher_tail_logprobs (`torch.Tensor` of shape `(B, T)` or `None`): log of the teacher mass outside the top K
+            (summed directly, not `1 - sum`), when the top K is requested.
         num_forwards (`int`): backbone forwards run, dummy ones included (2 per micro-batch, 4 with a shared prefix).
     """
 
@@ -128,6 +56,7 @@ class DenseScores:
     teacher_logprobs: Tensor
     teacher_topk_ids: Tensor | None = None
     teacher_topk_logprobs: Tensor | None = None
+    teacher_tail_logprobs: Tensor | None = None
     num_forwards: int = 0
 
 
@@ -145,7 +74,7 @@ class DenseDivergenceScorer:
         temperature (`float`, *optional*, defaults to `1.0`): sampling temperature the logits are divided by.
         batch_size (`int` or `None`, *optional*, defaults to `None`): rows per forward; `None` scores all rows at once.
         share_prefix (`bool`, *optional*, defaults to `False`): encode the prompt prefix common to a micro-batch once
-            and score the rest on its key/value cache (`trl_sgcd.credit.hidden`); ignored under ZeRO-3.
+            and score the rest on its key/value cache (`trl_sgcd.credit.scoring.hidden_states`); ignored under ZeRO-3.
     """
 
     def __init__(
@@ -222,8 +151,8 @@ class DenseDivergenceScorer:
         parts, forwards = [], 0
         try:
             with torch.no_grad():
-                base = _unwrap(model)
-                backbone, head = _backbone(base), _LMHead(base, self.temperature)
+                base = unwrap_model(model)
+                backbone, head = backbone_of(base), LMHead(base, self.temperature)
                 for start in range(0, n_rows, step):
                     rows = slice(start, start + step)
                     dense, n = self._score_rows(
@@ -270,25 +199,25 @@ class DenseDivergenceScorer:
             if support is None:
                 support = self._teacher_pass(head, h_teacher, observed)
                 del h_teacher
-            for part in _chunks(observed.numel(), self.chunk_size):
-                div, ent, student_lp = _student_scores(
-                    head.logits(h_student[part]), support[part], divergence=self.divergence
-                )
+            student = partial(_student_scores, divergence=self.divergence)
+            for (div, ent, student_lp), part in zip(
+                map_chunks(head, h_student, student, support, chunk_size=self.chunk_size),
+                chunk_slices(observed.numel(), self.chunk_size),
+            ):
                 flat["divergence"][part], flat["teacher_entropy"][part] = div, ent
                 flat["student_logprobs"][part] = student_lp
         flat["teacher_logprobs"] = support.log_q[:, -1]
         if topk:
             flat["teacher_topk_ids"], flat["teacher_topk_logprobs"] = support.ids[:, :-1], support.log_q[:, :-1]
+            flat["teacher_tail_logprobs"] = topk_tail_logprob(support)
         dense = self._empty(mask.shape, head, completion_ids.device, topk)  # (b, T) and (b, T, K)
         for name, values in flat.items():
             dense[name][mask.to(completion_ids.device)] = values.to(completion_ids.device)
         return dense, n_teacher + n_student
 
     def _teacher_pass(self, head, hidden: Tensor, observed: Tensor) -> _Support:
-        parts = [
-            _teacher_support(head.logits(hidden[part]), observed[part], top_k=self.top_k)
-            for part in _chunks(observed.numel(), self.chunk_size)
-        ]
+        teacher = partial(_teacher_support, top_k=self.top_k)
+        parts = map_chunks(head, hidden, teacher, observed, chunk_size=self.chunk_size)
         if not parts:
             k = min(self.top_k, head.vocab_size) + 1
             empty = observed.new_zeros((0, k))
@@ -301,6 +230,7 @@ class DenseDivergenceScorer:
             k = min(self.top_k, head.vocab_size)
             out["teacher_topk_ids"] = torch.zeros((*shape, k), dtype=torch.long, device=device)
             out["teacher_topk_logprobs"] = torch.zeros((*shape, k), device=device)
+            out["teacher_tail_logprobs"] = torch.zeros(shape, device=device)
         return out
 
     def _dummy_batch(self, backbone, head, device) -> None:

@@ -9,9 +9,11 @@ with mixed groups and fewer than `credit_max_resample_rounds` extra rounds were 
 round from a sampler of its own (its own seed, so the main data order is untouched). The batch TRL trains on then
 holds the mixed groups first (earliest round first). With the default fraction 1.0 it holds only mixed groups unless
 the round limit is reached; then the rest is filled with non-mixed groups, the first round's in order, then later
-rounds', so the batch size TRL expects never changes. Logged per batch: `sgcd/resample/rounds`,
-`sgcd/resample/mixed_fraction` (of the kept batch), `sgcd/resample/non_mixed_filled` (non-mixed groups that filled
-the batch at the round limit) and `sgcd/resample/generated_groups`.
+rounds', so the batch size TRL expects never changes. Each extra round is announced on the main process
+("dynamic sampling round 1/2: 3 of 8 groups mixed"), so a batch that takes several rounds is visibly not hung. Logged
+per batch: `sgcd/resample/rounds`, `sgcd/resample/mixed_fraction` (of the kept batch),
+`sgcd/resample/non_mixed_filled` (non-mixed groups that filled the batch at the round limit) and
+`sgcd/resample/generated_groups`.
 
 Groups must not span ranks (each rank's local generation batch must hold whole groups) and the dataset must be
 map-style; otherwise dynamic sampling is switched off with a warning.
@@ -153,7 +155,14 @@ def unavailable(n_local: int, group_size: int, *, iterable: bool) -> str | None:
     return None
 
 
-def draw_rounds(output, batch, local: slice, next_round, global_sum, *, args, reward_weights, group_size: int):
+def progress_line(round_index: int, max_rounds: int, num_mixed: int, num_groups: int) -> str:
+    """The line logged before each extra round, so a long batch is visibly not hung."""
+    return f"dynamic sampling round {round_index}/{max_rounds}: {num_mixed} of {num_groups} groups mixed"
+
+
+def draw_rounds(
+    output, batch, local: slice, next_round, global_sum, *, args, reward_weights, group_size: int, announce=None
+):
     """The rounds of one generation batch under the rule of the module docstring.
 
     Args:
@@ -164,6 +173,8 @@ def draw_rounds(output, batch, local: slice, next_round, global_sum, *, args, re
         args ([`SGCDConfig`]): `credit_success_threshold`, `credit_min_mixed_fraction`, `credit_max_resample_rounds`.
         reward_weights (`torch.Tensor` of shape `(F,)`): TRL's reward weights.
         group_size (`int`): G.
+        announce (`Callable[[str], None]`, *optional*): called with [`progress_line`] before each extra round (the
+            trainer passes its logger on the main process).
 
     Returns:
         `tuple`: the rounds' outputs, credit batches and local rewards `(n_local, F)`, the chosen `(round, group)`
@@ -180,6 +191,8 @@ def draw_rounds(output, batch, local: slice, next_round, global_sum, *, args, re
         limits = dict(min_mixed_fraction=args.credit_min_mixed_fraction, max_rounds=args.credit_max_resample_rounds)
         if not keep_resampling(kept_mixed / num_groups, len(mixed) - 1, **limits):
             break
+        if announce is not None:
+            announce(progress_line(len(mixed), args.credit_max_resample_rounds, kept_mixed, num_groups))
         out, new = next_round()
         outputs.append(out), batches.append(new), rewards.append(new["rewards_per_func"][local])
     metrics = resample_metrics(

@@ -2,11 +2,13 @@ r"""The two losses with gradient outside TRL's clipped surrogate: `direct_sd`'s 
 
 Both run the policy on the student's own rollout WITH gradient and compare it, on the teacher's top-K support plus one
 tail bucket, with the teacher's log-probabilities stored when the batch was scored (`DenseScores.teacher_topk_*`,
-detached). They share their input setup ([`_student_and_teacher`]) and the scorer's model access (unwrapping,
-backbone, chunked LM head); each LM-head chunk is recomputed in the backward (checkpointed), so memory stays at one
-chunk of logits.
+detached). They share their input setup, one per-position divergence ([`generalized_jsd`] on the teacher's top K plus
+one tail bucket; the teacher's tail is the scorer's, summed outside the top K, never `1 - sum q`) and the scorer's model
+access and chunk loop (`model_access.map_chunks`); each LM-head chunk is recomputed in the backward (checkpointed), so
+memory stays at one chunk of logits.
 
-**`direct_sd` ablation** ([`teacher_matching_loss`]): KL(q^K || p^K) averaged over the loss tokens.
+**`direct_sd` ablation** ([`teacher_matching_loss`]): KL(q^K || p^K) averaged over the loss tokens (the divergence
+below with alpha = 0).
 
 **SDPO comparator** ([`sdpo_distillation_loss`]; Hübotter et al., 2026; the paper's Table 7 row).
 
@@ -36,20 +38,19 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from trl_sgcd.credit.divergence import LOG_FLOOR
-from trl_sgcd.credit.hidden import completion_hidden
-
-# The scorer's model access (unwrapping, backbone, chunked LM head): the one place trl-sgcd runs the model.
-from trl_sgcd.credit.scorer import _backbone, _chunks, _LMHead, _unwrap
+from trl_sgcd.credit.scoring.divergence import LOG_FLOOR
+from trl_sgcd.credit.scoring.hidden_states import completion_hidden
+from trl_sgcd.credit.scoring.model_access import LMHead, backbone_of, map_chunks, unwrap_model
 
 
-def _student_and_teacher(model, input_ids, attention_mask, completion_mask, topk_ids, topk_logprobs, *, temperature):
+def _student_and_teacher(
+    model, input_ids, attention_mask, completion_mask, topk_ids, topk_logprobs, tail_logprobs, *, temperature
+):
     """
-    The inputs of a distillation loss (the arguments of [`teacher_matching_loss`]): `(mask (B, T), head, hidden (N, H),
-    ids (N, K), log_q (N, K))`, the student's hidden states at the N `completion_mask` tokens (with gradient) and the
-    teacher's top-K support `topk_ids` `(B, T, K)` and log-probabilities `topk_logprobs` `(B, T, K)` there.
+    The inputs of a distillation loss: `(mask (B, T), head, hidden (N, H), ids (N, K), log_q (N, K + 1))`, the
+    student's hidden states at the N `completion_mask` tokens (with gradient), the teacher's top-K ids there, and its
+    log-probabilities on the top K and the tail bucket (last).
     """
     mask = completion_mask.bool()  # (B, T)
     if topk_ids.shape[:2] != mask.shape or topk_logprobs.shape != topk_ids.shape:
@@ -57,12 +58,42 @@ def _student_and_teacher(model, input_ids, attention_mask, completion_mask, topk
             f"teacher_topk_ids {tuple(topk_ids.shape)} and teacher_topk_logprobs "
             f"{tuple(topk_logprobs.shape)} must both be (B, T, K) with (B, T) = {tuple(mask.shape)}."
         )
-    base = _unwrap(model)
-    head = _LMHead(base, temperature)
-    hidden, _ = completion_hidden(_backbone(base), input_ids, attention_mask, mask)  # (N, H)
+    base = unwrap_model(model)
+    head = LMHead(base, temperature)
+    hidden, _ = completion_hidden(backbone_of(base), input_ids, attention_mask, mask)  # (N, H)
     ids = topk_ids[mask].to(hidden.device)  # (N, K)
     log_q = topk_logprobs[mask].to(hidden.device).float()  # (N, K)
-    return mask, head, hidden, ids, log_q
+    if tail_logprobs is None:  # a caller without the scorer's tail: 1 - sum q, floored (imprecise near 1)
+        log_q_tail = (1.0 - log_q.exp().sum(-1)).clamp(min=torch.finfo(torch.float32).tiny).log()  # (N,)
+    else:
+        log_q_tail = tail_logprobs[mask].to(hidden.device).float()  # (N,)
+    return mask, head, hidden, ids, torch.cat([log_q, log_q_tail.unsqueeze(-1)], dim=-1)
+
+
+def _support_divergence(logits: Tensor, ids: Tensor, log_q: Tensor, alpha: float) -> Tensor:
+    """Per-position [`generalized_jsd`] `(n,)` of the student (`logits` `(n, V)`) against the teacher (`log_q`
+    `(n, K + 1)`, tail last) on the K teacher ids plus one tail bucket."""
+    log_p_all = torch.log_softmax(logits, dim=-1)  # (n, V)
+    log_p = log_p_all.gather(-1, ids)  # (n, K)
+    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1)  # (n,)
+    student = torch.cat([log_p, log_p_tail.unsqueeze(-1)], dim=-1).clamp(min=LOG_FLOOR)  # (n, K+1)
+    return generalized_jsd(student, log_q.clamp(min=LOG_FLOOR), alpha)
+
+
+def _per_token(model, input_ids, attention_mask, mask, ids, logprobs, tail, *, alpha, temperature, chunk_size):
+    """The divergence at every `mask` token `(N,)`, with gradient; and `mask` `(B, T)` (bool), `hidden` `(N, H)`."""
+    mask, head, hidden, ids, log_q = _student_and_teacher(
+        model, input_ids, attention_mask, mask, ids, logprobs, tail, temperature=temperature
+    )
+    parts = [hidden.sum(-1)[:0].float() * 0.0]  # (0,) connected to the graph even with no token
+    with head.gathered():
+        weight = head.weight.detach().clone() if head.zero3 else head.weight
+
+        def divergence(logits, chunk_ids, chunk_log_q):
+            return _support_divergence(logits, chunk_ids, chunk_log_q, alpha)
+
+        parts += map_chunks(head, hidden, divergence, ids, log_q, chunk_size=chunk_size, weight=weight, grad=True)
+    return torch.cat(parts), mask, hidden
 
 
 def teacher_matching_loss(
@@ -72,6 +103,7 @@ def teacher_matching_loss(
     completion_mask: Tensor,
     teacher_topk_ids: Tensor,
     teacher_topk_logprobs: Tensor,
+    teacher_tail_logprobs: Tensor | None = None,
     *,
     temperature: float,
     chunk_size: int,
@@ -87,6 +119,8 @@ def teacher_matching_loss(
         completion_mask (`torch.Tensor` of shape `(B, T)`): tokens the loss averages over.
         teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_ids`.
         teacher_topk_logprobs (`torch.Tensor` of shape `(B, T, K)`): from `DenseScores.teacher_topk_logprobs`.
+        teacher_tail_logprobs (`torch.Tensor` of shape `(B, T)`, *optional*): `DenseScores.teacher_tail_logprobs`, the
+            teacher's log-mass outside the top K; without it, `log(1 - sum q)` (imprecise when the top K holds ~all).
         temperature (`float`): sampling temperature.
         chunk_size (`int`): positions per LM-head chunk; each chunk is recomputed in the backward (checkpointed), so
             memory stays at one chunk of logits.
@@ -96,32 +130,11 @@ def teacher_matching_loss(
 
     Under ZeRO-3 the head is gathered once and used detached: the KL then trains the backbone but not the LM head.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be >= 1.")
-    mask, head, hidden, ids, log_q = _student_and_teacher(
+    per_token, mask, hidden = _per_token(
         model, input_ids, attention_mask, completion_mask, teacher_topk_ids, teacher_topk_logprobs,
-        temperature=temperature,
+        teacher_tail_logprobs, alpha=0.0, temperature=temperature, chunk_size=chunk_size,
     )  # fmt: skip
-    total = hidden.sum() * 0.0  # connected to the graph even with no token
-    with head.gathered():
-        weight = head.weight.detach().clone() if head.zero3 else head.weight
-        for part in _chunks(ids.size(0), chunk_size):
-            total = total + checkpoint(
-                _teacher_kl_sum, head, weight, hidden[part], ids[part], log_q[part], use_reentrant=False
-            )
-    return total / mask.sum().clamp(min=1)
-
-
-def _teacher_kl_sum(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor) -> Tensor:
-    """Sum over the chunk of KL(q || p) on the K teacher ids plus one tail bucket each side."""
-    log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
-    log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
-    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=LOG_FLOOR)  # (n,)
-    q = log_q.exp()  # (n, K)
-    q_tail = (1.0 - q.sum(-1)).clamp(min=0.0)  # (n,)
-    log_q_tail = q_tail.clamp(min=torch.finfo(torch.float32).tiny).log()  # (n,)
-    kl = (q * (log_q.clamp(min=LOG_FLOOR) - log_p)).sum(-1) + q_tail * (log_q_tail - log_p_tail)  # (n,)
-    return kl.sum()
+    return (per_token.sum() + hidden.sum() * 0.0) / mask.sum().clamp(min=1)
 
 
 # ------------------------------------------------------------------------------------------------------------ SDPO
@@ -148,17 +161,6 @@ def generalized_jsd(log_p: Tensor, log_q: Tensor, alpha: float) -> Tensor:
     return (1.0 - alpha) * kl_p + alpha * kl_q
 
 
-def _jsd_chunk(head: _LMHead, weight: Tensor, hidden: Tensor, ids: Tensor, log_q: Tensor, alpha: float) -> Tensor:
-    """Per-position divergence `(n,)` on the K teacher ids plus one tail bucket each side."""
-    log_p_all = torch.log_softmax(head.logits(hidden, weight), dim=-1)  # (n, V)
-    log_p = log_p_all.gather(-1, ids).clamp(min=LOG_FLOOR)  # (n, K)
-    log_p_tail = torch.logsumexp(log_p_all.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=LOG_FLOOR)  # (n,)
-    q_tail = (1.0 - log_q.exp().sum(-1)).clamp(min=torch.finfo(torch.float32).tiny)  # (n,)
-    student = torch.cat([log_p, log_p_tail.unsqueeze(-1)], dim=-1)  # (n, K+1)
-    teacher = torch.cat([log_q.clamp(min=LOG_FLOOR), q_tail.log().unsqueeze(-1)], dim=-1)  # (n, K+1)
-    return generalized_jsd(student, teacher, alpha)
-
-
 def sdpo_distillation_loss(
     model: nn.Module,
     input_ids: Tensor,
@@ -166,6 +168,7 @@ def sdpo_distillation_loss(
     completion_mask: Tensor,
     teacher_topk_ids: Tensor,
     teacher_topk_logprobs: Tensor,
+    teacher_tail_logprobs: Tensor | None = None,
     *,
     alpha: float,
     temperature: float,
@@ -181,6 +184,8 @@ def sdpo_distillation_loss(
         completion_mask (`torch.Tensor` of shape `(B, T)`): the distilled tokens (rows without a teacher: all 0).
         teacher_topk_ids (`torch.Tensor` of shape `(B, T, K)`), teacher_topk_logprobs (`torch.Tensor` of shape
             `(B, T, K)`): the teacher's top-K support and its log-probabilities.
+        teacher_tail_logprobs (`torch.Tensor` of shape `(B, T)`, *optional*): `DenseScores.teacher_tail_logprobs`, the
+            teacher's log-mass outside the top K; without it, `log(1 - sum q)` (imprecise when the top K holds ~all).
         alpha (`float`): the divergence, see [`generalized_jsd`].
         temperature (`float`): sampling temperature.
         chunk_size (`int`): positions per LM-head chunk (each chunk is recomputed in the backward).
@@ -188,18 +193,10 @@ def sdpo_distillation_loss(
     Returns:
         `torch.Tensor`: scalar; per-row means over `completion_mask`, averaged over the rows (TRL's aggregation).
     """
-    mask, head, hidden, ids, log_q = _student_and_teacher(
+    per_token, mask, hidden = _per_token(
         model, input_ids, attention_mask, completion_mask, teacher_topk_ids, teacher_topk_logprobs,
-        temperature=temperature,
+        teacher_tail_logprobs, alpha=alpha, temperature=temperature, chunk_size=chunk_size,
     )  # fmt: skip
-    parts = [hidden.sum(-1)[:0].float() * 0.0]  # (0,) connected to the graph even with no token
-    with head.gathered():
-        weight = head.weight.detach().clone() if head.zero3 else head.weight
-        for part in _chunks(ids.size(0), chunk_size):
-            parts.append(
-                checkpoint(_jsd_chunk, head, weight, hidden[part], ids[part], log_q[part], alpha, use_reentrant=False)
-            )
-    per_token = torch.cat(parts)  # (N,)
     dense = torch.zeros(mask.shape, dtype=per_token.dtype, device=per_token.device)  # (B, T)
     dense = dense.masked_scatter(mask.to(dense.device), per_token)
     per_row = dense.sum(-1) / mask.sum(-1).clamp(min=1).to(dense.device)  # (B,)
