@@ -189,7 +189,7 @@ def track_localization(trainer) -> None:
     import math
     import statistics
 
-    from trl_sgcd.credit.localization import pooled_lift, rollout_localization
+    from trl_sgcd.credit.report.localization import pooled_lift, rollout_localization
     from trl_sgcd.credit.stats import total_rewards
     from trl_sgcd.envs.airline_tasks import get_task
     from trl_sgcd.envs.decisive import decisive_token_mask
