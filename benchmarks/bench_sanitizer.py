@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
-    from trl_sgcd.credit import sanitize as module
-    from trl_sgcd.credit.sanitize import Sanitizer
+    from trl_sgcd.credit.reference import sanitize as module
+    from trl_sgcd.credit.reference.sanitize import Sanitizer
 
     texts = records()
     sanitizer = Sanitizer()

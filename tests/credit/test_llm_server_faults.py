@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from trl_sgcd.credit.llm import LiteLLMClient
+from trl_sgcd.credit.reference.llm import LiteLLMClient
 from trl_sgcd.testing.llm_server import FakeLLMServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]

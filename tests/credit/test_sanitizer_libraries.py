@@ -10,8 +10,8 @@ from stdnum import luhn, verhoeff
 from stdnum.br import cpf
 from stdnum.es import dni, nie
 
-from trl_sgcd.credit import sanitize_patterns as patterns
-from trl_sgcd.credit.sanitize import Sanitizer, sanitize
+from trl_sgcd.credit.reference import sanitize_patterns as patterns
+from trl_sgcd.credit.reference.sanitize import Sanitizer, sanitize
 from trl_sgcd.envs.tau2 import is_tau2_available
 
 
