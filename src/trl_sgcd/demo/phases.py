@@ -136,6 +136,7 @@ def sgcd_config(s, rl_dir: str, *, bf16: bool, progress: bool, seed=None, credit
         save_strategy="no",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (torch warns on CPU)
         credit_mode=s.credit_mode if credit_mode is None else credit_mode,
         credit_dynamic_sampling=True,  # DAPO's mixed-group sampling, the same for every credit mode (GRPO included)
         credit_reference_backend="contrast",

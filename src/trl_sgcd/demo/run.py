@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or os.path.join("outputs", "sgcd_demo_quick" if args.quick else "sgcd_demo")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl_sgcd.cli.utils import quiet_known_noise
+
+    quiet_known_noise()  # the warnings a demo user cannot act on, for this process only
     metrics = run_demo(settings, output_dir, warm_start_dir=args.warm_start_dir, progress=not args.no_progress)
     print()
     print(format_table(metrics))
