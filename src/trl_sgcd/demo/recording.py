@@ -99,7 +99,28 @@ def recording_trainer_class():
     from trl_sgcd.trainer import SGCDTrainer
 
     class RecordingSGCDTrainer(SGCDTrainer):
+        def _progress(self, text: str) -> None:
+            """A progress line (shown with the bars): generation and scoring take minutes per step on CPU."""
+            if not self.args.disable_tqdm and self.accelerator.is_main_process:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"[demo] step {self.state.global_step + 1}: {text}")
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # (N, F)
+            if self.model.training:  # one line per generated round (dynamic sampling may draw several per step)
+                from trl_sgcd.demo.summary import plural
+
+                weights = self.reward_weights.to(rewards.device)  # (F,)
+                total = (rewards * weights.unsqueeze(0)).nansum(dim=1)  # (N,)
+                successes = int((total >= self.args.credit_success_threshold).sum())
+                groups = plural(len(total) // self.num_generations, "group")
+                self._progress(f"generated and scored {len(total)} rollouts ({groups}), {successes} succeeded")
+            return rewards
+
         def _generate_and_score_completions(self, inputs):
+            if self.model.training:
+                self._progress(f"generating {len(inputs)} rollouts (multi-turn, tools)")
             self.last_credit = None
             output = super()._generate_and_score_completions(inputs)
             last = self.last_credit
