@@ -100,14 +100,20 @@ def test_layout_tokens_wraps_and_breaks_lines():
 
 
 @pytest.mark.parametrize("rollout", [True, False])
-def test_plot_has_the_rollout_panel(tmp_path, rollout):
+def test_plot_has_the_rollout_panel(tmp_path, rollout, monkeypatch):
+    from trl_sgcd.demo import plots
+
     view = None
     if rollout:
         view = dict(_view([1.0, 1.5, 2.0, 1.0] * 60, [True, True, True, False] * 60, 0.5)["view"], step=2)
         view["tokens"][5] = "cost $5\n"  # a dollar sign is text, not mathtext
+    drawn = []
+    real_panel = plots._rollout_panel
+    monkeypatch.setattr(plots, "_rollout_panel", lambda ax, v, cap: drawn.append(v) or real_panel(ax, v, cap))
     path = plot_demo(_metrics(), str(tmp_path / "demo.png"), weights=[1.0, 1.5, 2.0], cap=2.0, rollout=view)
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert drawn == [view]  # the bottom panel shows the chosen rollout (or says none was scored)
 
 
 def test_rollout_panel_shades_the_credited_tokens_and_explains_w():
