@@ -128,7 +128,7 @@ def _fake_metrics():
 
 def test_table_lists_before_after_categories_and_audit():
     table = format_table(_fake_metrics())
-    assert "all (3 tasks)" in table and "0.333" in table and "0.667" in table
+    assert "pass@1, all 3 tasks" in table and "0.333" in table and "0.667" in table
     assert "action (n=2)" in table and "no_action (n=1)" in table
     for label in ("zero-tool success share", "tools per success", "tool failure rate", "wall time", "total 6 s"):
         assert label in table
@@ -150,7 +150,7 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(SMOKE + ["--output_dir", str(out), "--warm_start_dir", str(tmp_path / "ws")]) == 0
     printed = capsys.readouterr().out
-    assert "all (2 tasks)" in printed and "wall time" in printed and "tool failure rate" in printed
+    assert "pass@1, all 2 tasks" in printed and "wall time" in printed and "tool failure rate" in printed
     assert "credit lift" in printed  # the lift of its own run, in its own block (n/a when nothing was scored)
     assert "sgcd training: 1 step x 2 tasks x 2 rollouts" in printed and "  step 1: " in printed
 

@@ -56,7 +56,7 @@ def test_summary_blocks_define_each_figure_once():
     text = format_summary(_metrics())
     blocks = text.split("\n\n")
     table, training, lift = blocks[0], blocks[1], blocks[2]
-    assert "all (1 task)" in table and "credit lift" not in table and "train reward" not in table
+    assert "pass@1, all 1 task" in table and "credit lift" not in table and "train reward" not in table
     assert training.splitlines()[0].startswith("sgcd training: 2 steps x 1 task x 4 rollouts")
     assert "  all steps: 351 of 514 scored tokens weighted above 1" in training
     assert lift.startswith("credit lift") and blocks[-1].startswith("wall time")

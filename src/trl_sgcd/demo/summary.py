@@ -66,8 +66,8 @@ def training_block(log_history: Sequence[dict], *, groups_per_step: int, num_gen
 def eval_table(before: dict, after: dict, mode: str) -> list[str]:
     """Held-out pass@1 (overall, per category) and the tool-use audit, before and after RL."""
     lines = [
-        f"{'held-out test tasks, greedy pass@1':<34}{'warm start':>11}{'+ ' + mode:>11}",
-        f"{'all (' + plural(before['num_tasks'], 'task') + ')':<34}{before['pass@1']:>11.3f}{after['pass@1']:>11.3f}",
+        f"{'held-out test tasks (greedy)':<34}{'warm start':>11}{'+ ' + mode:>11}",
+        f"{'pass@1, all ' + plural(before['num_tasks'], 'task'):<34}{before['pass@1']:>11.3f}{after['pass@1']:>11.3f}",
     ]
     for category, b in before["per_category"].items():
         a = after["per_category"].get(category, {})
