@@ -235,3 +235,19 @@ def test_prefix_cached_generation_equals_plain_generation(tiny_model_path, monke
     assert cached == reference and all(len(c) > 0 for c in cached)
     with pytest.raises(ValueError, match="cached prefix"):
         prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=4)(False, 0)([prompts[0][5:]])
+
+
+def test_the_warm_start_config_uses_no_deprecated_name(tmp_path):
+    """The demo's warm start builds its `SFTConfig` without transformers' `gradient_checkpointing` FutureWarning."""
+    import warnings
+
+    from trl_sgcd.tooluse.warmstart import _sft_config, warm_start_settings
+
+    settings = warm_start_settings(
+        epochs=1.0, max_length=64, learning_rate=1e-4, n_tasks=1, precision="fp32", model_name_or_path="builtin:tiny"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = _sft_config(settings, str(tmp_path), epochs=1.0, progress=False)
+    assert not [w for w in caught if "checkpointing" in str(w.message)]
+    assert not args.gradient_checkpointing
