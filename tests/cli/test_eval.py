@@ -69,6 +69,14 @@ def test_missing_model_is_never_a_hub_lookup(monkeypatch):
         eval_script.resolve_eval_model("builtin:gpt5")
 
 
+def test_help_says_to_pass_the_recipe_and_states_the_cpu_defaults():
+    text = " ".join(eval_script._parser().format_help().split())
+    assert "Pass the training recipe with --config RECIPE.yaml" in text
+    assert "(3 rounds, 2048 tokens, 128 new tokens per turn)" in text
+    assert "without one 16 on a GPU, 3 on CPU" in text and "without one 16384 on a GPU, 2048 on CPU" in text
+    assert "128 on CPU" in text
+
+
 def test_every_flag_has_help_and_a_default():
     parser = eval_script._parser()
     text = " ".join(parser.format_help().split("options:", 1)[1].split())
@@ -80,12 +88,24 @@ def test_every_flag_has_help_and_a_default():
         assert "default" in block, action.dest  # `(default: X)`, or what an unset value means
 
 
-def test_defaults_are_the_paper_harness_and_a_recipe_overrides_them():
-    run = eval_script.harness(eval_script.parse_args(["--model", "builtin:tiny"]))
-    assert run == PAPER_HARNESS
+def test_defaults_are_the_paper_harness_on_a_gpu_a_small_one_on_cpu_and_a_recipe_overrides_them():
+    plain = eval_script.parse_args(["--model", "builtin:tiny"])
+    assert eval_script.harness(plain, gpu=True) == PAPER_HARNESS
+    assert eval_script.max_new_tokens(plain, gpu=True) is None
+    cpu = eval_script.harness(plain, gpu=False)
+    assert (cpu.max_tool_calls, cpu.max_completion_length, eval_script.max_new_tokens(plain, gpu=False)) == (
+        3,
+        2048,
+        128,
+    )
+    assert (cpu.temperature, cpu.top_p) == (PAPER_HARNESS.temperature, PAPER_HARNESS.top_p)
     args = eval_script.parse_args(["--model", "builtin:tiny", "--config", TINY_RECIPE, "--top_p", "0.5"])
-    run = eval_script.harness(args)
-    assert (run.max_turns, run.max_completion_length, run.temperature, run.top_p) == (3, 32, 1.0, 0.5)  # flag wins
+    for gpu in (True, False):  # the recipe's harness wherever it runs
+        run = eval_script.harness(args, gpu=gpu)
+        assert (run.max_turns, run.max_completion_length, run.temperature, run.top_p) == (3, 32, 1.0, 0.5)  # flag wins
+        assert eval_script.max_new_tokens(args, gpu=gpu) is None  # as in training: the episode budget only
+    flagged = eval_script.parse_args(["--model", "builtin:tiny", "--max_new_tokens", "7"])
+    assert eval_script.max_new_tokens(flagged, gpu=False) == 7
     assert args.dataset_name == "builtin:airline" and args.environment_factory == "trl_sgcd.envs.airline:AirlineEnv"
 
 

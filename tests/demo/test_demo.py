@@ -128,7 +128,7 @@ def _fake_metrics():
 
 def test_table_lists_before_after_categories_and_audit():
     table = format_table(_fake_metrics())
-    assert "pass@1 (3 tasks)" in table and "0.333" in table and "0.667" in table
+    assert "pass@1, all 3 tasks" in table and "0.333" in table and "0.667" in table
     assert "action (n=2)" in table and "no_action (n=1)" in table
     for label in ("zero-tool success share", "tools per success", "tool failure rate", "wall time", "total 6 s"):
         assert label in table
@@ -150,8 +150,9 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(SMOKE + ["--output_dir", str(out), "--warm_start_dir", str(tmp_path / "ws")]) == 0
     printed = capsys.readouterr().out
-    assert "pass@1 (2 tasks)" in printed and "wall time" in printed and "tool failure rate" in printed
-    assert "credit lift" in printed  # the lift of its own run, next to pass@1 (n/a when nothing was scored)
+    assert "pass@1, all 2 tasks" in printed and "wall time" in printed and "tool failure rate" in printed
+    assert "credit lift" in printed  # the lift of its own run, in its own block (n/a when nothing was scored)
+    assert "sgcd training: 1 step x 2 tasks x 2 rollouts" in printed and "  step 1: " in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"config", "warm_start", "before", "after", "training", "checkpoint", "plot", "wall_s"} <= set(metrics)
@@ -170,6 +171,13 @@ def test_demo_smoke_with_the_tiny_model(tmp_path, capsys):
 
     png = out / "demo.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    # one model card, in the folder a user would push, titled by the run and naming the base model
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("README.md")) == ["checkpoint/README.md"]
+    card = (out / "checkpoint" / "README.md").read_text()
+    assert "# Model card for demo" in card and "| Base model | builtin:tiny (a random 2-layer Llama" in card
+    assert "(greedy, airline verifier)" in card and "None" not in card and str(tmp_path) not in card
+    if metrics["credit_table"]:  # written when some rollout was scored
+        assert (out / "credit_table.html").read_text().startswith("<!DOCTYPE html>")
 
     checkpoint = out / "checkpoint"
     config = json.loads((checkpoint / "config.json").read_text())
@@ -227,3 +235,19 @@ def test_prefix_cached_generation_equals_plain_generation(tiny_model_path, monke
     assert cached == reference and all(len(c) > 0 for c in cached)
     with pytest.raises(ValueError, match="cached prefix"):
         prefix_cached_generate_fn(model, tokenizer, prefix, max_new_tokens=4)(False, 0)([prompts[0][5:]])
+
+
+def test_the_warm_start_config_uses_no_deprecated_name(tmp_path):
+    """The demo's warm start builds its `SFTConfig` without transformers' `gradient_checkpointing` FutureWarning."""
+    import warnings
+
+    from trl_sgcd.tooluse.warmstart import _sft_config, warm_start_settings
+
+    settings = warm_start_settings(
+        epochs=1.0, max_length=64, learning_rate=1e-4, n_tasks=1, precision="fp32", model_name_or_path="builtin:tiny"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = _sft_config(settings, str(tmp_path), epochs=1.0, progress=False)
+    assert not [w for w in caught if "checkpointing" in str(w.message)]
+    assert not args.gradient_checkpointing

@@ -9,8 +9,11 @@ trl-sgcd eval --model out/ --dataset_name tasks.jsonl --split train --environmen
 
 The environment, dataset and reward come the way `trl-sgcd train` takes them (import paths, local files, Hub datasets
 or `builtin:airline`); with `--config`, a training recipe fills them and the rollout harness (`max_tool_calling_iterations`,
-`max_completion_length`, `temperature`, `top_p`), and flags override it. Everything is checked before the model loads:
-the model folder (never a Hub lookup for a mistyped path), the split, the sizes, the columns `reset` needs.
+`max_completion_length`, `temperature`, `top_p`), and flags override it. Without a recipe the harness is the paper's
+on a GPU (16 tool-calling rounds, 16,384 tokens) and, on CPU, the demo's evaluation harness (`CPU_HARNESS`: 3 rounds,
+2,048 tokens, 128 new tokens per turn), under which an episode of a small model finishes in seconds instead of
+minutes. Everything is checked before the model loads: the model folder (never a Hub lookup for a mistyped path), the
+split, the sizes, the columns `reset` needs.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ RECIPE_KEYS = (  # the keys of a training recipe that `--config` reads; the rest
 )
 
 
+# Without a recipe, on CPU: the demo's evaluation harness (3 tool-calling rounds, 128 new tokens per turn; the paper's
+# 16 rounds and 16,384 tokens do not finish one SmolLM2 episode in 7 minutes on 2 cores). Sampling stays the paper's.
+CPU_MAX_TOOL_CALLS, CPU_MAX_COMPLETION_LENGTH, CPU_MAX_NEW_TOKENS = 3, 2048, 128
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows `(default: X)`, except where the help already says what an unset (`None`) value means."""
 
@@ -71,8 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         formatter_class=_HelpFormatter,
         description="Evaluate a checkpoint on held-out tool-use tasks: greedy pass@1, pass^k, per category, and the "
-        "tool-use audit. Rollout defaults are the paper's training harness (Table 4); --config takes a training "
-        "recipe's harness, dataset and environment instead. Flags override both.",
+        "tool-use audit. Pass the training recipe with --config RECIPE.yaml: the model is then evaluated under the "
+        "harness, dataset and environment it was trained with (scored by the environment's verifier). Without a "
+        f"recipe, the harness is the paper's (Table 4: {H.max_tool_calls} tool-calling rounds, "
+        f"{H.max_completion_length} tokens) on a GPU and a small one on CPU ({CPU_MAX_TOOL_CALLS} rounds, "
+        f"{CPU_MAX_COMPLETION_LENGTH} tokens, {CPU_MAX_NEW_TOKENS} new tokens per turn), so that it finishes. Flags "
+        "override both.",
     )
     p.add_argument(
         "--model",
@@ -85,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         default=None,
         metavar="RECIPE.yaml",
-        help=f"A `trl-sgcd train` recipe: reads {', '.join(RECIPE_KEYS)} from it (default: none).",
+        help=f"The `trl-sgcd train` recipe the model was trained with (recommended): reads {', '.join(RECIPE_KEYS)} "
+        "from it (default: none).",
     )
     p.add_argument(
         "--dataset_name",
@@ -120,20 +133,22 @@ def _parser() -> argparse.ArgumentParser:
         "--max_tool_calling_iterations",
         type=int,
         default=None,
-        help=f"Tool-calling rounds per episode, as in training (default: {H.max_tool_calls}, or the recipe's).",
+        help="Tool-calling rounds per episode, as in training (default: the recipe's; without one "
+        f"{H.max_tool_calls} on a GPU, {CPU_MAX_TOOL_CALLS} on CPU).",
     )
     p.add_argument(
         "--max_completion_length",
         type=int,
         default=None,
-        help="Token budget of an episode after the "
-        f"prompt, tool tokens included, as in training (default: {H.max_completion_length}, or the recipe's).",
+        help="Token budget of an episode after the prompt, tool tokens included, as in training (default: the "
+        f"recipe's; without one {H.max_completion_length} on a GPU, {CPU_MAX_COMPLETION_LENGTH} on CPU).",
     )
     p.add_argument(
         "--max_new_tokens",
         type=int,
         default=None,
-        help="Cap on one generation (default: none beyond the episode budget, as in training).",
+        help="Cap on one generation (default: none beyond the episode budget, as in training; without a recipe, "
+        f"{CPU_MAX_NEW_TOKENS} on CPU).",
     )
     p.add_argument(
         "--temperature",
@@ -288,17 +303,33 @@ def _summed(funcs: list[Callable]) -> Callable:
     return reward
 
 
-def harness(args):
-    """The [`RolloutHarness`] of this run: flags, else the recipe, else the paper's."""
+def harness(args, *, gpu: bool):
+    """The [`RolloutHarness`] of this run: flags, else the recipe, else the paper's on a GPU (`gpu`) and the CPU one
+    (`CPU_MAX_TOOL_CALLS`, `CPU_MAX_COMPLETION_LENGTH`) on CPU."""
     from trl_sgcd.tooluse.harness import PAPER_HARNESS, RolloutHarness
 
+    default = PAPER_HARNESS
+    if not gpu:
+        default = RolloutHarness(
+            max_tool_calls=CPU_MAX_TOOL_CALLS,
+            max_completion_length=CPU_MAX_COMPLETION_LENGTH,
+            temperature=PAPER_HARNESS.temperature,
+            top_p=PAPER_HARNESS.top_p,
+        )
     pick = {
         "max_tool_calls": args.max_tool_calling_iterations,
         "max_completion_length": args.max_completion_length,
         "temperature": args.temperature,
         "top_p": args.top_p,
     }
-    return RolloutHarness(**{k: getattr(PAPER_HARNESS, k) if v is None else v for k, v in pick.items()})
+    return RolloutHarness(**{k: getattr(default, k) if v is None else v for k, v in pick.items()})
+
+
+def max_new_tokens(args, *, gpu: bool) -> int | None:
+    """`--max_new_tokens`, else `CPU_MAX_NEW_TOKENS` on CPU without a recipe, else none (as in training)."""
+    if args.max_new_tokens is not None or gpu or args.config:
+        return args.max_new_tokens
+    return CPU_MAX_NEW_TOKENS
 
 
 def print_result(result: dict, k: int) -> None:
@@ -319,11 +350,21 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_tasks(args)
     factory, reward_func = resolve_rollout(args)
     check_environment_reset(factory, dataset, dataset_name=args.dataset_name)
-    run = harness(args)
+    from trl_sgcd.import_utils import is_cuda_available
+
+    gpu = is_cuda_available()
+    run, new_tokens = harness(args, gpu=gpu), max_new_tokens(args, gpu=gpu)
+    source = (
+        "the recipe's"
+        if args.config
+        else "the paper's"
+        if gpu
+        else "CPU defaults; --config RECIPE.yaml for training's"
+    )
     log(
-        f"eval {args.model} on {len(dataset)} tasks of {args.dataset_name}:{args.split} | max_tool_calling_iterations="
-        f"{run.max_tool_calls} max_completion_length={run.max_completion_length} temperature={run.temperature} "
-        f"top_p={run.top_p} k={args.k}"
+        f"eval {args.model} on {len(dataset)} tasks of {args.dataset_name}:{args.split} | harness ({source}): "
+        f"max_tool_calling_iterations={run.max_tool_calls} max_completion_length={run.max_completion_length} "
+        f"max_new_tokens={new_tokens} temperature={run.temperature} top_p={run.top_p} k={args.k}"
     )
     quiet_known_noise()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -343,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         reward_func=reward_func,
         k=args.k,
         greedy=not args.no_greedy,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
@@ -353,5 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     print_result(result, args.k)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(result | {"harness": harness_kwargs(run), "model": args.model}, f, indent=1, default=str)
+            harness_record = harness_kwargs(run) | {"max_new_tokens": new_tokens}
+            json.dump(result | {"harness": harness_record, "model": args.model}, f, indent=1, default=str)
     return 0

@@ -264,12 +264,17 @@ def _resume_arg(value: str | None):
 def train(plan: TrainPlan, script_args, training_args, model_args) -> None:
     """Build the trainer, train, save, and push to the Hub when `push_to_hub` is set."""
     trainer = build_trainer(plan, training_args, model_args)
+    trainer.model_card_dataset_name = script_args.dataset_name  # the model card names it (`trl_sgcd.modelcard`)
+    rounds = ", drawing more rounds for mixed groups" if training_args.credit_dynamic_sampling else ""
+    log(
+        f"Training: each step generates {trainer.num_generations} rollouts per prompt (tool calls included) and "
+        f"scores them{rounds}, then updates; on CPU the first step can take minutes before the bar moves."
+    )
     trainer.train(resume_from_checkpoint=_resume_arg(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"[trl-sgcd] Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
-        dataset_name = None if script_args.dataset_name == BUILTIN_AIRLINE else script_args.dataset_name
-        trainer.push_to_hub(dataset_name=dataset_name)
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)  # the card lists only a Hub id under `datasets:`
         trainer.accelerator.print(f"[trl-sgcd] Model pushed to https://huggingface.co/{trainer.hub_model_id}.")
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
         trainer.end()

@@ -35,14 +35,19 @@ def log(message: str) -> None:
 
 def quiet_known_noise() -> None:
     """
-    Silence, for the command's process, messages a command-line user can do nothing about: TRL's "environment_factory is
-    experimental" warning (the command's documented way to train with an environment) and DeepSpeed's "Setting
+    Silence, for the command's process (`train`, `eval`, `demo`; never at import, so the Python API warns as usual),
+    messages a command-line user can do nothing about: TRL's "environment_factory is experimental" warning (the
+    command's documented way to train with an environment), torch's "pin_memory ... no accelerator" warning (the
+    Trainer's default `dataloader_pin_memory=True` on a CPU-only machine, harmless there) and DeepSpeed's "Setting
     accelerator to CPU" line on a machine without a GPU (the right fallback, said on every run).
     """
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", message="You are using 'environment_factory'", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message=".*'pin_memory' argument is set as true but no accelerator", category=UserWarning
+    )
 
     class _NoCpuFallbackLine(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:

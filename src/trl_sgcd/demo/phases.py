@@ -136,6 +136,7 @@ def sgcd_config(s, rl_dir: str, *, bf16: bool, progress: bool, seed=None, credit
         save_strategy="no",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (torch warns on CPU)
         credit_mode=s.credit_mode if credit_mode is None else credit_mode,
         credit_dynamic_sampling=True,  # DAPO's mixed-group sampling, the same for every credit mode (GRPO included)
         credit_reference_backend="contrast",
@@ -175,13 +176,31 @@ def save_outputs(output_dir: str, trained, tokenizer, before: dict, after: dict)
     return checkpoint
 
 
+def card_facts(s, trainer, ws: dict, before: dict, after: dict):
+    """What the checkpoint's model card says about the demo run: the bundled base model by name (not the warm start's
+    cache folder), the warm start, the airline data, environment and reward, the steps, and the held-out pass@1 that
+    the airline verifier measured before and after RL."""
+    from trl_sgcd.demo.summary import plural
+    from trl_sgcd.modelcard import trainer_facts
+
+    facts = trainer_facts(trainer, dataset_name="builtin:airline (train split)")
+    facts.base_model = s.model
+    settings = ws["settings"]
+    length = plural(settings["max_steps"], "step") if settings.get("max_steps") else f"{settings['epochs']:g} epochs"
+    facts.warm_start = f"SFT on the expert trajectories of {plural(settings['n_tasks'], 'train task')} ({length})"
+    label = f"held-out pass@1, {plural(before['num_tasks'], 'test task')} (greedy, airline verifier)"
+    facts.evaluation = [(label, f"{before['pass@1']:.3f} after the warm start, {after['pass@1']:.3f} after RL")]
+    return facts
+
+
 def _eval_summary(result: dict) -> dict:
     """An evaluation result without its per-task message lists (those go to eval_*.json)."""
     return {k: v for k, v in result.items() if k != "records"}
 
 
 def demo_metrics(s, *, output_dir, ws, train_success, before, after, trainer, args, checkpoint) -> tuple[dict, list]:
-    """The metrics dict of `metrics.json` (without wall times), and the weights of the last scored batches."""
+    """The metrics dict of `metrics.json` (without wall times), and the weights of every scored rollout's eligible
+    tokens (the histogram of `demo.png`; the same tokens as the summary's "scored tokens")."""
     from trl_sgcd import __version__
     from trl_sgcd.demo.plots import weight_histogram
     from trl_sgcd.demo.recording import lift_summary
@@ -189,7 +208,6 @@ def demo_metrics(s, *, output_dir, ws, train_success, before, after, trainer, ar
     credit_log = getattr(trainer, "credit_log", [])
     log_history = [{k: v for k, v in e.items() if isinstance(v, (int, float, str))} for e in trainer.state.log_history]
     scored = [e for e in credit_log if any(r["weights"] for r in e["rows"])]
-    last_weights = [w for e in scored[-3:] for r in e["rows"] for w in r["weights"]]
     all_weights = [w for e in scored for r in e["rows"] for w in r["weights"]]
     cap = args.credit_cap
     metrics = {
@@ -210,8 +228,7 @@ def demo_metrics(s, *, output_dir, ws, train_success, before, after, trainer, ar
             "log_history": log_history,
             "weights": {
                 "cap": cap,
-                "steps_in_histogram": [e["step"] for e in scored[-3:]],
-                "last_batches": weight_histogram(last_weights, cap) if last_weights else None,
+                "steps_scored": [e["step"] for e in scored],
                 "all_steps": weight_histogram(all_weights, cap) if all_weights else None,
                 "rows_scored_per_step": [{"step": e["step"], "rows": len(e["rows"])} for e in credit_log],
             },
@@ -219,6 +236,7 @@ def demo_metrics(s, *, output_dir, ws, train_success, before, after, trainer, ar
         },
         "checkpoint": checkpoint,
         "plot": os.path.join(output_dir, "demo.png"),
+        "credit_table": None,
         "wall_s": {},
     }
-    return metrics, last_weights
+    return metrics, all_weights

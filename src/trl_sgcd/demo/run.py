@@ -6,8 +6,10 @@
 3. **eval before**: greedy pass@1 on the held-out TEST tasks, per category, with the tool-use audit.
 4. **SGCD**: `SGCDTrainer` with the offline contrast reference (`environment_factory=AirlineEnv`,
    `reward_funcs=airline_reward`, the airline private columns masked), on CPU in float32.
-5. **eval after**, then a checkpoint (`checkpoint/`, loadable with plain `transformers`), `metrics.json` (before/after
-   metrics, per-step training metrics including the `sgcd/` ones, wall time per phase), `demo.png` and a table.
+5. **eval after**, then a checkpoint (`checkpoint/`, loadable with plain `transformers`, with its model card
+   `README.md`), `metrics.json` (before/after metrics, per-step training metrics including the `sgcd/` ones, wall time
+   per phase), `demo.png` (training, pass@1, the W histogram and where credit landed on one rollout),
+   `credit_table.html` (every scored rollout shaded by W) and a summary (`trl_sgcd.demo.summary`).
 
 ```bash
 trl-sgcd demo                 # full run: ~25 min on 2 CPU cores (first run, ~10 min of it the cached warm start)
@@ -173,7 +175,10 @@ def run_demo(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_sgcd.demo import phases
+    from trl_sgcd.demo.credit_view import pick_rollout, write_credit_table
     from trl_sgcd.demo.plots import plot_demo
+    from trl_sgcd.demo.summary import plural
+    from trl_sgcd.modelcard import write_model_card
     from trl_sgcd.tooluse.warmstart import train_success
 
     os.makedirs(output_dir, exist_ok=True)
@@ -210,15 +215,19 @@ def run_demo(
     before = clock.run("eval_before", run_eval, model)
     phases.say(
         progress,
-        f"[demo] 3/4 {s.credit_mode} training: {s.steps} steps x {s.rollouts_per_step} rollouts "
-        f"({s.rollouts_per_step // s.num_generations} tasks x {s.num_generations})",
+        f"[demo] 3/4 {s.credit_mode} training: {plural(s.steps, 'step')} x "
+        f"{plural(s.rollouts_per_step // s.num_generations, 'task')} x {plural(s.num_generations, 'rollout')}",
     )
-    args = phases.sgcd_config(s, os.path.join(output_dir, "rl"), bf16=ws["bf16"], progress=progress)
+    # The trainer writes into checkpoint/, the folder a user would push: its one model card is there (no rl/ folder).
+    run_name = os.path.basename(os.path.normpath(output_dir))
+    checkpoint_dir = os.path.join(output_dir, "checkpoint")
+    args = phases.sgcd_config(s, checkpoint_dir, bf16=ws["bf16"], progress=progress, run_name=run_name)
     trainer = clock.run("rl", phases.train_phase, s, model, ws["dir"], args)
     phases.say(progress, f"[demo] 4/4 evaluate after {s.credit_mode} on the same {len(test_set)} test tasks")
     after = clock.run("eval_after", run_eval, trainer.model)
     checkpoint = clock.run("save", phases.save_outputs, output_dir, trainer.model, tokenizer, before, after)
-    metrics, last_weights = phases.demo_metrics(
+    write_model_card(trainer, output_dir=checkpoint, facts=phases.card_facts(s, trainer, ws, before, after))
+    metrics, all_weights = phases.demo_metrics(
         s,
         output_dir=output_dir,
         ws=ws,
@@ -229,7 +238,12 @@ def run_demo(
         args=args,
         checkpoint=checkpoint,
     )
-    clock.run("plot", plot_demo, metrics, metrics["plot"], weights=last_weights, cap=args.credit_cap)
+    credit_log = getattr(trainer, "credit_log", [])
+    metrics["credit_table"] = write_credit_table(
+        credit_log, os.path.join(output_dir, "credit_table.html"), cap=args.credit_cap
+    )
+    rollout = pick_rollout(credit_log)
+    clock.run("plot", plot_demo, metrics, metrics["plot"], weights=all_weights, cap=args.credit_cap, rollout=rollout)
     metrics["wall_s"] = {**{k: round(v, 1) for k, v in clock.phases.items()}, "total": round(clock.total(), 1)}
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, default=str)
@@ -237,52 +251,10 @@ def run_demo(
 
 
 def format_table(metrics: dict) -> str:
-    """The before/after table printed at the end of the demo."""
-    before, after = metrics["before"], metrics["after"]
-    config = metrics["config"]
-    mode = config.get("credit_mode", "sgcd")
-    lines = [
-        f"{'held-out test tasks (greedy)':<34}{'warm start':>11}{'+ ' + mode:>11}",
-        f"{'pass@1 (' + str(before['num_tasks']) + ' tasks)':<34}{before['pass@1']:>11.3f}{after['pass@1']:>11.3f}",
-    ]
-    if mode != "off":
-        from trl_sgcd.demo.recording import format_lift
+    """The summary printed at the end of the demo ([`trl_sgcd.demo.summary.format_summary`])."""
+    from trl_sgcd.demo.summary import format_summary
 
-        lines.append(format_lift(metrics["training"].get("credit_localization")))
-    for category, b in before["per_category"].items():
-        a = after["per_category"].get(category, {})
-        label = f"  {category} (n={b['num_tasks']})"
-        lines.append(f"{label:<34}{b['pass@1']:>11.3f}{a.get('pass@1', float('nan')):>11.3f}")
-    audit_rows = (
-        ("zero-tool success share", "zero_tool_success_share", ".3f"),
-        ("tools per success", "tools_per_success", ".2f"),
-        ("tool failure rate", "tool_failure_rate", ".3f"),
-    )
-    lines.append("audit")
-    for label, key, fmt in audit_rows:
-        b, a = before["audit"].get(key), after["audit"].get(key)
-        lines.append(
-            f"{'  ' + label:<34}{format(b, fmt) if b is not None else 'n/a':>11}"
-            f"{format(a, fmt) if a is not None else 'n/a':>11}"
-        )
-    log = metrics["training"]["log_history"]
-    rewards = [e["reward"] for e in log if "reward" in e]
-    mixed = [e["sgcd/mixed_group_fraction"] for e in log if "sgcd/mixed_group_fraction" in e]
-    credit = [e["sgcd/credit_token_fraction"] for e in log if "sgcd/credit_token_fraction" in e]
-    if rewards:
-        lines.append(
-            f"training: {len(rewards)} steps, train reward {rewards[0]:.2f} (first) -> "
-            f"{sum(rewards) / len(rewards):.2f} (mean)"
-            + (f", mixed groups {sum(mixed) / len(mixed):.2f}" if mixed else "")
-            + (f", credit tokens {sum(credit) / len(credit):.3f}" if credit else "")
-        )
-    wall = metrics["wall_s"]
-    lines.append(
-        "wall time: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items() if k != "total")
-        + f" | total {wall['total']:.0f} s ({wall['total'] / 60:.1f} min)"
-    )
-    return "\n".join(lines)
+    return format_summary(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,9 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or os.path.join("outputs", "sgcd_demo_quick" if args.quick else "sgcd_demo")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl_sgcd.cli.utils import quiet_known_noise
+
+    quiet_known_noise()  # the warnings a demo user cannot act on, for this process only
     metrics = run_demo(settings, output_dir, warm_start_dir=args.warm_start_dir, progress=not args.no_progress)
     print()
     print(format_table(metrics))
-    print(f"outputs: {metrics['checkpoint']} | {os.path.join(output_dir, 'metrics.json')} | {metrics['plot']}")
+    outputs = [metrics["checkpoint"] + " (model + README.md card)", os.path.join(output_dir, "metrics.json")]
+    outputs += [metrics["plot"]] + ([metrics["credit_table"]] if metrics.get("credit_table") else [])
+    print()
+    print("outputs: " + " | ".join(outputs))
     sys.stdout.flush()
     return 0

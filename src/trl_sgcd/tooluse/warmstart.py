@@ -148,6 +148,15 @@ def warm_start(
     return folder
 
 
+def _no_activation_checkpointing(config_class) -> dict:
+    """`activation_checkpointing=False` where transformers has that name (>= 5.24, which warns on the old one), else
+    `gradient_checkpointing=False`."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False}
+
+
 def _sft_config(settings: dict, trainer_dir: str, *, epochs: float, progress: bool):
     """TRL `SFTConfig` of a warm start: assistant-only loss, linear decay without warm-up, no checkpoints."""
     import torch
@@ -167,7 +176,7 @@ def _sft_config(settings: dict, trainer_dir: str, *, epochs: float, progress: bo
         max_length=settings["max_length"],
         assistant_only_loss=True,
         packing=False,
-        gradient_checkpointing=False,
+        **_no_activation_checkpointing(SFTConfig),
         pad_to_multiple_of=64,
         seed=settings["seed"],
         data_seed=settings["seed"],
