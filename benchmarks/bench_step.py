@@ -231,15 +231,10 @@ def _compact_trainer(model_path, mode, out, o):
 
 def compact_warm_start() -> str:
     """The cached warm start of the cpu-compact experiment profile (built on first use, ~20 min on 2 cores)."""
-    from benchmarks.experiment import PROFILES
+    from benchmarks.experiment import PROFILES, warm_start_kwargs
     from trl_sgcd.tooluse.warmstart import warm_start
 
-    s = PROFILES["cpu-compact"]
-    return warm_start(
-        epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
-        seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
-        model_name_or_path=s.model, profile="compact", progress=True,
-    )  # fmt: skip
+    return warm_start(progress=True, **warm_start_kwargs(PROFILES["cpu-compact"]))
 
 
 def run_arm(env, model_path, mode, o):

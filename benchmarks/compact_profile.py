@@ -45,7 +45,9 @@ def prompt_sizes(tokenizer, profile: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    from benchmarks.experiment import PROFILES
+    from dataclasses import replace
+
+    from benchmarks.experiment import PROFILES, warm_start_kwargs
 
     s = PROFILES["cpu-compact"]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,11 +64,8 @@ def main(argv=None) -> dict:
     from trl_sgcd.tooluse.warmstart import train_success, warm_start
 
     t0 = time.perf_counter()
-    ws = warm_start(
-        epochs=1.0, max_length=s.sft_max_length, learning_rate=a.sft_learning_rate, precision=s.precision,
-        seed=s.task_seed, n_tasks=a.sft_tasks, batch_size=s.sft_batch_size, max_steps=a.sft_steps,
-        model_name_or_path=s.model, profile="compact", progress=True,
-    )  # fmt: skip
+    sized = replace(s, sft_learning_rate=a.sft_learning_rate, sft_tasks=a.sft_tasks, sft_steps=a.sft_steps)
+    ws = warm_start(progress=True, **warm_start_kwargs(sized))
     t1 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(ws)
     sizes = {"compact": prompt_sizes(tokenizer, "compact"), "full": prompt_sizes(tokenizer, "full")}

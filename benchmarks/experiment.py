@@ -332,6 +332,15 @@ def train_run(settings, arm, seed, run_dir, *, warm_start_dir, bf16, deadline=No
 # ---------------------------------------------------------------------------------------------------- the experiment
 
 
+def warm_start_kwargs(s: ExperimentSettings) -> dict:
+    """The `trl_sgcd.tooluse.warmstart.warm_start` arguments of an experiment's warm start (its cache key)."""
+    return dict(
+        epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
+        seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
+        model_name_or_path=s.model, profile=s.env_profile,
+    )  # fmt: skip
+
+
 def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
     """Warm start (cached) and its held-out evaluation, once per experiment folder; returns the experiment record."""
     import torch
@@ -344,11 +353,7 @@ def prepare(settings: ExperimentSettings, output_dir: str) -> dict:
     if record is not None:
         return record
     s = settings
-    ws_kwargs = dict(
-        epochs=1.0, max_length=s.sft_max_length, learning_rate=s.sft_learning_rate, precision=s.precision,
-        seed=s.task_seed, n_tasks=s.sft_tasks, batch_size=s.sft_batch_size, max_steps=s.sft_steps,
-        model_name_or_path=s.model, profile=s.env_profile,
-    )  # fmt: skip
+    ws_kwargs = warm_start_kwargs(s)
     t0 = time.perf_counter()
     ws_dir = warm_start(progress=False, **ws_kwargs)
     bf16 = warm_start_settings(**ws_kwargs)["precision"] == "bf16"
