@@ -31,7 +31,7 @@ from functools import lru_cache
 from . import airline_ops as ops
 from .airline_db import build_database
 from .airline_ops import ToolError
-from .airline_tasks import AIRLINE_POLICY, COMPACT_POLICY, airline_tasks, get_task
+from .airline_tasks import AIRLINE_POLICY, COMPACT_POLICY, airline_tasks, check_profile, get_task
 
 AIRLINE_PRIVATE_COLUMNS = ["gold_actions", "gold_answer"]
 """Dataset columns that hold private supervision; the evidence sanitizer must never show them to an external LLM."""
@@ -216,12 +216,11 @@ PaperAirlineEnv = functools.partial(AirlineEnv, observation_max_chars=512)
 
 def airline_environment(profile: str = "full") -> type:
     """The environment class of a task profile: `AirlineEnv` (`"full"`) or `CompactAirlineEnv` (`"compact"`)."""
+    check_profile(profile)
     if profile == "compact":
         from .airline_compact import CompactAirlineEnv
 
         return CompactAirlineEnv
-    if profile != "full":
-        raise ValueError(f"profile must be 'full' or 'compact', got {profile!r}")
     return AirlineEnv
 
 

@@ -385,7 +385,8 @@ def _all_tasks(seed: int, profile: str = "full") -> dict[str, tuple[dict, ...]]:
     return {split: tuple(_make_split(seed, db, split, users[split], profile)) for split in ("train", "test")}
 
 
-def _check_profile(profile: str) -> None:
+def check_profile(profile: str) -> None:
+    """ValueError naming the `profile` argument unless it is one of `PROFILES`."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
 
@@ -409,7 +410,7 @@ def airline_tasks(split: str = "train", *, seed: int = 0, profile: str = "full")
     """
     if split not in SPLIT_MIX:
         raise ValueError(f"split must be one of {sorted(SPLIT_MIX)}, got {split!r}")
-    _check_profile(profile)
+    check_profile(profile)
     return copy.deepcopy(list(_all_tasks(seed, profile)[split]))
 
 
